@@ -1,0 +1,1 @@
+"""Command-line interface: one module per subcommand; each parses, builds config, calls one library function."""

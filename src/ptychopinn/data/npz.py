@@ -1,0 +1,147 @@
+"""Read and write the PtychoPINN NPZ schema (INTEROP.md)."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from ptychopinn.data.scan import ScanData
+from ptychopinn.errors import DataError
+from ptychopinn.io.atomic import atomic_path
+from ptychopinn.log import get_logger
+
+log = get_logger("data")
+
+UNITS = ("auto", "counts", "amplitude")
+
+
+def detect_units(diffraction: np.ndarray) -> tuple[str, str]:
+    """Guess counts vs amplitudes. Returns (units, reason).
+
+    Counts are integer-valued; amplitudes (sqrt of counts, often normalised) are not.
+    """
+    sample = diffraction.reshape(-1)[: 2_000_000].astype(np.float64)
+    if np.issubdtype(diffraction.dtype, np.integer):
+        return "counts", f"integer dtype {diffraction.dtype}"
+    frac = np.abs(sample - np.round(sample))
+    if np.all(frac < 1e-6) and sample.max() > 1:
+        return "counts", f"values are integers (max {sample.max():g})"
+    return "amplitude", f"values are not integer-valued (max {sample.max():g})"
+
+
+def _to_str(value) -> str:
+    arr = np.asarray(value)
+    return str(arr.item() if arr.shape == () else arr)
+
+
+def read_npz(path: str | Path, diffraction_units: str = "auto") -> ScanData:
+    """Load a PtychoPINN NPZ file into ScanData (counts).
+
+    ``diffraction_units``: 'auto' honours a ``diffraction_units`` entry in the file, else detects
+    (and logs the decision); 'counts' or 'amplitude' override both.
+    """
+    path = Path(path)
+    src = str(path)
+    if diffraction_units not in UNITS:
+        raise DataError(src, "diffraction_units", f"unknown value {diffraction_units!r}; expected one of {list(UNITS)}")
+    if not path.exists():
+        raise DataError(src, "file", "no such file")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise DataError(src, "file", f"not a readable NPZ archive ({type(exc).__name__}: {exc})") from None
+
+    key = "diff3d" if "diff3d" in arrays else "diffraction" if "diffraction" in arrays else None
+    if key is None:
+        raise DataError(src, "diff3d", f"missing; expected 'diff3d' or 'diffraction' among keys {sorted(arrays)}")
+    for k in ("xcoords", "ycoords", "probeGuess"):
+        if k not in arrays:
+            raise DataError(src, k, f"missing required key; file has {sorted(arrays)}")
+    diff = arrays[key]
+    if diff.ndim != 3:
+        raise DataError(src, key, f"expected a 3-D (M, N, N) array, got shape {diff.shape}")
+    x = np.asarray(arrays["xcoords"], dtype=np.float64).reshape(-1)
+    y = np.asarray(arrays["ycoords"], dtype=np.float64).reshape(-1)
+    if x.shape != y.shape:
+        raise DataError(src, "ycoords", f"{y.size} values but xcoords has {x.size}")
+    m = x.size
+    if diff.shape[0] != m and diff.shape[2] == m and diff.shape[0] == diff.shape[1]:
+        log.warning("%s: %s has legacy (N, N, M) layout %s; transposing to (M, N, N)", src, key, diff.shape)
+        diff = np.moveaxis(diff, 2, 0)
+    if diff.shape[0] != m:
+        raise DataError(src, key, f"{diff.shape[0]} patterns but xcoords/ycoords have {m} positions")
+    if diff.shape[1] != diff.shape[2]:
+        raise DataError(src, key, f"patterns must be square (N, N), got {diff.shape[1]} x {diff.shape[2]}")
+    if not np.issubdtype(diff.dtype, np.number) or np.iscomplexobj(diff):
+        raise DataError(src, key, f"expected real numbers, got dtype {diff.dtype}")
+    if not np.isfinite(diff).all():
+        raise DataError(src, key, f"{int((~np.isfinite(diff)).sum())} NaN/inf values")
+
+    units = diffraction_units
+    if units == "auto":
+        if "diffraction_units" in arrays:
+            units = _to_str(arrays["diffraction_units"]).lower()
+            if units not in ("counts", "amplitude"):
+                raise DataError(src, "diffraction_units", f"unknown value {units!r}; expected 'counts' or 'amplitude'")
+            log.info("%s: diffraction units '%s' (recorded in the file)", src, units)
+        else:
+            units, why = detect_units(diff)
+            log.info("%s: diffraction units detected as '%s' (%s); override with --diffraction-units",
+                     src, units, why)
+    if units == "amplitude":
+        if (diff < 0).any():
+            raise DataError(src, key, f"negative amplitudes (min {float(diff.min()):g})")
+        counts = np.square(diff.astype(np.float64)).astype(np.float32)
+    else:
+        counts = diff.astype(np.float32)
+
+    probe = arrays["probeGuess"]
+    if not np.iscomplexobj(probe):
+        raise DataError(src, "probeGuess", f"expected a complex array, got dtype {probe.dtype}")
+    if probe.ndim not in (2, 3) or probe.shape[-2:] != counts.shape[1:]:
+        raise DataError(src, "probeGuess", f"expected (N, N) or (K, N, N) with N={counts.shape[1]}, got {probe.shape}")
+
+    metadata = {}
+    if "metadata" in arrays:
+        try:
+            metadata = json.loads(_to_str(arrays["metadata"]))
+        except json.JSONDecodeError as exc:
+            raise DataError(src, "metadata", f"not valid JSON ({exc})") from None
+    metadata["diffraction_units_read"] = units
+    obj = arrays.get("objectGuess")
+    if obj is not None and obj.ndim != 2:
+        raise DataError(src, "objectGuess", f"expected a 2-D (H, W) array, got shape {obj.shape}")
+    bad = arrays.get("bad_pixels")
+    scan_index = arrays.get("scan_index")
+    return ScanData(diffraction=counts, positions_px=np.stack([x, y], axis=1), probe=probe,
+                    object_truth=obj, bad_pixels=bad, scan_index=scan_index,
+                    metadata=metadata, source=src)
+
+
+def write_npz(scan: ScanData, path: str | Path, overwrite: bool = False) -> Path:
+    """Write ScanData as a PtychoPINN NPZ holding counts, with units recorded explicitly."""
+    path = Path(path)
+    arrays = {
+        "diff3d": scan.diffraction.astype(np.float32),
+        "diffraction_units": np.array("counts"),
+        "xcoords": scan.positions_px[:, 0],
+        "ycoords": scan.positions_px[:, 1],
+        "xcoords_start": scan.positions_px[:, 0],
+        "ycoords_start": scan.positions_px[:, 1],
+        "probeGuess": scan.probe[0] if scan.n_modes == 1 else scan.probe,
+        "metadata": np.array(json.dumps(scan.metadata, default=str)),
+    }
+    if scan.object_truth is not None:
+        arrays["objectGuess"] = scan.object_truth
+    if scan.bad_pixels is not None:
+        arrays["bad_pixels"] = scan.bad_pixels
+    if scan.scan_index is not None:
+        arrays["scan_index"] = scan.scan_index
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+    return path

@@ -1,0 +1,133 @@
+"""ScanData: one ptychographic scan in memory, validated at construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from ptychopinn.errors import DataError
+
+
+@dataclass(frozen=True, eq=False)
+class ScanData:
+    """A scan: diffraction counts, positions, probe and optional extras.
+
+    Attributes:
+        diffraction: (M, N, N) float32 photon counts, zero frequency at the array centre.
+        positions_px: (M, 2) float64 probe-centre positions in object pixels, columns (x, y).
+        probe: (K, N, N) complex64, K >= 1 incoherent modes.
+        object_truth: optional (H, W) complex64 ground truth (simulations) or initial guess.
+        bad_pixels: optional (N, N) bool, True = pixel excluded from the loss.
+        scan_index: optional (M,) int64 scan index of each pattern.
+        metadata: free-form JSON-serialisable facts (photons, pixel sizes, simulation settings).
+        source: file name (or description) used in error messages.
+    """
+
+    diffraction: np.ndarray
+    positions_px: np.ndarray
+    probe: np.ndarray
+    object_truth: np.ndarray | None = None
+    bad_pixels: np.ndarray | None = None
+    scan_index: np.ndarray | None = None
+    metadata: dict = field(default_factory=dict)
+    source: str = "<memory>"
+
+    def __post_init__(self):
+        src = self.source
+        d = np.asarray(self.diffraction)
+        if d.ndim != 3:
+            raise DataError(src, "diffraction", f"expected a 3-D (M, N, N) array, got shape {d.shape}")
+        m, h, w = d.shape
+        if m == 0:
+            raise DataError(src, "diffraction", "empty scan: 0 diffraction patterns")
+        if h != w:
+            raise DataError(src, "diffraction", f"patterns must be square (N, N), got {h} x {w}")
+        if not np.issubdtype(d.dtype, np.number) or np.iscomplexobj(d):
+            raise DataError(src, "diffraction", f"expected real numbers, got dtype {d.dtype}")
+        d = d.astype(np.float32, copy=False)
+        if not np.isfinite(d).all():
+            raise DataError(src, "diffraction", f"{int((~np.isfinite(d)).sum())} NaN/inf values")
+        if (d < 0).any():
+            raise DataError(src, "diffraction", f"negative counts (min {float(d.min()):g}); "
+                            "expected photon counts >= 0")
+        pos = np.asarray(self.positions_px, dtype=np.float64)
+        if pos.ndim != 2 or pos.shape[1] != 2:
+            raise DataError(src, "positions", f"expected shape (M, 2) as (x, y), got {pos.shape}")
+        if pos.shape[0] != m:
+            raise DataError(src, "positions", f"{pos.shape[0]} positions for {m} diffraction patterns")
+        if not np.isfinite(pos).all():
+            raise DataError(src, "positions", "NaN/inf positions")
+        p = np.asarray(self.probe)
+        if not np.iscomplexobj(p):
+            raise DataError(src, "probe", f"expected a complex array, got dtype {p.dtype}")
+        if p.ndim == 2:
+            p = p[None]
+        if p.ndim != 3 or p.shape[1:] != (h, w):
+            raise DataError(src, "probe", f"expected (N, N) or (K, N, N) with N={h}, got {np.shape(self.probe)}")
+        if not np.isfinite(p).all():
+            raise DataError(src, "probe", "NaN/inf values")
+        if not np.any(np.abs(p) > 0):
+            raise DataError(src, "probe", "probe is zero everywhere")
+        obj = self.object_truth
+        if obj is not None:
+            obj = np.asarray(obj)
+            if obj.ndim != 2:
+                raise DataError(src, "object", f"expected a 2-D (H, W) array, got shape {obj.shape}")
+            if not np.isfinite(obj).all():
+                raise DataError(src, "object", "NaN/inf values")
+            obj = obj.astype(np.complex64, copy=False)
+        bad = self.bad_pixels
+        if bad is not None:
+            bad = np.asarray(bad)
+            if bad.shape != (h, w):
+                raise DataError(src, "bad_pixels", f"expected shape ({h}, {w}), got {bad.shape}")
+            bad = bad.astype(bool, copy=False)
+            if bad.all():
+                raise DataError(src, "bad_pixels", "every pixel is marked bad")
+        idx = self.scan_index
+        if idx is not None:
+            idx = np.asarray(idx)
+            if idx.shape != (m,):
+                raise DataError(src, "scan_index", f"expected shape ({m},), got {idx.shape}")
+            idx = idx.astype(np.int64, copy=False)
+        object.__setattr__(self, "diffraction", d)
+        object.__setattr__(self, "positions_px", pos)
+        object.__setattr__(self, "probe", p.astype(np.complex64, copy=False))
+        object.__setattr__(self, "object_truth", obj)
+        object.__setattr__(self, "bad_pixels", bad)
+        object.__setattr__(self, "scan_index", idx)
+        object.__setattr__(self, "metadata", dict(self.metadata))
+
+    @property
+    def n_patterns(self) -> int:
+        return self.diffraction.shape[0]
+
+    @property
+    def patch_size(self) -> int:
+        return self.diffraction.shape[-1]
+
+    @property
+    def n_modes(self) -> int:
+        return self.probe.shape[0]
+
+    @property
+    def mean_counts(self) -> float:
+        """Mean total counts per pattern (over good pixels)."""
+        d = self.diffraction
+        if self.bad_pixels is not None:
+            d = d * (~self.bad_pixels)
+        return float(d.sum(axis=(1, 2)).mean())
+
+    def subset(self, indices) -> "ScanData":
+        indices = np.asarray(indices)
+        return replace(self, diffraction=self.diffraction[indices],
+                       positions_px=self.positions_px[indices],
+                       scan_index=None if self.scan_index is None else self.scan_index[indices])
+
+    def amplitude_scale(self) -> float:
+        """The dataset-level normalisation a0 (PHYSICS.md section 4).
+
+        ``A / a0`` has a mean per-pattern energy of (N/2)^2.
+        """
+        return float(np.sqrt(max(self.mean_counts, 1e-12)) / (self.patch_size / 2))

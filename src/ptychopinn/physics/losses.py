@@ -1,0 +1,56 @@
+"""Losses comparing measured and predicted counts (pure functions, PHYSICS.md section 3).
+
+Shapes: ``measured`` and ``predicted`` (..., N, N) in counts; ``bad_pixels`` (N, N) bool, True
+marks a pixel excluded from the loss.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _masked_mean(values: torch.Tensor, bad_pixels: torch.Tensor | None) -> torch.Tensor:
+    if bad_pixels is None:
+        return values.mean()
+    good = (~bad_pixels.bool()).to(values.dtype)
+    good = good.expand(values.shape)
+    return (values * good).sum() / good.sum().clamp_min(1.0)
+
+
+def default_eps(measured: torch.Tensor) -> torch.Tensor:
+    """1e-6 of the mean count (PHYSICS.md), never zero."""
+    return (1e-6 * measured.detach().mean()).clamp_min(1e-12)
+
+
+def poisson_nll(measured: torch.Tensor, predicted: torch.Tensor, *,
+                bad_pixels: torch.Tensor | None = None, eps: float | torch.Tensor | None = None
+                ) -> torch.Tensor:
+    """Poisson negative log-likelihood per pixel, ``mean(lambda - I log(lambda + eps))``.
+
+    The constant ``lgamma(I + 1)`` is dropped. Safe at zero counts and zero predictions; for
+    fixed ``I`` it is minimal at ``lambda = I`` (up to eps).
+    """
+    if eps is None:
+        eps = default_eps(measured)
+    values = predicted - measured * torch.log(predicted + eps)
+    return _masked_mean(values, bad_pixels)
+
+
+def amplitude_mae(measured: torch.Tensor, predicted: torch.Tensor, *,
+                  bad_pixels: torch.Tensor | None = None, eps: float | torch.Tensor | None = None
+                  ) -> torch.Tensor:
+    """Mean absolute error of amplitudes, ``mean(|sqrt(lambda) - sqrt(I)|)``."""
+    if eps is None:
+        eps = default_eps(measured)
+    values = (torch.sqrt(predicted + eps) - torch.sqrt(measured.clamp_min(0))).abs()
+    return _masked_mean(values, bad_pixels)
+
+
+LOSSES = {"poisson": poisson_nll, "mae": amplitude_mae}
+
+
+def get_loss(name: str):
+    try:
+        return LOSSES[name]
+    except KeyError:
+        raise ValueError(f"loss: unknown value {name!r}; expected one of {sorted(LOSSES)}") from None

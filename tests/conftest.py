@@ -1,0 +1,33 @@
+"""Shared fixtures: seeded tiny simulated scans."""
+
+import numpy as np
+import pytest
+import torch
+
+from ptychopinn.data.simulate import SimulationConfig, simulate_scan
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    np.random.seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    return SimulationConfig(patch_size=32, n_positions=49, object_kind="lines", probe_kind="pinhole",
+                            photons=1e5, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_scan(tiny_config):
+    return simulate_scan(tiny_config)
+
+
+@pytest.fixture(scope="session")
+def tiny_scan_file(tmp_path_factory, tiny_scan):
+    from ptychopinn.data.npz import write_npz
+
+    path = tmp_path_factory.mktemp("data") / "tiny.npz"
+    write_npz(tiny_scan, path)
+    return path
