@@ -22,10 +22,11 @@ def far_field(psi: torch.Tensor) -> torch.Tensor:
 def diffraction_intensity(object_patches: torch.Tensor, probe: torch.Tensor) -> torch.Tensor:
     """Far-field intensity ``sum_k |F(O * P_k)|^2`` without gain.
 
-    object_patches: (..., N, N) complex; probe: (N, N) or (K, N, N) complex (K incoherent modes).
+    object_patches: (..., N, N) complex; probe: (N, N) or (..., K, N, N) complex (K incoherent
+    modes; leading probe dimensions broadcast against the patches' leading dimensions).
     Returns (..., N, N) real.
     """
-    modes = probe if probe.dim() == 3 else probe[None]
+    modes = probe[None] if probe.dim() == 2 else probe
     psi = object_patches.unsqueeze(-3) * modes  # (..., K, N, N)
     return far_field(psi).abs().square().sum(dim=-3)
 

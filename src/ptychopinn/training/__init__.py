@@ -1,0 +1,1 @@
+"""Training: Lightning DataModule, LightningModule, trainer wiring and ``fit``."""

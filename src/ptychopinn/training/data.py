@@ -1,0 +1,133 @@
+"""Datasets of patch groups and the Lightning DataModule (tensors only)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ptychopinn.data.grouping import PatchGroups, group_positions
+from ptychopinn.data.scan import ScanData
+from ptychopinn.physics.shifts import extract_patches
+
+
+@dataclass
+class ScanTensors:
+    """One scan as tensors: counts (M, N, N), positions (M, 2), a0, optional truth patches."""
+
+    counts: torch.Tensor
+    positions: torch.Tensor
+    a0: float
+    bad_pixels: torch.Tensor | None
+    truth: torch.Tensor | None
+
+
+def scan_tensors(scan: ScanData, a0: float | None = None, with_truth: bool = False) -> ScanTensors:
+    truth = None
+    if with_truth and scan.object_truth is not None:
+        with torch.no_grad():
+            truth = extract_patches(torch.as_tensor(scan.object_truth), torch.as_tensor(scan.positions_px),
+                                    scan.patch_size)
+    return ScanTensors(
+        counts=torch.as_tensor(scan.diffraction),
+        positions=torch.as_tensor(scan.positions_px, dtype=torch.float64),
+        a0=scan.amplitude_scale() if a0 is None else a0,
+        bad_pixels=None if scan.bad_pixels is None else torch.as_tensor(scan.bad_pixels),
+        truth=truth,
+    )
+
+
+class GroupDataset(Dataset):
+    """Items of one scan's groups. Each item is a dict:
+
+    ``amplitude`` (C, N, N) float32 = sqrt(counts) / a0; ``counts`` (C, N, N) float32;
+    ``offsets`` (C, 2) float32 relative positions (x, y); ``scan`` int index of the scan (selects
+    the probe and gain); ``index`` (C,) pattern indices; ``truth`` (C, N, N) complex64 if known.
+    """
+
+    def __init__(self, tensors: ScanTensors, groups: PatchGroups, scan_id: int = 0):
+        self.t, self.groups, self.scan_id = tensors, groups, scan_id
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, i: int) -> dict:
+        idx = torch.as_tensor(self.groups.indices[i])
+        counts = self.t.counts[idx]
+        item = {
+            "amplitude": counts.clamp_min(0).sqrt() / self.t.a0,
+            "counts": counts,
+            "offsets": torch.as_tensor(self.groups.offsets_px[i]),
+            "scan": torch.tensor(self.scan_id),
+            "index": idx,
+        }
+        if self.t.truth is not None:
+            item["truth"] = self.t.truth[idx]
+        return item
+
+
+def split_groups(groups: PatchGroups, val_fraction: float, seed: int) -> tuple[PatchGroups, PatchGroups | None]:
+    """Seeded held-out fraction of groups for validation (None when the fraction is 0)."""
+    if val_fraction <= 0 or len(groups) < 2:
+        return groups, None
+    rng = np.random.default_rng(seed + 7919)
+    order = rng.permutation(len(groups))
+    n_val = max(1, int(round(val_fraction * len(groups))))
+    return groups.subset(np.sort(order[n_val:])), groups.subset(np.sort(order[:n_val]))
+
+
+class PtychoDataModule(L.LightningDataModule):
+    """Training groups from one or more scans; validation from a test scan or a held-out fraction.
+
+    Every scan is normalised by its own a0 (PHYSICS.md section 4); the dataset-level constant
+    stored in the bundle is the first training scan's a0.
+    """
+
+    def __init__(self, train_scans: list[ScanData], test_scan: ScanData | None = None, *,
+                 gridsize: int = 1, neighbors: int = 7, n_groups: int | None = None,
+                 val_fraction: float = 0.1, batch_size: int = 16, seed: int = 0,
+                 num_workers: int = 0, pin_memory: bool = False, persistent_workers: bool = False,
+                 prefetch_factor: int | None = None, with_truth: bool = False):
+        super().__init__()
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.loader_kwargs = dict(num_workers=num_workers, pin_memory=pin_memory)
+        if num_workers > 0:
+            self.loader_kwargs["persistent_workers"] = persistent_workers
+            if prefetch_factor is not None:
+                self.loader_kwargs["prefetch_factor"] = prefetch_factor
+        self.seed = seed
+        train_sets, val_sets = [], []
+        per_scan = None if n_groups is None else max(1, n_groups // len(train_scans))
+        for i, scan in enumerate(train_scans):
+            groups = group_positions(scan.positions_px, gridsize, neighbors, per_scan, seed=seed + i)
+            t = scan_tensors(scan, with_truth=with_truth)
+            if test_scan is None:
+                tr, va = split_groups(groups, val_fraction, seed + i)
+            else:
+                tr, va = groups, None
+            train_sets.append(GroupDataset(t, tr, i))
+            if va is not None:
+                val_sets.append(GroupDataset(t, va, i))
+        if test_scan is not None:
+            groups = group_positions(test_scan.positions_px, gridsize, neighbors, None, seed=seed)
+            # a test scan uses probe/gain slot len(train_scans)
+            val_sets = [GroupDataset(scan_tensors(test_scan, with_truth=with_truth), groups, len(train_scans))]
+        self.train_set = torch.utils.data.ConcatDataset(train_sets)
+        self.val_set = torch.utils.data.ConcatDataset(val_sets) if val_sets else None
+
+    @property
+    def has_validation(self) -> bool:
+        return self.val_set is not None
+
+    def train_dataloader(self):
+        g = torch.Generator().manual_seed(self.seed)
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, generator=g,
+                          drop_last=len(self.train_set) > self.batch_size, **self.loader_kwargs)
+
+    def val_dataloader(self):
+        if self.val_set is None:
+            return []
+        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, **self.loader_kwargs)
