@@ -14,6 +14,8 @@ from ptychopinn import __version__
 #: subcommand name -> module under ptychopinn.cli providing ``add_parser`` and ``run``.
 SUBCOMMANDS = {
     "simulate": "simulate",
+    "train": "train",
+    "infer": "infer",
 }
 
 
