@@ -1,0 +1,388 @@
+"""Physics refinement: gradient steps on one scan's own Poisson likelihood (PHYSICS.md section 7).
+
+Starting from the network's stitched object, or from a flat object (then this is a plain
+automatic-differentiation iterative reconstruction), the object canvas is fitted to the scan's
+measured counts with the package's forward model:
+
+    lambda_m = g * sum_k |F(O(x_m + j) P_k(j))|^2          (PHYSICS.md section 2)
+
+Speed comes from one exact rewrite. Position ``x_m = x0 + f`` (integer corner ``x0``, fraction
+``f``). Shifting the exit wave by ``f`` only multiplies its Fourier transform by a phase ramp, so
+
+    |F(O(x0 + f + j) P(j))| == |F(O(x0 + k) P(k - f))|
+
+and the sub-pixel part can be folded into a shifted copy of the probe once at set-up: every
+optimiser step is then an integer window gather, a product and an FFT. (The two sides agree to the
+accuracy of Fourier interpolation, ~1e-4 relative for the package's probes; see the tests.)
+
+Each step: a seeded, shuffled minibatch of patterns, the gain ``g`` in closed form (the Poisson
+maximum-likelihood gain for the current object, ``sum I / sum S``), the Poisson NLL
+(``ptychopinn.physics.losses.poisson_nll``, bad pixels excluded) and an update of the object by
+Adam on its real and imaginary parts or by a preconditioned gradient step (the gradient divided by
+the minibatch's probe illumination, like (r)PIE). The probe can be refined too (Adam, after a
+couple of epochs). Pixels lit below ~1% of the peak illumination are reset to their starting
+values before returning, because nothing constrains them.
+
+Pure torch; no Lightning. ``refine`` is the one entry point; ``Refiner`` exposes the per-epoch loop
+for benchmarks that watch quality over time.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ptychopinn.errors import PtychoPINNError
+from ptychopinn.log import get_logger
+from ptychopinn.physics.losses import poisson_nll
+from ptychopinn.physics.shifts import canvas_geometry, fourier_shift
+
+log = get_logger("refinement")
+
+OPTIMIZERS = ("adam", "pgd")
+#: Default step per optimiser: Adam lr on real/imag parts (object ~1), or the preconditioned
+#: gradient step (1 = move each pixel to the illumination-weighted mean of the minibatch's
+#: modulus-projection corrections).
+DEFAULT_LR = {"adam": 3e-2, "pgd": 1.0}
+#: Pixels lit below this fraction of the peak illumination are reset before returning.
+LIT_FRACTION = 0.01
+#: Folded probes are cached for the whole scan when they take at most this many bytes;
+#: otherwise they are recomputed per minibatch (one extra FFT per pattern).
+FOLD_CACHE_BYTES = 512 * 2 ** 20
+
+
+@dataclass
+class RefineResult:
+    """Outcome of ``refine``.
+
+    Attributes:
+        object: (H, W) complex64 object on the canvas; canvas pixel = object pixel + offset_px.
+        offset_px: (2,) float64 (x, y) offset of the canvas from the scan's position frame.
+        probe: (K, N, N) complex64 probe (refined if asked, else the scan's).
+        gain: intensity gain g with ``counts = g * sum_k |F(O P_k)|^2`` for this object and probe.
+        losses: mean Poisson NLL (per good pixel, constant lgamma(I+1) dropped) of each epoch.
+        illumination: (H, W) float32 sum over positions of the probe intensity sum_k |P_k|^2
+            (the scanned-region map; with the probe scale of ``probe``).
+        seconds: wall time of the optimisation (set-up included).
+        epoch_seconds: cumulative wall time at the end of each epoch.
+    """
+
+    object: np.ndarray
+    offset_px: np.ndarray
+    probe: np.ndarray
+    gain: float
+    losses: list = field(default_factory=list)
+    illumination: np.ndarray | None = None
+    seconds: float = 0.0
+    epoch_seconds: list = field(default_factory=list)
+
+    @property
+    def lit_mask(self) -> np.ndarray:
+        """(H, W) bool: pixels lit at >= 1% of the peak illumination (the trusted region)."""
+        return self.illumination >= LIT_FRACTION * float(self.illumination.max())
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise PtychoPINNError(f"{name}: unknown value {value!r}; expected one of {list(choices)}")
+
+
+def _canvas_from_initial(initial_object, offset_px, positions, n: int):
+    """Canvas (complex128 numpy) and offset for a given starting object, padded with 1 if the
+    scan reaches beyond it."""
+    obj = np.asarray(initial_object)
+    if obj.ndim != 2:
+        raise PtychoPINNError(f"initial_object: expected a 2-D (H, W) array, got shape {obj.shape}")
+    if not np.isfinite(obj).all():
+        raise PtychoPINNError("initial_object: contains NaN/inf values")
+    if offset_px is None:
+        shape, offset = canvas_geometry(positions, n, object_shape=obj.shape)
+        if tuple(shape) != tuple(obj.shape):
+            raise PtychoPINNError(
+                f"offset_px: needed for an initial_object of shape {obj.shape}: the scan does not "
+                f"fit inside it in the positions' own frame (pass the canvas offset returned with "
+                f"the stitched object)")
+    else:
+        offset = np.asarray(offset_px, dtype=np.float64).reshape(-1)
+        if offset.shape != (2,) or not np.isfinite(offset).all():
+            raise PtychoPINNError(f"offset_px: expected two finite numbers (x, y), got {offset_px!r}")
+    canvas = obj.astype(np.complex128)
+    corner = np.floor(positions + offset) - n // 2  # (M, 2) x, y of each window's first pixel
+    h, w = canvas.shape
+    left = int(max(0, -corner[:, 0].min()))
+    top = int(max(0, -corner[:, 1].min()))
+    right = int(max(0, corner[:, 0].max() + n - w))
+    bottom = int(max(0, corner[:, 1].max() + n - h))
+    if left or top or right or bottom:
+        canvas = np.pad(canvas, ((top, bottom), (left, right)), constant_values=1.0)
+        offset = offset + np.array([left, top], dtype=np.float64)
+    return canvas, offset
+
+
+class Refiner:
+    """The refinement loop, one epoch at a time (``refine`` wraps it).
+
+    Args as for ``refine``. ``run_epoch()`` performs one pass over the scan and returns its mean
+    Poisson NLL; ``current_object()`` returns the canvas as it stands (no masking);
+    ``result()`` builds the ``RefineResult``.
+    """
+
+    def __init__(self, scan, initial_object=None, offset_px=None, *, batch_size: int = 64,
+                 optimizer: str = "adam", lr: float | None = None, refine_probe: bool = False,
+                 probe_start_epoch: int = 2, probe_lr: float = 1e-3, pgd_regularization: float = 0.05,
+                 seed: int = 0, device="cpu"):
+        t0 = time.perf_counter()
+        _check_choice("optimizer", optimizer, OPTIMIZERS)
+        if int(batch_size) < 1:
+            raise PtychoPINNError(f"batch_size: {batch_size!r} must be >= 1")
+        if lr is not None and not (lr > 0 and math.isfinite(lr)):
+            raise PtychoPINNError(f"lr: {lr!r} must be a finite number > 0")
+        if not (probe_lr > 0 and math.isfinite(probe_lr)):
+            raise PtychoPINNError(f"probe_lr: {probe_lr!r} must be a finite number > 0")
+        self.device = torch.device(device)
+        self.batch_size = int(batch_size)
+        self.optimizer_name = optimizer
+        self.lr = float(lr) if lr is not None else DEFAULT_LR[optimizer]
+        self.refine_probe = bool(refine_probe)
+        self.probe_start_epoch = int(probe_start_epoch)
+        self.probe_lr = float(probe_lr)
+        self.pgd_regularization = float(pgd_regularization)
+        self.generator = torch.Generator().manual_seed(int(seed))
+        self.epoch = 0
+        self.losses: list[float] = []
+        self.epoch_seconds: list[float] = []
+
+        n = scan.patch_size
+        self.n = n
+        self.m = scan.n_patterns
+        positions = np.asarray(scan.positions_px, dtype=np.float64)
+        if initial_object is None:
+            truth_shape = None if scan.object_truth is None else scan.object_truth.shape
+            shape, offset = canvas_geometry(positions, n, object_shape=truth_shape)
+            canvas = np.ones(shape, dtype=np.complex128)
+        else:
+            canvas, offset = _canvas_from_initial(initial_object, offset_px, positions, n)
+        self.offset_px = np.asarray(offset, dtype=np.float64)
+        self.shape = canvas.shape
+        dev = self.device
+        self.initial = torch.as_tensor(canvas, dtype=torch.complex64, device=dev)
+        self.obj = self.initial.clone().requires_grad_(True)
+
+        # Integer window corners and sub-pixel fractions in canvas pixels.
+        pos_c = positions + self.offset_px
+        floor = np.floor(pos_c)
+        frac = pos_c - floor
+        h, w = self.shape
+        base = (floor[:, 1].astype(np.int64) - n // 2) * w + (floor[:, 0].astype(np.int64) - n // 2)
+        self.base = torch.as_tensor(base, device=dev)
+        ar = torch.arange(n, device=dev)
+        self.grid = ar[:, None] * w + ar[None, :]
+        # fourier_shift takes (y, x); +f moves the probe so the window starts at the integer corner.
+        self.frac_yx = torch.as_tensor(frac[:, ::-1].copy(), dtype=torch.float32, device=dev)
+
+        # Probe normalised to peak total intensity 1; its scale lives in the gain.
+        probe = torch.as_tensor(np.asarray(scan.probe), dtype=torch.complex64, device=dev)
+        self.probe_scale = float(probe.abs().square().sum(0).max().sqrt())
+        self.probe = (probe / self.probe_scale).clone()
+        self.probe_energy = float(self.probe.abs().square().sum())
+        self.k = self.probe.shape[0]
+        fold_bytes = self.m * self.k * n * n * 8
+        self.folded = None
+        if not self.refine_probe and fold_bytes <= FOLD_CACHE_BYTES:
+            self.folded = self._fold(self.probe, torch.arange(self.m, device=dev))
+
+        # Data in unshifted FFT order (saves an fftshift per step), bad pixels likewise.
+        counts = torch.as_tensor(np.asarray(scan.diffraction), dtype=torch.float32, device=dev)
+        self.counts = torch.fft.ifftshift(counts, dim=(-2, -1)).contiguous()
+        self.bad = None
+        if scan.bad_pixels is not None and bool(np.any(scan.bad_pixels)):
+            bad = torch.as_tensor(np.asarray(scan.bad_pixels), dtype=torch.bool, device=dev)
+            self.bad = torch.fft.ifftshift(bad, dim=(-2, -1)).contiguous()
+        good = torch.ones(n, n, device=dev) if self.bad is None else (~self.bad).float()
+        self.good = good
+        self.eps = float(max(1e-6 * float(self.counts.mean()), 1e-12))
+        self.gain = None  # internal gain for the normalised probe
+
+        if self.optimizer_name == "adam":
+            self.opt = torch.optim.Adam([self.obj], lr=self.lr)
+        else:
+            self.opt = None
+        self.probe_opt = None
+        self.setup_seconds = time.perf_counter() - t0
+        self.elapsed = self.setup_seconds
+
+    # ----------------------------------------------------------------------------------------
+    def _fold(self, probe: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """(B, K, N, N) probes shifted by each pattern's sub-pixel fraction."""
+        return fourier_shift(probe[None], self.frac_yx[idx][:, None, :])
+
+    def _windows(self, idx: torch.Tensor) -> torch.Tensor:
+        return (self.base[idx][:, None, None] + self.grid)  # (B, N, N) flat canvas indices
+
+    def _intensity(self, obj_windows: torch.Tensor, probes: torch.Tensor) -> torch.Tensor:
+        psi = torch.fft.fft2(obj_windows[:, None] * probes, norm="ortho")
+        return torch.view_as_real(psi).square().sum(dim=(-1, 1))  # (B, N, N), modes summed
+
+    def _closed_form_gain(self, counts, intensity) -> torch.Tensor:
+        good = self.good
+        return (counts * good).sum() / (intensity.detach() * good).sum().clamp_min(1e-30)
+
+    def illumination(self) -> torch.Tensor:
+        """(H, W) sum over positions of the (normalised) probe intensity, from the folded probes."""
+        h, w = self.shape
+        total = torch.zeros(h * w, device=self.device)
+        with torch.no_grad():
+            for s in range(0, self.m, 256):
+                idx = torch.arange(s, min(s + 256, self.m), device=self.device)
+                probes = self.folded[idx] if self.folded is not None else self._fold(self.probe, idx)
+                inten = probes.abs().square().sum(1)
+                total.index_add_(0, self._windows(idx).reshape(-1), inten.reshape(-1))
+        return total.reshape(h, w)
+
+    def _start_probe_refinement(self):
+        self.probe = self.probe.detach().clone().requires_grad_(True)
+        self.probe_opt = torch.optim.Adam([self.probe], lr=self.probe_lr)
+        self.folded = None
+
+    def run_epoch(self) -> float:
+        """One pass over the scan in seeded shuffled minibatches; returns the mean Poisson NLL."""
+        t0 = time.perf_counter()
+        if self.refine_probe and self.probe_opt is None and self.epoch >= self.probe_start_epoch:
+            self._start_probe_refinement()
+        order = torch.randperm(self.m, generator=self.generator).to(self.device)
+        total, count_sum, inten_sum = 0.0, 0.0, 0.0
+        for s in range(0, self.m, self.batch_size):
+            idx = order[s:s + self.batch_size]
+            counts = self.counts[idx]
+            probes = self.folded[idx] if self.folded is not None else self._fold(self.probe, idx)
+            win_idx = self._windows(idx)
+            windows = torch.take(self.obj, win_idx)
+            intensity = self._intensity(windows, probes)
+            gain = self._closed_form_gain(counts, intensity)
+            loss = poisson_nll(counts, gain * intensity, bad_pixels=self.bad, eps=self.eps)
+            if self.opt is not None:
+                self.opt.zero_grad(set_to_none=True)
+            else:
+                self.obj.grad = None
+            if self.probe_opt is not None:
+                self.probe_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            with torch.no_grad():
+                if self.opt is not None:
+                    self.opt.step()
+                else:
+                    self._pgd_step(idx, probes, win_idx, gain, len(idx))
+                if self.probe_opt is not None:
+                    self.probe_opt.step()
+                    self.probe.mul_(math.sqrt(self.probe_energy /
+                                              float(self.probe.abs().square().sum())))
+            b = len(idx)
+            total += float(loss.detach()) * b
+            count_sum += float((counts * self.good).sum())
+            inten_sum += float((intensity.detach() * self.good).sum())
+        self.gain = count_sum / max(inten_sum, 1e-30)
+        mean_loss = total / self.m
+        self.epoch += 1
+        self.losses.append(mean_loss)
+        self.elapsed += time.perf_counter() - t0
+        self.epoch_seconds.append(self.elapsed)
+        return mean_loss
+
+    def _pgd_step(self, idx, probes, win_idx, gain, b):
+        """O -= step * grad_sum / (4 g (illum_batch + alpha * max illum_batch)).
+
+        ``grad_sum`` is the gradient of the summed NLL (torch reports 2 dL/dO*); near the optimum
+        the Poisson gradient is twice the modulus-projection residual, hence the 4.
+        """
+        n_terms = float(self.good.sum()) * b
+        grad = self.obj.grad * n_terms
+        h, w = self.shape
+        illum = torch.zeros(h * w, device=self.device)
+        illum.index_add_(0, win_idx.reshape(-1), probes.abs().square().sum(1).reshape(-1))
+        illum = illum.reshape(h, w)
+        denom = 4.0 * gain * (illum + self.pgd_regularization * illum.max())
+        self.obj.sub_(self.lr * grad / denom)
+
+    def current_object(self) -> np.ndarray:
+        """(H, W) complex64 canvas as it stands (no reset of barely lit pixels)."""
+        return self.obj.detach().cpu().numpy().astype(np.complex64)
+
+    def result(self) -> RefineResult:
+        illum = self.illumination()
+        lit = illum >= LIT_FRACTION * illum.max()
+        with torch.no_grad():
+            obj = torch.where(lit, self.obj.detach(), self.initial)
+        scale2 = self.probe_scale ** 2
+        if self.gain is None:
+            gain = None
+            with torch.no_grad():
+                idx = torch.arange(min(self.m, 256), device=self.device)
+                probes = self.folded[idx] if self.folded is not None else self._fold(self.probe, idx)
+                inten = self._intensity(torch.take(self.obj, self._windows(idx)), probes)
+                gain = float(self._closed_form_gain(self.counts[idx], inten))
+        else:
+            gain = self.gain
+        return RefineResult(
+            object=obj.cpu().numpy().astype(np.complex64),
+            offset_px=self.offset_px.copy(),
+            probe=(self.probe.detach() * self.probe_scale).cpu().numpy().astype(np.complex64),
+            gain=float(gain) / scale2,
+            losses=list(self.losses),
+            illumination=(illum * scale2).cpu().numpy().astype(np.float32),
+            seconds=self.elapsed,
+            epoch_seconds=list(self.epoch_seconds),
+        )
+
+
+def refine(scan, initial_object: np.ndarray | None = None, offset_px=None, *, epochs: int = 20,
+           batch_size: int = 64, optimizer: str = "adam", lr: float | None = None,
+           refine_probe: bool = False, probe_start_epoch: int = 2, probe_lr: float = 1e-3,
+           seed: int = 0, progress=None, quiet: bool = False, device="cpu",
+           time_limit_s: float | None = None) -> RefineResult:
+    """Refine an object (and optionally the probe) on one scan's own Poisson likelihood.
+
+    Args:
+        scan: ``ScanData`` (counts (M, N, N), positions_px (M, 2) (x, y), probe (K, N, N),
+            optional bad_pixels (N, N) excluded from the loss, optional object_truth whose frame
+            the canvas adopts when the scan fits inside it).
+        initial_object: (H, W) complex start (e.g. the network's stitched object), or None for a
+            flat start (object = 1: a plain automatic-differentiation reconstruction).
+        offset_px: (x, y) canvas offset of ``initial_object`` (canvas pixel = object pixel +
+            offset); None if the scan fits inside ``initial_object`` in its own frame.
+        epochs: passes over the scan. batch_size: patterns per step (64 works best measured).
+        optimizer: ``"adam"`` (Adam on real/imag parts) or ``"pgd"`` (gradient preconditioned by
+            the minibatch's probe illumination). lr: Adam learning rate or PGD step (defaults in
+            ``DEFAULT_LR``).
+        refine_probe: also refine the probe with Adam (lr ``probe_lr`` relative to a probe of
+            peak amplitude 1) from epoch ``probe_start_epoch`` on; its total power stays fixed
+            (the gain absorbs flux).
+        seed: seeds the minibatch order (the result is deterministic for a seed on one device).
+        progress: callable(epoch, loss) called after every epoch (epoch counts from 1).
+        quiet: no per-epoch log lines. device: torch device for the computation.
+        time_limit_s: stop after the first epoch that ends past this wall time.
+
+    Returns a ``RefineResult``; pixels lit below 1% of the peak illumination keep their starting
+    values.
+    """
+    if int(epochs) < 0:
+        raise PtychoPINNError(f"epochs: {epochs!r} must be >= 0")
+    refiner = Refiner(scan, initial_object, offset_px, batch_size=batch_size, optimizer=optimizer,
+                      lr=lr, refine_probe=refine_probe, probe_start_epoch=probe_start_epoch,
+                      probe_lr=probe_lr, seed=seed, device=device)
+    for epoch in range(1, int(epochs) + 1):
+        loss = refiner.run_epoch()
+        if not math.isfinite(loss):
+            raise PtychoPINNError(f"refinement diverged at epoch {epoch} (loss {loss}); "
+                                  f"lower lr (now {refiner.lr:g})")
+        if not quiet:
+            log.info("refine epoch %d/%d  poisson_nll %.6g  (%.1f s)", epoch, epochs, loss,
+                     refiner.elapsed)
+        if progress is not None:
+            progress(epoch, loss)
+        if time_limit_s is not None and refiner.elapsed >= time_limit_s:
+            break
+    return refiner.result()
