@@ -31,11 +31,22 @@ def diffraction_intensity(object_patches: torch.Tensor, probe: torch.Tensor) -> 
     return far_field(psi).abs().square().sum(dim=-3)
 
 
+def edge_taper(n: int, width: int = 3, dtype=torch.float32) -> torch.Tensor:
+    """(n, n) separable sin^2 ramp from 0 at the border to 1 after ``width`` pixels."""
+    ramp = torch.ones(n, dtype=dtype)
+    t = torch.sin(0.5 * math.pi * (torch.arange(width, dtype=dtype) + 0.5) / width) ** 2
+    ramp[:width], ramp[n - width:] = t, t.flip(0)
+    return ramp[:, None] * ramp[None, :]
+
+
 def probe_weight(probe: torch.Tensor, floor: float = 1e-3) -> torch.Tensor:
-    """Stitching/averaging weight: total probe intensity normalised to peak 1, plus a floor."""
+    """Stitching/averaging weight (N, N): total probe intensity normalised to peak 1, plus a
+    floor, tapered smoothly to zero at the window border (so sub-pixel Fourier placement of
+    weighted patches does not ring)."""
     modes = probe if probe.dim() == 3 else probe[None]
     intensity = modes.abs().square().sum(dim=0)
-    return intensity / intensity.max() + floor
+    n = intensity.shape[-1]
+    return (intensity / intensity.max() + floor) * edge_taper(n, dtype=intensity.dtype).to(intensity.device)
 
 
 def overlap_constrain(patches: torch.Tensor, offsets_xy: torch.Tensor,
@@ -54,10 +65,13 @@ def overlap_constrain(patches: torch.Tensor, offsets_xy: torch.Tensor,
     size = 2 * half + n
     pos = offsets_xy + half + n // 2
     w = weight.to(patches.dtype).expand(b, c, n, n)
-    num = place_patches(patches * w, pos, (size, size))
-    den = place_patches(w, pos, (size, size)).real
-    canvas = num / (den + 1e-6 * den.amax(dim=(-2, -1), keepdim=True))
-    return extract_patches(canvas, pos, n)
+    num = place_patches(patches * w, pos, (size, size), kernel="bilinear")
+    den = place_patches(w, pos, (size, size), kernel="bilinear").real
+    # Where no patch has weight (window borders) the regularised average falls back to a flat
+    # object (1) instead of amplifying ringing, which the sub-pixel re-extraction would pick up.
+    delta = 1e-3 * den.amax(dim=(-2, -1), keepdim=True)
+    canvas = (num + delta) / (den + delta)
+    return extract_patches(canvas, pos, n, kernel="bilinear")
 
 
 class ForwardModel(nn.Module):
@@ -98,3 +112,38 @@ def init_gain(mean_counts_per_pattern: float, probe) -> float:
     if energy <= 0:
         raise ValueError("probe has zero energy")
     return max(float(mean_counts_per_pattern), 1e-12) / energy
+
+
+def projection_estimate(counts: torch.Tensor, probe: torch.Tensor, gain: torch.Tensor,
+                        iterations: int, offsets_xy: torch.Tensor | None = None,
+                        weight: torch.Tensor | None = None) -> torch.Tensor:
+    """A physics-only first estimate of the object patches of each group (no learning).
+
+    Starting from a flat object, ``iterations`` rounds of the error-reduction projection:
+    replace the far-field modulus by the measured one (``sqrt(counts / gain)``), back-propagate,
+    update the object with the probe-weighted step ``conj(P) / max|P|^2``, then (groups of C > 1)
+    make the C patches consistent with ``overlap_constrain``. With incoherent modes the moduli
+    are scaled by ``sqrt(measured / predicted)`` (the modal projection).
+
+    counts: (B, C, N, N) measured counts; probe: (N, N), (K, N, N) or per-sample (B, 1, K, N, N);
+    gain: scalar or (B,) tensor; offsets_xy: (B, C, 2); weight: (N, N) or (B, 1, N, N).
+    Returns (B, C, N, N) complex64. It anchors each patch's free global phase to the flat start
+    and puts real-space information where the generator's output is, so the network learns a
+    correction rather than a Fourier inversion.
+    """
+    modes = probe[None] if probe.dim() == 2 else probe
+    gain = torch.as_tensor(gain, dtype=torch.float32, device=counts.device)
+    g = gain.view(-1, 1, 1, 1) if gain.dim() == 1 else gain
+    measured = (counts.clamp_min(0) / g).sqrt()
+    obj = torch.ones(counts.shape, dtype=torch.complex64, device=counts.device)
+    step = modes.conj() / modes.abs().square().sum(dim=-3, keepdim=True).amax(dim=(-2, -1), keepdim=True)
+    for _ in range(iterations):
+        psi = obj.unsqueeze(-3) * modes  # (B, C, K, N, N)
+        far = far_field(psi)
+        predicted = far.abs().square().sum(dim=-3, keepdim=True).sqrt()
+        far = far * (measured.unsqueeze(-3) / (predicted + 1e-6 * predicted.amax(dim=(-2, -1), keepdim=True) + 1e-12))
+        new_psi = torch.fft.ifft2(torch.fft.ifftshift(far, dim=(-2, -1)), norm="ortho")
+        obj = obj + (step * (new_psi - psi)).sum(dim=-3)
+        if offsets_xy is not None and obj.shape[1] > 1 and weight is not None:
+            obj = overlap_constrain(obj, offsets_xy, weight)
+    return obj

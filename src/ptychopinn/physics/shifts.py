@@ -3,7 +3,9 @@
 Convention (PHYSICS.md section 1): object pixel ``[row, col]`` has coordinate ``(x=col, y=row)``.
 A patch of size N extracted at position ``(x, y)`` has its pixel ``(N//2, N//2)`` at ``(x, y)``, so
 patch pixel ``[i, j]`` samples the object at ``(x - N//2 + j, y - N//2 + i)``. Sub-pixel parts are
-applied by a Fourier shift of a slightly padded window (exact for band-limited content).
+applied by a Fourier shift of a slightly padded window (exact for band-limited content) or, with
+``kernel="bilinear"``, by linear interpolation (non-negative weights; used where weights are
+averaged, i.e. the overlap constraint and stitching).
 
 ``place_patches`` is the exact adjoint of ``extract_patches`` (gather <-> scatter-add, crop <->
 zero-pad, shift by -f <-> shift by +f), so training (overlap constraint), stitching and simulation
@@ -24,18 +26,47 @@ def fourier_shift(x: torch.Tensor, shift_yx: torch.Tensor) -> torch.Tensor:
     """Shift the content of ``x`` (..., H, W) by ``shift_yx`` (..., 2) pixels, circularly.
 
     ``out[i, j] = x[i - sy, j - sx]`` (band-limited interpolation). ``shift_yx`` broadcasts
-    against the leading dimensions of ``x``. The operator is unitary; shifting by ``-s`` is its
-    adjoint.
+    against the leading dimensions of ``x``. Shifting by ``-s`` is the adjoint; the operator is
+    unitary except at the Nyquist frequency of even sizes (see ``_axis_ramp``).
     """
     h, w = x.shape[-2:]
     real_dtype = torch.float64 if x.dtype in (torch.complex128, torch.float64) else torch.float32
-    ky = torch.fft.fftfreq(h, device=x.device, dtype=real_dtype)
-    kx = torch.fft.fftfreq(w, device=x.device, dtype=real_dtype)
-    sy = shift_yx[..., 0].to(real_dtype)[..., None, None]
-    sx = shift_yx[..., 1].to(real_dtype)[..., None, None]
-    phase = -2.0 * math.pi * (sy * ky[:, None] + sx * kx[None, :])
+    ramp_y = _axis_ramp(h, shift_yx[..., 0].to(real_dtype), x.device)[..., :, None]
+    ramp_x = _axis_ramp(w, shift_yx[..., 1].to(real_dtype), x.device)[..., None, :]
+    return torch.fft.ifft2(torch.fft.fft2(x) * (ramp_y * ramp_x))
+
+
+def _axis_ramp(n: int, shift: torch.Tensor, device) -> torch.Tensor:
+    """exp(-2 pi i k s) for each frequency k of an n-point axis; shape (..., n).
+
+    For even n the Nyquist bin gets the real factor cos(pi s), so real inputs stay real (no
+    imaginary ringing from sub-pixel shifts) and the shift by -s stays the adjoint of +s.
+    """
+    k = torch.fft.fftfreq(n, device=device, dtype=shift.dtype)
+    phase = -2.0 * math.pi * shift[..., None] * k
     ramp = torch.polar(torch.ones_like(phase), phase)
-    return torch.fft.ifft2(torch.fft.fft2(x) * ramp)
+    if n % 2 == 0:
+        ramp[..., n // 2] = torch.cos(math.pi * shift).to(ramp.dtype)
+    return ramp
+
+
+#: Sub-pixel kernels of the place/extract pair. "fourier": band-limited shift, exact for
+#: band-limited content (simulation, physics). "bilinear": 2 x 2 linear interpolation with
+#: non-negative weights, so placed weights never ring negative (overlap averaging, stitching).
+KERNELS = ("fourier", "bilinear")
+
+
+def _check_kernel(kernel: str) -> None:
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel: unknown value {kernel!r}; expected one of {list(KERNELS)}")
+
+
+def _bilinear_taps(frac_yx: torch.Tensor, dtype):
+    """The four (dy, dx) taps and their (..., 1, 1) weights for fractional parts (fy, fx)."""
+    fy = frac_yx[..., 0].to(dtype)[..., None, None]
+    fx = frac_yx[..., 1].to(dtype)[..., None, None]
+    return (((0, 0), (1 - fy) * (1 - fx)), ((0, 1), (1 - fy) * fx),
+            ((1, 0), fy * (1 - fx)), ((1, 1), fy * fx))
 
 
 def _split(positions_xy: torch.Tensor, n: int):
@@ -70,12 +101,14 @@ def _batched(canvas, positions_xy):
     return canvas, positions_xy, squeeze
 
 
-def extract_patches(canvas: torch.Tensor, positions_xy: torch.Tensor, n: int) -> torch.Tensor:
+def extract_patches(canvas: torch.Tensor, positions_xy: torch.Tensor, n: int,
+                    kernel: str = "fourier") -> torch.Tensor:
     """Extract N x N patches centred at sub-pixel positions.
 
     canvas: (H, W) or (B, H, W) complex; positions_xy: (M, 2) or (B, M, 2) as (x, y) in canvas
-    pixels. Returns (M, N, N) or (B, M, N, N).
+    pixels. Returns (M, N, N) or (B, M, N, N). ``kernel``: see KERNELS.
     """
+    _check_kernel(kernel)
     canvas, positions_xy, squeeze = _batched(canvas, positions_xy)
     size = n + 2 * SHIFT_PAD
     row0, col0, frac_yx = _split(positions_xy, n)
@@ -83,18 +116,26 @@ def extract_patches(canvas: torch.Tensor, positions_xy: torch.Tensor, n: int) ->
     windows = canvas[b, rows, cols]
     if not torch.is_complex(windows):
         windows = windows.to(torch.complex64)
-    windows = fourier_shift(windows, -frac_yx)
-    out = windows[..., SHIFT_PAD:SHIFT_PAD + n, SHIFT_PAD:SHIFT_PAD + n]
+    if kernel == "fourier":
+        windows = fourier_shift(windows, -frac_yx)
+        out = windows[..., SHIFT_PAD:SHIFT_PAD + n, SHIFT_PAD:SHIFT_PAD + n]
+    else:
+        out = 0
+        for (dy, dx), wgt in _bilinear_taps(frac_yx, windows.real.dtype):
+            r0, c0 = SHIFT_PAD + dy, SHIFT_PAD + dx
+            out = out + wgt * windows[..., r0:r0 + n, c0:c0 + n]
     return out[0] if squeeze else out
 
 
 def place_patches(patches: torch.Tensor, positions_xy: torch.Tensor,
-                  canvas_shape: tuple[int, int]) -> torch.Tensor:
-    """Sum N x N patches into a zero canvas at sub-pixel positions (adjoint of extract_patches).
+                  canvas_shape: tuple[int, int], kernel: str = "fourier") -> torch.Tensor:
+    """Sum N x N patches into a zero canvas at sub-pixel positions (adjoint of extract_patches
+    with the same kernel).
 
     patches: (M, N, N) or (B, M, N, N); positions_xy matching (M, 2) or (B, M, 2).
     Returns the (H, W) or (B, H, W) complex canvas.
     """
+    _check_kernel(kernel)
     squeeze = patches.dim() == 3
     if squeeze:
         patches, positions_xy = patches[None], positions_xy[None]
@@ -105,8 +146,13 @@ def place_patches(patches: torch.Tensor, positions_xy: torch.Tensor,
     canvas = torch.zeros((batch, *canvas_shape), dtype=patches.dtype, device=patches.device)
     row0, col0, frac_yx = _split(positions_xy, n)
     b, rows, cols = _window_index(canvas, row0, col0, size)
-    padded = torch.nn.functional.pad(patches, (SHIFT_PAD,) * 4)
-    windows = fourier_shift(padded, frac_yx)
+    if kernel == "fourier":
+        windows = fourier_shift(torch.nn.functional.pad(patches, (SHIFT_PAD,) * 4), frac_yx)
+    else:
+        windows = 0
+        for (dy, dx), wgt in _bilinear_taps(frac_yx, patches.real.dtype):
+            windows = windows + torch.nn.functional.pad(
+                wgt * patches, (SHIFT_PAD + dx, SHIFT_PAD - dx, SHIFT_PAD + dy, SHIFT_PAD - dy))
     idx = (b.expand(windows.shape), rows.expand(windows.shape), cols.expand(windows.shape))
     canvas = canvas.index_put(idx, windows, accumulate=True)
     return canvas[0] if squeeze else canvas
