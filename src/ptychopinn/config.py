@@ -30,6 +30,7 @@ class ModelConfig:
     support: float | None = None
     loss: str = "poisson"
     trainable_gain: bool = True
+    physics_iterations: int = 0
 
     def __post_init__(self):
         if self.n < 8 or self.n % 2:
@@ -42,6 +43,8 @@ class ModelConfig:
             _bad("loss", self.loss, f"one of {list(LOSS_NAMES)}")
         if not self.amp_max > 0:
             _bad("amp_max", self.amp_max, "> 0")
+        if self.physics_iterations < 0:
+            _bad("physics_iterations", self.physics_iterations, "an integer >= 0")
         if self.support is not None and not 0 < self.support <= 1.5:
             _bad("support", self.support, "a fraction of N in (0, 1.5], or None")
 
@@ -51,7 +54,8 @@ class ModelConfig:
 
     def generator_kwargs(self) -> dict:
         return dict(n=self.n, channels=self.channels, n_filters_scale=self.n_filters_scale,
-                    skip=self.skip_connections, amp_max=self.amp_max, support=self.support)
+                    skip=self.skip_connections, amp_max=self.amp_max, support=self.support,
+                    estimate_input=self.physics_iterations > 0)
 
 
 @dataclass(frozen=True)

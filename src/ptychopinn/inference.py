@@ -16,7 +16,8 @@ from ptychopinn.errors import PtychoPINNError
 from ptychopinn.io.atomic import atomic_path
 from ptychopinn.io.bundle import ModelBundle, load_bundle
 from ptychopinn.log import get_logger
-from ptychopinn.physics.forward import overlap_constrain, probe_weight
+from ptychopinn.physics.forward import init_gain, probe_weight
+from ptychopinn.predictor import predict_group_patches
 from ptychopinn.physics.shifts import canvas_geometry, extract_patches, place_patches
 
 log = get_logger("inference")
@@ -87,15 +88,15 @@ def stitch(patches: torch.Tensor, positions_px: np.ndarray, probe: np.ndarray,
     pos = torch.as_tensor(positions_px + offset, dtype=torch.float64)
     w = probe_weight(torch.as_tensor(probe), floor=0.0).to(torch.float32)
     wc = w.to(torch.complex64)
-    den = place_patches(wc.expand(patches.shape), pos, shape).real
+    den = place_patches(wc.expand(patches.shape), pos, shape, kernel="bilinear").real
     norm = den + 1e-3 * den.max()
     patches = patches.to(torch.complex64)
     for _ in range(phase_sync_iterations):
-        canvas = place_patches(patches * wc, pos, shape) / norm
-        ref = extract_patches(canvas, pos, n)
+        canvas = place_patches(patches * wc, pos, shape, kernel="bilinear") / norm
+        ref = extract_patches(canvas, pos, n, kernel="bilinear")
         c = (w * ref * patches.conj()).sum(dim=(-2, -1), keepdim=True)
         patches = patches * torch.polar(torch.ones_like(c.real), torch.angle(c))
-    canvas = place_patches(patches * wc, pos, shape) / norm
+    canvas = place_patches(patches * wc, pos, shape, kernel="bilinear") / norm
     # one global phase: make the weighted mean phase zero
     c = (den * canvas).sum()
     canvas = canvas * torch.polar(torch.ones(()), -torch.angle(c))
@@ -124,7 +125,10 @@ def predict_patches(bundle: ModelBundle, scan: ScanData, batch_size: int = 64, s
                              n_groups=scan.n_patterns, seed=seed)
     a0 = scan.amplitude_scale()
     counts = torch.as_tensor(scan.diffraction)
-    weight = probe_weight(torch.as_tensor(scan.probe)).to(device)
+    probe = torch.as_tensor(scan.probe).to(device)
+    weight = probe_weight(probe)
+    gain = torch.tensor(init_gain(scan.mean_counts, scan.probe)
+                        * bundle.normalisation.get("gain_ratio", 1.0), device=device)
     out = torch.empty((scan.n_patterns, mc.n, mc.n), dtype=torch.complex64)
     order = np.argsort(groups.indices[:, 0])  # group g seeded position indices[g, 0]
     progress = None
@@ -135,11 +139,9 @@ def predict_patches(bundle: ModelBundle, scan: ScanData, batch_size: int = 64, s
         for s in range(0, len(groups), batch_size):
             rows = order[s:s + batch_size]
             idx = torch.as_tensor(groups.indices[rows])
-            amp = (counts[idx].clamp_min(0).sqrt() / a0).to(device)
-            patches = net(amp)
-            if mc.channels > 1:
-                offsets = torch.as_tensor(groups.offsets_px[rows]).to(device)
-                patches = overlap_constrain(patches, offsets, weight)
+            offsets = torch.as_tensor(groups.offsets_px[rows]).to(device)
+            patches = predict_group_patches(net, mc, counts[idx].to(device), a0, offsets, probe,
+                                            weight, gain)
             out[idx[:, 0]] = patches[:, 0].cpu()
             if progress is not None:
                 progress.update(len(rows))

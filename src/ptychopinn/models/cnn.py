@@ -29,9 +29,15 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 
 
 class CNNGenerator(nn.Module):
+    """See the module docstring. With ``estimate_input`` the network also receives a real-space
+    first estimate of each patch (B, C, N, N complex, e.g. from a few physics projections) as
+    2C extra channels and outputs a multiplicative correction of it: at initialisation (zero head)
+    the output equals the estimate, so training starts from physics, not from noise."""
+
     def __init__(self, n: int, channels: int = 1, n_filters_scale: int = 2, skip: bool = False,
-                 amp_max: float = 1.5, support: float | None = None):
+                 amp_max: float = 1.5, support: float | None = None, estimate_input: bool = False):
         super().__init__()
+        self.estimate_input = estimate_input
         if n < 16 or n & (n - 1):
             raise ValueError(f"n: {n} must be a power of two >= 16 for the cnn generator")
         if n_filters_scale < 1:
@@ -40,7 +46,7 @@ class CNNGenerator(nn.Module):
         levels = int(math.log2(n)) - 3
         widths = [min(16 * n_filters_scale * 2 ** i, 256) for i in range(levels + 1)]
         self.down = nn.ModuleList()
-        cin = channels
+        cin = channels * (3 if estimate_input else 1)
         for w in widths[:-1]:
             self.down.append(_block(cin, w))
             cin = w
@@ -54,6 +60,9 @@ class CNNGenerator(nn.Module):
             self.up.append(_block(w * (2 if skip else 1), w))
             cin = w
         self.head = nn.Conv2d(cin, 2 * channels, 3, padding=1)
+        if estimate_input:
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
         if support is not None:
             y, x = torch.meshgrid(torch.arange(n) - n // 2, torch.arange(n) - n // 2, indexing="ij")
             r = torch.sqrt(x.float() ** 2 + y.float() ** 2)
@@ -62,8 +71,13 @@ class CNNGenerator(nn.Module):
         else:
             self.support_mask = None
 
-    def forward(self, amplitudes: torch.Tensor) -> torch.Tensor:
-        x = amplitudes
+    def forward(self, amplitudes: torch.Tensor, estimate: torch.Tensor | None = None) -> torch.Tensor:
+        if self.estimate_input:
+            if estimate is None:
+                raise ValueError("this generator needs the physics estimate as second input")
+            x = torch.cat([amplitudes, estimate.real - 1, estimate.imag], dim=1)
+        else:
+            x = amplitudes
         skips = []
         for block in self.down:
             x = block(x)
@@ -75,8 +89,15 @@ class CNNGenerator(nn.Module):
             s = skips.pop()
             x = block(torch.cat([x, s], dim=1) if self.skip else x)
         out = self.head(x)
-        amp = self.amp_max * torch.sigmoid(out[:, : self.channels])
-        phase = math.pi * torch.tanh(out[:, self.channels:])
+        if self.estimate_input:
+            # bounded multiplicative correction of the estimate, identity at a zero head
+            base_amp = estimate.abs().clamp(1e-3, self.amp_max * (1 - 1e-3))
+            logit = torch.log(base_amp / (self.amp_max - base_amp))
+            amp = self.amp_max * torch.sigmoid(out[:, : self.channels] + logit)
+            phase = torch.angle(estimate) + math.pi * torch.tanh(out[:, self.channels:])
+        else:
+            amp = self.amp_max * torch.sigmoid(out[:, : self.channels])
+            phase = math.pi * torch.tanh(out[:, self.channels:])
         if self.support_mask is not None:
             # outside the probe support the object is taken as flat (amplitude 1, phase 0)
             m = self.support_mask
@@ -87,6 +108,7 @@ class CNNGenerator(nn.Module):
 
 @register_generator("cnn")
 def build_cnn(n: int, channels: int = 1, n_filters_scale: int = 2, skip: bool = False,
-              amp_max: float = 1.5, support: float | None = None) -> CNNGenerator:
+              amp_max: float = 1.5, support: float | None = None,
+              estimate_input: bool = False) -> CNNGenerator:
     return CNNGenerator(n=n, channels=channels, n_filters_scale=n_filters_scale, skip=skip,
-                        amp_max=amp_max, support=support)
+                        amp_max=amp_max, support=support, estimate_input=estimate_input)

@@ -43,7 +43,8 @@ def scan_tensors(scan: ScanData, a0: float | None = None, with_truth: bool = Fal
 class GroupDataset(Dataset):
     """Items of one scan's groups. Each item is a dict:
 
-    ``amplitude`` (C, N, N) float32 = sqrt(counts) / a0; ``counts`` (C, N, N) float32;
+    ``counts`` (C, N, N) float32; ``a0`` the scan's amplitude normalisation (network input is
+    sqrt(counts) / a0);
     ``offsets`` (C, 2) float32 relative positions (x, y); ``scan`` int index of the scan (selects
     the probe and gain); ``index`` (C,) pattern indices; ``truth`` (C, N, N) complex64 if known.
     """
@@ -58,8 +59,8 @@ class GroupDataset(Dataset):
         idx = torch.as_tensor(self.groups.indices[i])
         counts = self.t.counts[idx]
         item = {
-            "amplitude": counts.clamp_min(0).sqrt() / self.t.a0,
             "counts": counts,
+            "a0": torch.tensor(self.t.a0, dtype=torch.float32),
             "offsets": torch.as_tensor(self.groups.offsets_px[i]),
             "scan": torch.tensor(self.scan_id),
             "index": idx,

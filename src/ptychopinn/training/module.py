@@ -8,8 +8,9 @@ from torch import nn
 
 from ptychopinn.config import ExecutionConfig, ModelConfig, TrainingConfig
 from ptychopinn.models.registry import build_generator
-from ptychopinn.physics.forward import diffraction_intensity, overlap_constrain, probe_weight
+from ptychopinn.physics.forward import diffraction_intensity, probe_weight
 from ptychopinn.physics.losses import get_loss
+from ptychopinn.predictor import predict_group_patches
 from ptychopinn.training.optim import configure_optimization
 
 
@@ -67,15 +68,12 @@ class PtychoPINN(L.LightningModule):
         return names
 
     # model ------------------------------------------------------------------------------
-    def forward(self, amplitude: torch.Tensor, offsets: torch.Tensor | None = None,
-                scan: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, C, N, N) normalised amplitudes -> (B, C, N, N) complex patches (overlap-constrained)."""
-        patches = self.generator(amplitude)
-        if offsets is not None and patches.shape[1] > 1:
-            w = self.weights[scan if scan is not None else 0]
-            w = w[:, None] if w.dim() == 3 else w
-            patches = overlap_constrain(patches, offsets.to(torch.float32), w)
-        return patches
+    def forward(self, counts: torch.Tensor, offsets: torch.Tensor, scan: torch.Tensor,
+                a0: torch.Tensor) -> torch.Tensor:
+        """(B, C, N, N) counts -> (B, C, N, N) complex patches (overlap-constrained)."""
+        return predict_group_patches(
+            self.generator, self.model_config, counts, a0.view(-1, 1, 1, 1), offsets,
+            self.probes[scan][:, None], self.weights[scan][:, None], self.log_gain.exp()[scan])
 
     def predicted_counts(self, patches: torch.Tensor, scan: torch.Tensor) -> torch.Tensor:
         probe = self.probes[scan][:, None]  # (B, 1, K, N, N)
@@ -83,11 +81,11 @@ class PtychoPINN(L.LightningModule):
         return gain * diffraction_intensity(patches, probe)
 
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
-        patches = self(batch["amplitude"], batch["offsets"], batch["scan"])
+        patches = self(batch["counts"], batch["offsets"], batch["scan"], batch["a0"])
         predicted = self.predicted_counts(patches, batch["scan"])
         loss = self.loss_fn(batch["counts"], predicted, eps=self.eps)
         name = self.train_loss_name if stage == "train" else self.val_loss_name
-        bs = batch["amplitude"].shape[0]
+        bs = batch["counts"].shape[0]
         self.log(name, loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=bs, sync_dist=True)
         if "truth" in batch:
             w = self.weights[batch["scan"]][:, None]

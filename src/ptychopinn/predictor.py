@@ -1,0 +1,34 @@
+"""Patch prediction shared by training and inference (no Lightning): one code path.
+
+amplitudes -> [physics estimate] -> generator -> overlap constraint -> complex patches.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ptychopinn.config import ModelConfig
+from ptychopinn.physics.forward import overlap_constrain, projection_estimate
+
+
+def predict_group_patches(generator: torch.nn.Module, model_config: ModelConfig,
+                          counts: torch.Tensor, a0: float | torch.Tensor, offsets_xy: torch.Tensor,
+                          probe: torch.Tensor, weight: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+    """Complex patches (B, C, N, N) for groups of measured ``counts`` (B, C, N, N).
+
+    a0: amplitude normalisation (scalar or (B, 1, 1, 1)); probe: (K, N, N) or (B, 1, K, N, N);
+    weight: (N, N) or (B, 1, N, N); gain: scalar or (B,) (needed by the physics estimate only).
+    """
+    amplitude = counts.clamp_min(0).sqrt() / a0
+    offsets_xy = offsets_xy.to(torch.float32)
+    constrain = counts.shape[1] > 1
+    if model_config.physics_iterations > 0:
+        with torch.no_grad():
+            estimate = projection_estimate(counts, probe, gain.detach(), model_config.physics_iterations,
+                                           offsets_xy if constrain else None, weight)
+        patches = generator(amplitude, estimate)
+    else:
+        patches = generator(amplitude)
+    if constrain:
+        patches = overlap_constrain(patches, offsets_xy, weight)
+    return patches
