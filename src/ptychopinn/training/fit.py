@@ -115,6 +115,9 @@ def fit(train_scans: list[ScanData], test_scan: ScanData | None = None, *,
         probe=train_scans[0].probe,
         normalisation={"a0": a0s[0], "scan_a0": a0s, "eps": eps,
                        "gains": [float(g) for g in module.log_gain.detach().exp().cpu()],
+                       # learned / initial gain of the first scan: inference scales a new scan's
+                       # data-initialised gain by it (the physics estimate needs absolute scale)
+                       "gain_ratio": float(module.log_gain.detach()[0].exp()) / gains[0],
                        "input_normalisation": "per-scan mean pattern energy (N/2)^2"},
         execution=asdict(e),
     )
