@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -50,10 +51,14 @@ def read_npz(path: str | Path, diffraction_units: str = "auto") -> ScanData:
     if not path.exists():
         raise DataError(src, "file", "no such file")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded as z:
+                arrays = {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error) as exc:
         raise DataError(src, "file", f"not a readable NPZ archive ({type(exc).__name__}: {exc})") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise DataError(src, "file", "a single .npy array, not an NPZ archive of named arrays")
 
     key = "diff3d" if "diff3d" in arrays else "diffraction" if "diffraction" in arrays else None
     if key is None:
@@ -117,9 +122,14 @@ def read_npz(path: str | Path, diffraction_units: str = "auto") -> ScanData:
         raise DataError(src, "objectGuess", f"expected a 2-D (H, W) array, got shape {obj.shape}")
     bad = arrays.get("bad_pixels")
     scan_index = arrays.get("scan_index")
-    return ScanData(diffraction=counts, positions_px=np.stack([x, y], axis=1), probe=probe,
-                    object_truth=obj, bad_pixels=bad, scan_index=scan_index,
-                    metadata=metadata, source=src)
+    try:
+        return ScanData(diffraction=counts, positions_px=np.stack([x, y], axis=1), probe=probe,
+                        object_truth=obj, bad_pixels=bad, scan_index=scan_index,
+                        metadata=metadata, source=src)
+    except DataError as exc:  # name the key as it is spelled in the file
+        file_key = {"diffraction": key, "positions": "xcoords/ycoords", "probe": "probeGuess",
+                    "object": "objectGuess"}.get(exc.key, exc.key)
+        raise DataError(src, file_key, exc.problem) from None
 
 
 def write_npz(scan: ScanData, path: str | Path, overwrite: bool = False) -> Path:
