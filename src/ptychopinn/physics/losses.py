@@ -17,9 +17,12 @@ def _masked_mean(values: torch.Tensor, bad_pixels: torch.Tensor | None) -> torch
     return (values * good).sum() / good.sum().clamp_min(1.0)
 
 
-def default_eps(measured: torch.Tensor) -> torch.Tensor:
-    """1e-6 of the mean count (PHYSICS.md), never zero."""
-    return (1e-6 * measured.detach().mean()).clamp_min(1e-12)
+def default_eps(measured: torch.Tensor, bad_pixels: torch.Tensor | None = None) -> torch.Tensor:
+    """1e-6 of the mean count over good pixels (PHYSICS.md), never zero.
+
+    Bad pixels are left out so that a hot pixel cannot inflate eps and bias the loss.
+    """
+    return (1e-6 * _masked_mean(measured.detach(), bad_pixels)).clamp_min(1e-12)
 
 
 def poisson_nll(measured: torch.Tensor, predicted: torch.Tensor, *,
@@ -31,7 +34,7 @@ def poisson_nll(measured: torch.Tensor, predicted: torch.Tensor, *,
     fixed ``I`` it is minimal at ``lambda = I`` (up to eps).
     """
     if eps is None:
-        eps = default_eps(measured)
+        eps = default_eps(measured, bad_pixels)
     values = predicted - measured * torch.log(predicted + eps)
     return _masked_mean(values, bad_pixels)
 
@@ -41,7 +44,7 @@ def amplitude_mae(measured: torch.Tensor, predicted: torch.Tensor, *,
                   ) -> torch.Tensor:
     """Mean absolute error of amplitudes, ``mean(|sqrt(lambda) - sqrt(I)|)``."""
     if eps is None:
-        eps = default_eps(measured)
+        eps = default_eps(measured, bad_pixels)
     values = (torch.sqrt(predicted + eps) - torch.sqrt(measured.clamp_min(0))).abs()
     return _masked_mean(values, bad_pixels)
 
