@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "simulate": "simulate",
     "train": "train",
     "infer": "infer",
+    "evaluate": "evaluate",
 }
 
 

@@ -1,0 +1,145 @@
+"""PNG figures of reconstructions and metrics, written atomically.
+
+matplotlib is imported inside the functions (``import ptychopinn`` stays fast) and used through
+its object API (``matplotlib.figure.Figure``, rendered by Agg), so no pyplot state or global
+backend is touched. Every function refuses to replace an existing file unless ``overwrite``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ptychopinn.io.atomic import atomic_path
+
+DPI = 110
+
+
+def _limits(values: np.ndarray, mask: np.ndarray | None) -> tuple[float, float]:
+    """Colour limits from the pixels that matter (the region when given), robust to outliers."""
+    v = values[mask] if mask is not None and np.any(mask) else values.ravel()
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return 0.0, 1.0
+    lo, hi = np.percentile(v, [0.5, 99.5])
+    if hi <= lo:
+        lo, hi = float(v.min()), float(v.max())
+        if hi <= lo:
+            lo, hi = lo - 0.5, hi + 0.5
+    return float(lo), float(hi)
+
+
+def _show(fig, ax, image, title, cmap, limits, mask=None):
+    im = ax.imshow(image, cmap=cmap, vmin=limits[0], vmax=limits[1], interpolation="nearest")
+    if mask is not None and not np.all(mask):
+        # grey veil over pixels outside the evaluated/scanned region
+        veil = np.zeros(mask.shape + (4,))
+        veil[~mask] = (0.5, 0.5, 0.5, 0.55)
+        ax.imshow(veil, interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("x (px)", fontsize=8)
+    ax.set_ylabel("y (px)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    cbar.ax.tick_params(labelsize=7)
+    return cbar
+
+
+def _save(fig, path, overwrite: bool) -> Path:
+    path = Path(path)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        # the temporary name's suffix is not trusted to pick the format
+        fig.savefig(tmp, format="png", dpi=DPI)
+    return path
+
+
+def _check_2d(obj, name: str) -> np.ndarray:
+    a = np.asarray(obj)
+    if a.ndim != 2:
+        from ptychopinn.errors import PtychoPINNError
+        raise PtychoPINNError(f"{name}: expected a 2-D (H, W) array to plot, got shape {a.shape}")
+    return a
+
+
+def save_complex_png(obj: np.ndarray, path: str | Path, title: str = "", mask: np.ndarray | None = None,
+                     overwrite: bool = False) -> Path:
+    """Amplitude and phase panels of a complex (H, W) object, each with a colour bar.
+
+    ``mask`` (H, W) bool: colour limits come from these pixels and the rest is greyed out.
+    """
+    from matplotlib.figure import Figure
+
+    a = _check_2d(obj, "object").astype(np.complex128)
+    m = None if mask is None else np.asarray(mask, dtype=bool)
+    amp, phase = np.abs(a), np.angle(a)
+    fig = Figure(figsize=(9.0, 4.2), layout="constrained")
+    ax1, ax2 = fig.subplots(1, 2)
+    _show(fig, ax1, amp, "amplitude", "gray", _limits(amp, m), m)
+    cbar = _show(fig, ax2, phase, "phase", "viridis", _limits(phase, m), m)
+    cbar.set_label("rad", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path, overwrite)
+
+
+def save_comparison_png(recon: np.ndarray, gt: np.ndarray, path: str | Path, mask: np.ndarray | None = None,
+                        title: str = "", overwrite: bool = False) -> Path:
+    """2 x 2 figure: ground truth and reconstruction, amplitude (top) and phase (bottom).
+
+    Both (H, W) complex on the same frame (e.g. an ``AlignedPair``); each row shares colour
+    limits taken from the ground truth (inside ``mask`` when given) so differences are visible.
+    """
+    from matplotlib.figure import Figure
+
+    r = _check_2d(recon, "reconstruction").astype(np.complex128)
+    t = _check_2d(gt, "ground truth").astype(np.complex128)
+    if r.shape != t.shape:
+        from ptychopinn.errors import PtychoPINNError
+        raise PtychoPINNError(f"comparison: shapes differ, reconstruction {r.shape} vs truth {t.shape}")
+    m = None if mask is None else np.asarray(mask, dtype=bool)
+    fig = Figure(figsize=(8.5, 7.6), layout="constrained")
+    axes = fig.subplots(2, 2)
+    amp_lim = _limits(np.abs(t), m)
+    ph_t = np.angle(t)
+    ph_r = ph_t + np.angle(r * np.conj(t))  # compare modulo 2 pi, as the metrics do
+    ph_lim = _limits(ph_t, m)
+    _show(fig, axes[0, 0], np.abs(t), "ground truth amplitude", "gray", amp_lim, m)
+    _show(fig, axes[0, 1], np.abs(r), "reconstruction amplitude", "gray", amp_lim, m)
+    _show(fig, axes[1, 0], ph_t, "ground truth phase (rad)", "viridis", ph_lim, m)
+    _show(fig, axes[1, 1], ph_r, "reconstruction phase (rad)", "viridis", ph_lim, m)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path, overwrite)
+
+
+def save_frc_png(freq: np.ndarray, frc: np.ndarray, threshold: np.ndarray, path: str | Path,
+                 resolution_cycles_per_px: float | None = None, title: str = "Fourier ring correlation",
+                 overwrite: bool = False) -> Path:
+    """FRC curve and the 1/2-bit threshold against spatial frequency (cycles/px), DC ring omitted;
+    a vertical line marks ``resolution_cycles_per_px`` when given."""
+    from matplotlib.figure import Figure
+
+    f = np.asarray(freq, dtype=np.float64)
+    c = np.asarray(frc, dtype=np.float64)
+    t = np.asarray(threshold, dtype=np.float64)
+    if not (f.shape == c.shape == t.shape) or f.ndim != 1:
+        from ptychopinn.errors import PtychoPINNError
+        raise PtychoPINNError(f"FRC plot: freq, frc and threshold must be 1-D of one length, got "
+                              f"{f.shape}, {c.shape}, {t.shape}")
+    fig = Figure(figsize=(6.0, 4.0), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(f[1:], c[1:], label="FRC (reconstruction vs truth)", color="C0")
+    ax.plot(f[1:], t[1:], label="1/2-bit threshold", color="C3", linestyle="--")
+    if resolution_cycles_per_px is not None and np.isfinite(resolution_cycles_per_px):
+        ax.axvline(resolution_cycles_per_px, color="0.4", linestyle=":",
+                   label=f"resolution {resolution_cycles_per_px:.3f} cyc/px "
+                         f"({1.0 / resolution_cycles_per_px:.2f} px)")
+    ax.set_xlim(0, 0.5)
+    ax.set_ylim(min(-0.1, float(np.nanmin(c[1:])) if c.size > 1 else -0.1), 1.05)
+    ax.set_xlabel("spatial frequency (cycles/px)")
+    ax.set_ylabel("FRC")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path, overwrite)
