@@ -12,7 +12,8 @@ from ptychopinn import __version__
 from ptychopinn.data.objects import make_object
 from ptychopinn.data.scan import ScanData
 from ptychopinn.physics.forward import diffraction_intensity
-from ptychopinn.physics.probe import PROBES, apply_soft_mask, incoherent_modes, make_probe, scale_probe
+from ptychopinn.physics.probe import (MAX_MODES, PROBES, apply_soft_mask, incoherent_modes, make_probe,
+                                      scale_probe)
 from ptychopinn.physics.shifts import SHIFT_PAD, extract_patches
 
 SCAN_KINDS = ("raster", "fermat", "random")
@@ -61,14 +62,20 @@ class SimulationConfig:
             bad("scan_kind", self.scan_kind, f"one of {list(SCAN_KINDS)}")
         if not 0 <= self.overlap < 1:
             bad("overlap", self.overlap, "a fraction in [0, 1)")
-        if self.step is not None and self.step <= 0:
-            bad("step", self.step, "> 0 pixels")
-        if not self.photons > 0:
-            bad("photons", self.photons, "> 0")
+        if self.step is not None and not 0 < self.step < math.inf:
+            bad("step", self.step, "a finite number > 0 pixels")
+        if not 0 < self.photons < math.inf:
+            bad("photons", self.photons, "a finite number > 0")
         if not 0 <= self.jitter <= 0.5:
             bad("jitter", self.jitter, "a fraction of the step in [0, 0.5]")
-        if self.probe_modes < 1:
-            bad("probe_modes", self.probe_modes, "an integer >= 1")
+        if not 1 <= self.probe_modes <= MAX_MODES:
+            bad("probe_modes", self.probe_modes, f"an integer in [1, {MAX_MODES}]")
+        if self.object_size is not None and self.object_size < 1:
+            bad("object_size", self.object_size, "an integer >= 1 pixels, or None for automatic")
+        if not 0 <= self.amplitude_contrast < 1:
+            bad("amplitude_contrast", self.amplitude_contrast, "a fraction in [0, 1)")
+        if not math.isfinite(self.phase_range):
+            bad("phase_range", self.phase_range, "a finite number of radians")
         if self.probe_diameter is not None and not 0 < self.probe_diameter <= self.patch_size:
             bad("probe_diameter", self.probe_diameter, f"in (0, {self.patch_size}] pixels")
 

@@ -10,6 +10,9 @@ import numpy as np
 
 PROBES: dict = {}
 
+#: Most incoherent modes ``incoherent_modes`` can build (one per low-order factor).
+MAX_MODES = 6
+
 
 def register_probe(name):
     def deco(fn):
@@ -109,6 +112,7 @@ def incoherent_modes(probe: np.ndarray, n_modes: int, power_ratio: float = 0.3) 
     scale = max(np.sqrt(np.sum(np.abs(probe) ** 2 * (x ** 2 + y ** 2)) / np.sum(np.abs(probe) ** 2)), 1)
     xs, ys = x / scale, y / scale
     factors = [np.ones_like(xs), xs, ys, xs * ys, xs ** 2 - ys ** 2, xs ** 2 + ys ** 2 - 1]
+    assert len(factors) == MAX_MODES
     if n_modes > len(factors):
         raise ValueError(f"n_modes: {n_modes} exceeds the supported {len(factors)}")
     basis = []
