@@ -1,8 +1,9 @@
 """Configuration dataclasses, frozen and validated at construction.
 
 ``ModelConfig`` and ``DataConfig`` define what is learned and are stored in the model bundle.
-``TrainingConfig`` holds the training-length/batch knobs; ``ExecutionConfig`` (see
-``ptychopinn.execution``) holds runtime-only knobs that never change what a bundle is.
+``TrainingConfig`` holds the training-length/batch knobs; ``ExecutionConfig`` holds runtime-only
+knobs that never change what a bundle is. ``ptychopinn.config_factory.build_run_config`` builds all
+four from defaults, a config file and explicit overrides (the CLI and the Python API share it).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class ModelConfig:
     generator: str = "cnn"
     n_filters_scale: int = 2
     skip_connections: bool = False
-    amp_max: float = 1.5
+    amp_max: float = 2.0
     support: float | None = None
     loss: str = "poisson"
     trainable_gain: bool = True
@@ -112,16 +113,64 @@ def from_dict(cls, data: dict):
     return cls(**data)
 
 
+# --- ExecutionConfig ------------------------------------------------------------------------
+# One set of names for CLI, config file and Python API. Scheduler semantics: training/optim.py;
+# building configs with precedence and an audit trail: config_factory.py.
 SCHEDULER_NAMES = ("Default", "Exponential", "MultiStage", "Adaptive", "WarmupCosine")
 SCHEDULER_ALIASES = {"ReduceLROnPlateau": "Adaptive"}
 OPTIMIZER_NAMES = ("adam", "adamw", "sgd")
 LOGGER_NAMES = ("csv", "tensorboard", "mlflow", "none")
+ACCELERATOR_NAMES = ("auto", "cpu", "gpu", "cuda", "mps")
+PRECISION_NAMES = ("32-true", "16-mixed", "bf16-mixed", "64-true")
+#: DDP variants only: the other Lightning strategies (deepspeed, fsdp, xla) are untested with the
+#: complex-valued physics and are rejected rather than half supported.
+STRATEGY_NAMES = ("auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook",
+                  "ddp_find_unused_parameters_true")
+GRADIENT_CLIP_ALGORITHMS = ("norm", "value")
+CHECKPOINT_MODES = ("min", "max")
+#: ``resume_from`` value meaning ``OUTPUT_DIR/checkpoints/last.ckpt``.
+RESUME_LAST = "last"
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    import math
+
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _check_int(field: str, value, minimum: int | None = None, allow_none: bool = False,
+               expected: str | None = None) -> None:
+    if value is None and allow_none:
+        return
+    if not _is_int(value) or (minimum is not None and value < minimum):
+        text = expected or (f"an integer >= {minimum}" if minimum is not None else "an integer")
+        _bad(field, value, text + (" or None" if allow_none else ""))
+
+
+def _check_choice(field: str, value, choices) -> None:
+    if value not in choices:
+        _bad(field, value, f"one of {list(choices)}")
+
+
+def _check_bool(field: str, value) -> None:
+    if not isinstance(value, bool):
+        _bad(field, value, "true or false")
 
 
 @dataclass(frozen=True)
 class ExecutionConfig:
     """Runtime-only knobs: how training runs, never what is learned (not part of a bundle's
-    identity; the resolved values are recorded with each run for audit)."""
+    identity; the resolved values are recorded with each run for audit).
+
+    Validated at construction: a bad value raises ValueError naming the field, the value and the
+    allowed values. Cross-field rules that need the other configs (e.g. ``warmup_epochs`` versus
+    ``max_epochs``) are checked by ``ptychopinn.config_factory.check_run``.
+    """
 
     # Trainer
     accelerator: str = "auto"
@@ -139,6 +188,7 @@ class ExecutionConfig:
     # Optimisation
     learning_rate: float = 1e-3
     optimizer: str = "adam"
+    momentum: float = 0.9
     weight_decay: float = 0.0
     scheduler: str = "Default"
     lr_gamma: float = 0.95
@@ -167,18 +217,94 @@ class ExecutionConfig:
     inference_batch_size: int | None = None
 
     def __post_init__(self):
+        # Trainer
+        if self.accelerator == "tpu":
+            _bad("accelerator", "tpu", f"one of {list(ACCELERATOR_NAMES)}; TPUs are not supported "
+                 "(the complex-valued FFT physics has no XLA path here)")
+        _check_choice("accelerator", self.accelerator, ACCELERATOR_NAMES)
+        devices = self.devices
+        if isinstance(devices, str) and devices.strip().isdigit():
+            devices = int(devices)
+            object.__setattr__(self, "devices", devices)
+        if devices != "auto" and not (_is_int(devices) and devices >= 1):
+            _bad("devices", devices, "an integer >= 1 or 'auto'")
+        _check_choice("strategy", self.strategy, STRATEGY_NAMES)
+        _check_int("num_nodes", self.num_nodes, 1)
+        _check_choice("precision", self.precision, PRECISION_NAMES)
+        _check_bool("deterministic", self.deterministic)
+        if not _is_int(self.seed) or not 0 <= self.seed <= 2**32 - 1:
+            _bad("seed", self.seed, "an integer in [0, 2**32 - 1]")
+        # DataLoader
+        _check_int("num_workers", self.num_workers, 0)
+        _check_bool("pin_memory", self.pin_memory)
+        _check_bool("persistent_workers", self.persistent_workers)
+        if self.persistent_workers and self.num_workers == 0:
+            _bad("persistent_workers", True, "false when num_workers is 0 (no worker to keep alive); "
+                 "set num_workers > 0")
+        _check_int("prefetch_factor", self.prefetch_factor, 1, allow_none=True)
+        if self.prefetch_factor is not None and self.num_workers == 0:
+            _bad("prefetch_factor", self.prefetch_factor, "None when num_workers is 0 (only worker "
+                 "processes prefetch); set num_workers > 0")
+        # Optimisation
+        if not _is_number(self.learning_rate) or not self.learning_rate > 0:
+            _bad("learning_rate", self.learning_rate, "a number > 0")
+        _check_choice("optimizer", self.optimizer, OPTIMIZER_NAMES)
+        if not _is_number(self.momentum) or not 0 <= self.momentum < 1:
+            _bad("momentum", self.momentum, "a number in [0, 1) (used by the sgd optimizer)")
+        if not _is_number(self.weight_decay) or self.weight_decay < 0:
+            _bad("weight_decay", self.weight_decay, "a number >= 0")
         if self.scheduler in SCHEDULER_ALIASES:
             object.__setattr__(self, "scheduler", SCHEDULER_ALIASES[self.scheduler])
         if self.scheduler not in SCHEDULER_NAMES:
             _bad("scheduler", self.scheduler,
                  f"one of {list(SCHEDULER_NAMES)} (alias: ReduceLROnPlateau = Adaptive)")
-        if self.optimizer not in OPTIMIZER_NAMES:
-            _bad("optimizer", self.optimizer, f"one of {list(OPTIMIZER_NAMES)}")
-        if not self.learning_rate > 0:
-            _bad("learning_rate", self.learning_rate, "> 0")
-        if self.accumulate_grad_batches < 1:
-            _bad("accumulate_grad_batches", self.accumulate_grad_batches, "an integer >= 1")
-        if self.num_workers < 0:
-            _bad("num_workers", self.num_workers, "an integer >= 0")
-        if self.logger not in LOGGER_NAMES:
-            _bad("logger", self.logger, f"one of {list(LOGGER_NAMES)}")
+        if not _is_number(self.lr_gamma) or not 0 < self.lr_gamma <= 1:
+            _bad("lr_gamma", self.lr_gamma, "a decay factor in (0, 1]")
+        milestones = self.lr_milestones
+        if isinstance(milestones, list):
+            milestones = tuple(milestones)
+            object.__setattr__(self, "lr_milestones", milestones)
+        if (not isinstance(milestones, tuple) or not all(_is_int(m) and m >= 1 for m in milestones)
+                or list(milestones) != sorted(set(milestones))):
+            _bad("lr_milestones", self.lr_milestones, "strictly increasing epoch numbers >= 1")
+        if self.scheduler == "MultiStage" and not milestones:
+            _bad("lr_milestones", milestones, "at least one epoch for scheduler MultiStage "
+                 "(e.g. lr_milestones: [10, 20])")
+        if not _is_number(self.plateau_factor) or not 0 < self.plateau_factor < 1:
+            _bad("plateau_factor", self.plateau_factor, "a factor in (0, 1)")
+        _check_int("plateau_patience", self.plateau_patience, 0)
+        if not _is_number(self.min_lr) or self.min_lr < 0:
+            _bad("min_lr", self.min_lr, "a number >= 0")
+        if self.scheduler in ("Adaptive", "WarmupCosine") and self.min_lr >= self.learning_rate:
+            _bad("min_lr", self.min_lr, f"a number below learning_rate ({self.learning_rate}) "
+                 f"for scheduler {self.scheduler}")
+        _check_int("warmup_epochs", self.warmup_epochs, 0)
+        _check_int("accumulate_grad_batches", self.accumulate_grad_batches, 1)
+        if self.gradient_clip_val is not None and (
+                not _is_number(self.gradient_clip_val) or not self.gradient_clip_val > 0):
+            _bad("gradient_clip_val", self.gradient_clip_val, "a number > 0 or None (no clipping)")
+        _check_choice("gradient_clip_algorithm", self.gradient_clip_algorithm, GRADIENT_CLIP_ALGORITHMS)
+        # Checkpointing and early stopping
+        _check_bool("enable_checkpointing", self.enable_checkpointing)
+        _check_int("checkpoint_save_top_k", self.checkpoint_save_top_k, -1,
+                   expected="-1 (keep all), 0 (only last.ckpt) or an integer k >= 1")
+        if not isinstance(self.checkpoint_monitor, str) or not self.checkpoint_monitor.strip():
+            _bad("checkpoint_monitor", self.checkpoint_monitor,
+                 "'val_loss' or the name of a metric the model logs")
+        _check_choice("checkpoint_mode", self.checkpoint_mode, CHECKPOINT_MODES)
+        _check_bool("early_stopping", self.early_stopping)
+        _check_int("early_stop_patience", self.early_stop_patience, 1,
+                   expected="an integer >= 1 (disable early stopping with early_stopping: false)")
+        if self.resume_from is not None and (not isinstance(self.resume_from, str)
+                                             or not self.resume_from.strip()):
+            _bad("resume_from", self.resume_from, f"a checkpoint path, {RESUME_LAST!r} or None")
+        # Logging and output
+        _check_choice("logger", self.logger, LOGGER_NAMES)
+        if self.mlflow_tracking_uri is not None and (not isinstance(self.mlflow_tracking_uri, str)
+                                                     or not self.mlflow_tracking_uri.strip()):
+            _bad("mlflow_tracking_uri", self.mlflow_tracking_uri, "a URI string or None")
+        if not isinstance(self.experiment_name, str) or not self.experiment_name.strip():
+            _bad("experiment_name", self.experiment_name, "a non-empty name")
+        _check_bool("quiet", self.quiet)
+        # Inference
+        _check_int("inference_batch_size", self.inference_batch_size, 1, allow_none=True)

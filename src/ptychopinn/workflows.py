@@ -51,3 +51,41 @@ def refine_reconstruction(recon: Reconstruction | None, scan: ScanData, epochs: 
                                    probe=result.probe)
     return replace(base, object=result.object, offset_px=np.asarray(result.offset_px),
                    illumination=result.illumination, probe=result.probe, metadata=metadata)
+
+
+def self_supervised_reconstruction(scan: ScanData, output_dir: str | Path | None, *,
+                                   model_config=None, data_config=None, training_config=None,
+                                   execution_config=None, refine_epochs: int = 0,
+                                   overwrite: bool = False):
+    """Train on the scan itself (no labels), reconstruct it, optionally refine.
+
+    Returns (Reconstruction, TrainResult). The bundle is written to ``output_dir`` when given.
+    """
+    from ptychopinn.config import DataConfig, ExecutionConfig, ModelConfig, TrainingConfig
+    from ptychopinn.inference import reconstruct
+    from ptychopinn.training.fit import fit
+
+    execution_config = execution_config or ExecutionConfig()
+    result = fit([scan], None, model_config=model_config or ModelConfig(),
+                 data_config=data_config or DataConfig(),
+                 training_config=training_config or TrainingConfig(),
+                 execution_config=execution_config, output_dir=output_dir, overwrite=overwrite)
+    batch = execution_config.inference_batch_size or result.bundle.training_config.batch_size
+    recon = reconstruct(result.bundle, scan, batch_size=batch, seed=execution_config.seed,
+                        quiet=execution_config.quiet)
+    recon.metadata["method"] = "ptychopinn self-supervised network"
+    if refine_epochs:
+        recon = refine_reconstruction(recon, scan, refine_epochs, quiet=execution_config.quiet,
+                                      seed=execution_config.seed)
+    return recon, result
+
+
+def evaluate_against_truth(recon: Reconstruction, scan: ScanData) -> dict:
+    """Metrics of ``recon`` against the scan's ground-truth object (ambiguities removed)."""
+    from ptychopinn.evaluation import evaluate_reconstruction
+
+    if scan.object_truth is None:
+        raise ValueError(f"{scan.source}: objectGuess: no ground truth to evaluate against")
+    return evaluate_reconstruction(recon.object, scan.object_truth, offset_px=recon.offset_px,
+                                   illumination=recon.illumination, positions_px=scan.positions_px,
+                                   probe=scan.probe)

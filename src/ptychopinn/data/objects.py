@@ -76,16 +76,18 @@ def _gray(img: np.ndarray) -> np.ndarray:
 
 
 def _fit(img: np.ndarray, shape, rng) -> np.ndarray:
-    """Random crop of ``shape`` from ``img``; the image is first resized up if it is too small."""
+    """Resize ``img`` so that it just covers ``shape`` (the whole picture stays recognisable at
+    small object sizes), then take a random crop along the longer side."""
     import torch
 
     h, w = shape
     ih, iw = img.shape
-    scale = max(h / ih, w / iw, 1.0)
-    if scale > 1.0:
+    scale = max(h / ih, w / iw)
+    size = (max(h, int(np.ceil(ih * scale))), max(w, int(np.ceil(iw * scale))))
+    if size != (ih, iw):
         t = torch.as_tensor(img)[None, None]
-        t = torch.nn.functional.interpolate(t, size=(int(np.ceil(ih * scale)), int(np.ceil(iw * scale))),
-                                            mode="bilinear", align_corners=False)
+        t = torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False,
+                                            antialias=scale < 1)
         img = t[0, 0].numpy()
         ih, iw = img.shape
     r0 = int(rng.integers(0, ih - h + 1))
@@ -125,7 +127,7 @@ def object_maps(spec: str, shape, rng: np.random.Generator, test_split: bool = F
         pool = NATURAL_TEST if test_split else NATURAL_TRAIN
         a_name, p_name = rng.choice(pool, size=2, replace=False)
         return (_fit(skimage_image(a_name), shape, rng),
-                _fit(_smooth(skimage_image(p_name), 1.0), shape, rng))
+                _unit(_smooth(_fit(skimage_image(p_name), shape, rng), 1.0)))
     for prefix, loader in (("skimage:", skimage_image), ("file:", file_image)):
         if spec.startswith(prefix):
             names = spec[len(prefix):].split(",")

@@ -20,9 +20,18 @@ def align_phase(patches: torch.Tensor, reference: torch.Tensor, weight: torch.Te
     return patches * torch.polar(torch.ones_like(c.real), torch.angle(c))
 
 
+def align_scale(patches: torch.Tensor, reference: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Multiply each patch by the complex scalar (global phase and amplitude scale, the
+    ambiguities of PHYSICS.md section 5) that best matches ``reference`` (weighted)."""
+    num = (weight * reference * patches.conj()).sum(dim=(-2, -1), keepdim=True)
+    den = (weight * patches.abs().square()).sum(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
+    return patches * (num / den)
+
+
 def patch_nrmse(patches: torch.Tensor, truth: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Probe-weighted complex NRMSE per patch after removing each patch's global phase."""
-    aligned = align_phase(patches, truth, weight)
+    """Probe-weighted complex NRMSE per patch after removing each patch's global phase and
+    amplitude scale (mean over patches)."""
+    aligned = align_scale(patches, truth, weight)
     err = (weight * (aligned - truth).abs().square()).sum(dim=(-2, -1))
     ref = (weight * truth.abs().square()).sum(dim=(-2, -1)).clamp_min(1e-12)
     return (err / ref).sqrt().mean()
