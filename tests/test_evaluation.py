@@ -229,6 +229,18 @@ def test_noise_makes_every_metric_worse_and_flat_baseline_is_worse_than_good(tru
     assert runs[2]["baseline_flat"] == base
 
 
+def test_pure_phase_object_and_constant_truth_stay_defined(truth, tiny_scan):
+    # amplitude range is zero up to complex64 round-off: PSNR/SSIM fall back to the peak value
+    phase_only = np.exp(1j * np.angle(truth)).astype(np.complex64)
+    out = evaluate_reconstruction(phase_only * 0.5 + _noise(truth.shape, 0.01, 2), phase_only,
+                                  positions_px=tiny_scan.positions_px, radius_px=8)
+    assert out["amplitude_data_range"] == pytest.approx(1.0)
+    assert out["phase_ssim"] > 0.8 and 0 < out["amplitude_ssim"] <= 1
+    base_psnr = out["baseline_flat"]["amplitude_psnr"]  # an exact match up to round-off
+    assert base_psnr is None or base_psnr > 100
+    json.dumps(out, allow_nan=False)
+
+
 def test_pixel_size_gives_resolution_in_metres(truth, tiny_scan):
     rec = truth + _noise(truth.shape, 0.1, 1)
     out = evaluate_reconstruction(rec, truth, positions_px=tiny_scan.positions_px, pixel_size_m=1e-8)

@@ -125,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
     rows, cols = pair.bbox(margin=4)
     save_comparison_png(pair.recon[rows, cols], pair.truth[rows, cols], targets[2],
                         mask=pair.mask[rows, cols], title="aligned reconstruction vs ground truth",
-                        overwrite=args.overwrite)
+                        overwrite=args.overwrite,
+                        origin_px=(pair.origin_px[0] + cols.start, pair.origin_px[1] + rows.start))
     print(metrics_table(metrics))
     for t in targets:
         print(t)

@@ -75,11 +75,13 @@ def _mask_or_all(mask, shape):
 
 
 def data_range_of(truth: np.ndarray, mask: np.ndarray | None = None) -> float:
-    """Range (max - min) of ``truth`` in ``mask``; if it is zero (e.g. the amplitude of a pure
-    phase object), the largest absolute value, else 1, so PSNR/SSIM stay defined."""
+    """Range (max - min) of ``truth`` in ``mask``; if it is zero (below 1e-5 of the largest
+    value, e.g. the amplitude of a pure phase object stored in complex64), the largest absolute
+    value, else 1, so PSNR/SSIM stay defined."""
     t = np.asarray(truth, dtype=np.float64)[_mask_or_all(mask, np.shape(truth))]
     rng = float(t.max() - t.min())
-    if rng > 1e-12 * max(float(np.abs(t).max()), 1e-300):
+    # below float32 round-off of the values, a range is noise (a stored pure-phase object)
+    if rng > 1e-5 * max(float(np.abs(t).max()), 1e-300):
         return rng
     peak = float(np.abs(t).max())
     return peak if peak > 0 else 1.0

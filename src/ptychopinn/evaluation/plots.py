@@ -30,13 +30,17 @@ def _limits(values: np.ndarray, mask: np.ndarray | None) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def _show(fig, ax, image, title, cmap, limits, mask=None):
-    im = ax.imshow(image, cmap=cmap, vmin=limits[0], vmax=limits[1], interpolation="nearest")
+def _show(fig, ax, image, title, cmap, limits, mask=None, origin_px=(0, 0)):
+    h, w = image.shape
+    x0, y0 = origin_px
+    extent = (x0 - 0.5, x0 + w - 0.5, y0 + h - 0.5, y0 - 0.5)  # pixel centres at integer coordinates
+    im = ax.imshow(image, cmap=cmap, vmin=limits[0], vmax=limits[1], interpolation="nearest",
+                   extent=extent)
     if mask is not None and not np.all(mask):
         # grey veil over pixels outside the evaluated/scanned region
         veil = np.zeros(mask.shape + (4,))
         veil[~mask] = (0.5, 0.5, 0.5, 0.55)
-        ax.imshow(veil, interpolation="nearest")
+        ax.imshow(veil, interpolation="nearest", extent=extent)
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("x (px)", fontsize=8)
     ax.set_ylabel("y (px)", fontsize=8)
@@ -86,11 +90,13 @@ def save_complex_png(obj: np.ndarray, path: str | Path, title: str = "", mask: n
 
 
 def save_comparison_png(recon: np.ndarray, gt: np.ndarray, path: str | Path, mask: np.ndarray | None = None,
-                        title: str = "", overwrite: bool = False) -> Path:
+                        title: str = "", overwrite: bool = False, origin_px=(0, 0)) -> Path:
     """2 x 2 figure: ground truth and reconstruction, amplitude (top) and phase (bottom).
 
     Both (H, W) complex on the same frame (e.g. an ``AlignedPair``); each row shares colour
     limits taken from the ground truth (inside ``mask`` when given) so differences are visible.
+    ``origin_px`` (x, y): coordinates of pixel (0, 0) for the axis labels (e.g. ground-truth pixels
+    of a crop).
     """
     from matplotlib.figure import Figure
 
@@ -108,10 +114,11 @@ def save_comparison_png(recon: np.ndarray, gt: np.ndarray, path: str | Path, mas
     ph_t = np.angle(t)
     ph_r = ph_t + np.angle(r * np.conj(t))  # compare modulo 2 pi, as the metrics do
     ph_lim = _limits(ph_t, m)
-    _show(fig, axes[0, 0], np.abs(t), "ground truth amplitude", "gray", amp_lim, m)
-    _show(fig, axes[0, 1], np.abs(r), "reconstruction amplitude", "gray", amp_lim, m)
-    _show(fig, axes[1, 0], ph_t, "ground truth phase (rad)", "viridis", ph_lim, m)
-    _show(fig, axes[1, 1], ph_r, "reconstruction phase (rad)", "viridis", ph_lim, m)
+    o = origin_px
+    _show(fig, axes[0, 0], np.abs(t), "ground truth amplitude", "gray", amp_lim, m, o)
+    _show(fig, axes[0, 1], np.abs(r), "reconstruction amplitude", "gray", amp_lim, m, o)
+    _show(fig, axes[1, 0], ph_t, "ground truth phase (rad)", "viridis", ph_lim, m, o)
+    _show(fig, axes[1, 1], ph_r, "reconstruction phase (rad)", "viridis", ph_lim, m, o)
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, path, overwrite)
