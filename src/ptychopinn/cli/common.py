@@ -44,3 +44,55 @@ def add_units_flag(parser: argparse.ArgumentParser) -> None:
 def add_quiet_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true",
                         help="only warnings and errors; no progress bars")
+
+
+def _scan_flag_names(name: str) -> tuple[str, str, str]:
+    """(npz, product, diffraction) option names: 'data' -> --data/--product/--diffraction,
+    'test-data' -> --test-data/--test-product/--test-diffraction."""
+    prefix = name[: -len("data")] if name.endswith("data") else f"{name}-"
+    return name, f"{prefix}product", f"{prefix}diffraction"
+
+
+def add_scan_input_flags(parser: argparse.ArgumentParser, name: str = "data", what: str = "scan") -> None:
+    """Add ``--NAME F`` (PtychoPINN NPZ) and the alternative ``--product P --diffraction D``
+    (Ptychodus files); for ``name='test-data'`` the pair is ``--test-product/--test-diffraction``.
+    Read them back with :func:`load_scan_from_args` (same ``name``)."""
+    from pathlib import Path
+
+    npz, product, diffraction = _scan_flag_names(name)
+    parser.add_argument(f"--{npz}", type=Path, metavar="F", default=None,
+                        help=f"{what} as a PtychoPINN NPZ file")
+    parser.add_argument(f"--{product}", type=Path, metavar="P", default=None,
+                        help=f"{what} as Ptychodus files: product.h5 (positions, probe, object grid); "
+                             f"use with --{diffraction}, instead of --{npz}")
+    parser.add_argument(f"--{diffraction}", type=Path, metavar="D", default=None,
+                        help=f"Ptychodus diffraction.h5 (patterns, indexes, bad pixels) paired with --{product}")
+
+
+def scan_input_given(args: argparse.Namespace, name: str = "data") -> bool:
+    """Whether any of the scan input flags added by :func:`add_scan_input_flags` was given."""
+    return any(getattr(args, n.replace("-", "_"), None) is not None for n in _scan_flag_names(name))
+
+
+def load_scan_from_args(args: argparse.Namespace, name: str = "data"):
+    """The ScanData named by the flags of :func:`add_scan_input_flags`.
+
+    Raises a one-line PtychoPINNError when neither form, both forms, or half of the pair is given.
+    ``--diffraction-units`` is honoured when the parser has it.
+    """
+    from ptychopinn.data import load_scan
+    from ptychopinn.errors import PtychoPINNError
+
+    npz, product, diffraction = _scan_flag_names(name)
+    path, prod, diff = (getattr(args, n.replace("-", "_"), None) for n in (npz, product, diffraction))
+    if path is not None and (prod is not None or diff is not None):
+        raise PtychoPINNError(f"give either --{npz} (NPZ) or --{product} with --{diffraction} "
+                              "(Ptychodus files), not both")
+    if path is None and prod is None and diff is None:
+        raise PtychoPINNError(f"no input scan: give --{npz} F (NPZ) or --{product} P --{diffraction} D "
+                              "(Ptychodus files)")
+    if path is None and (prod is None or diff is None):
+        given, missing = (product, diffraction) if diff is None else (diffraction, product)
+        raise PtychoPINNError(f"--{given} needs --{missing} (Ptychodus scans are a product + diffraction pair)")
+    units = getattr(args, "diffraction_units", "auto")
+    return load_scan(path, units, product=prod, diffraction=diff)
