@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import lightning as L
@@ -11,19 +11,27 @@ import numpy as np
 import torch
 
 from ptychopinn.config import DataConfig, ExecutionConfig, ModelConfig, TrainingConfig
+from ptychopinn.config_factory import (SOURCE_DATA, SOURCE_DEFAULT, RunConfig, check_run,
+                                       run_config_from_objects, write_audit)
 from ptychopinn.data.scan import ScanData
 from ptychopinn.errors import PtychoPINNError
 from ptychopinn.io.bundle import BUNDLE_NAME, ModelBundle, save_bundle
 from ptychopinn.log import get_logger
 from ptychopinn.training.data import PtychoDataModule
 from ptychopinn.training.module import PtychoPINN
-from ptychopinn.training.trainer import build_trainer, resolve_monitor
+from ptychopinn.training.trainer import (batches_per_epoch, build_trainer, check_logger_available,
+                                         default_mlflow_uri, launch_rank, resolve_accelerator,
+                                         resolve_devices, resolve_monitor, resolve_resume,
+                                         run_context)
 
 log = get_logger("training")
 
 
 @dataclass
 class TrainResult:
+    """What ``fit`` returns. ``runtime`` holds the values resolved at run time (accelerator,
+    devices, monitor, effective batch size, ...) as written to the audit file."""
+
     bundle: ModelBundle
     bundle_path: Path | None
     module: PtychoPINN
@@ -32,6 +40,9 @@ class TrainResult:
     metrics: dict = field(default_factory=dict)
     seconds: float = 0.0
     train_groups: int = 0
+    run_config: RunConfig | None = None
+    runtime: dict = field(default_factory=dict)
+    audit_path: Path | None = None
 
 
 def _stack_probes(scans: list[ScanData]) -> torch.Tensor:
@@ -51,67 +62,168 @@ def check_patch_sizes(scans: list[ScanData], n: int | None = None) -> int:
     return n
 
 
+def _accumulation_limit(n_groups: int, batch_size: int, accumulate: int, world_size: int) -> int | None:
+    """``limit_train_batches`` that makes every optimiser step average exactly ``accumulate``
+    full batches (None when no limit is needed).
+
+    Lightning divides each micro-batch loss by K and steps at the end of an epoch even when fewer
+    than K micro-batches were accumulated, so a trailing partial group would take a smaller step.
+    Dropping it is the accumulation analogue of ``drop_last``: with the same seed, batch ``b`` and
+    K steps sees exactly the samples and updates of batch ``b*K`` without accumulation.
+    """
+    if accumulate == 1:
+        return None
+    batches = batches_per_epoch(n_groups, batch_size, world_size)
+    if batches < accumulate:
+        raise PtychoPINNError(
+            f"accumulate_grad_batches: invalid value {accumulate}; expected at most the {batches} "
+            f"training batch(es) per epoch and process ({n_groups} groups, batch_size {batch_size}, "
+            f"{world_size} process(es)); lower it or the batch size")
+    if batches % accumulate:
+        return batches - batches % accumulate
+    return None
+
+
 def fit(train_scans: list[ScanData], test_scan: ScanData | None = None, *,
-        model_config: ModelConfig | None = None, data_config: DataConfig = DataConfig(),
-        training_config: TrainingConfig = TrainingConfig(),
-        execution_config: ExecutionConfig = ExecutionConfig(),
+        run_config: RunConfig | None = None,
+        model_config: ModelConfig | None = None, data_config: DataConfig | None = None,
+        training_config: TrainingConfig | None = None,
+        execution_config: ExecutionConfig | None = None,
         output_dir: str | Path | None = None, overwrite: bool = False,
-        callbacks: list | None = None) -> TrainResult:
+        callbacks: list | None = None, trainer_overrides: dict | None = None) -> TrainResult:
     """Train the PINN on ``train_scans`` and write ``output_dir/model.ptpinn``.
 
-    N comes from the data (``model_config.n`` is replaced). One seed (``execution_config.seed``)
-    controls grouping, the validation split, weight initialisation and batch order.
+    Configuration: either ``run_config`` (from ``ptychopinn.config_factory.build_run_config``,
+    which records where each value came from) or the individual dataclasses (missing ones are
+    defaults); not both. N comes from the data (``model.n`` is replaced). One seed
+    (``execution.seed``) controls grouping, the validation split, weight initialisation and batch
+    order.
+
+    With ``output_dir``: writes ``config.resolved.yaml`` (every value and its source, plus the
+    runtime resolution) before training, Lightning checkpoints under ``checkpoints/``, logs under
+    ``lightning_logs/`` (csv, tensorboard) or ``mlruns/`` (mlflow), and the bundle at the end.
+    ``callbacks`` are added to the Trainer's; ``trainer_overrides`` go to ``L.Trainer`` last.
     """
     if not train_scans:
         raise PtychoPINNError("train: no training data given")
+    if run_config is not None and any(c is not None for c in (model_config, data_config,
+                                                               training_config, execution_config)):
+        raise TypeError("fit: pass either run_config or the individual configs, not both")
+    rc = run_config or run_config_from_objects(model_config, data_config, training_config,
+                                               execution_config)
     n = check_patch_sizes(train_scans + ([test_scan] if test_scan else []))
-    model_config = replace(model_config or ModelConfig(), n=n)
-    e = execution_config
+    if rc.model.n != n and rc.sources.get("model.n", SOURCE_DEFAULT) != SOURCE_DEFAULT:
+        log.warning("model.n = %d (%s) ignored: the data's patterns are %dx%d",
+                    rc.model.n, rc.sources["model.n"], n, n)
+    rc = rc.with_values(SOURCE_DATA, **{"model.n": n})
+    for message in check_run(rc):
+        log.warning("%s", message)
+    e, t = rc.execution, rc.training
+    check_logger_available(e.logger)
     out = Path(output_dir) if output_dir is not None else None
     if out is not None:
         if (out / BUNDLE_NAME).exists() and not overwrite:
             raise PtychoPINNError(f"{out / BUNDLE_NAME}: output already exists; choose another "
                                   "--output-dir or pass --overwrite")
         out.mkdir(parents=True, exist_ok=True)
-    L.seed_everything(e.seed, workers=True, verbose=False)
+    resume = resolve_resume(e.resume_from, out)
+    accelerator = resolve_accelerator(e.accelerator)
+    devices = resolve_devices(accelerator, e.devices)
+    with run_context(e.quiet):
+        return _fit(train_scans, test_scan, rc, out, overwrite, resume, accelerator, devices,
+                    callbacks, trainer_overrides or {})
 
+
+def _fit(train_scans, test_scan, rc: RunConfig, out: Path | None, overwrite: bool,
+         resume: Path | None, accelerator: str, devices: int, callbacks, trainer_overrides) -> TrainResult:
+    m, d, t, e = rc.model, rc.data, rc.training, rc.execution
+    L.seed_everything(e.seed, workers=True, verbose=False)
     scans = train_scans + ([test_scan] if test_scan is not None else [])
     dm = PtychoDataModule(
-        train_scans, test_scan, gridsize=model_config.gridsize, neighbors=data_config.neighbors,
-        n_groups=data_config.n_groups, val_fraction=data_config.val_fraction,
-        batch_size=training_config.batch_size, seed=e.seed, num_workers=e.num_workers,
+        train_scans, test_scan, gridsize=m.gridsize, neighbors=d.neighbors,
+        n_groups=d.n_groups, val_fraction=d.val_fraction,
+        batch_size=t.batch_size, seed=e.seed, num_workers=e.num_workers,
         pin_memory=e.pin_memory, persistent_workers=e.persistent_workers,
         prefetch_factor=e.prefetch_factor,
         with_truth=any(s.object_truth is not None for s in scans))
     probes = _stack_probes(scans)
-    gains = [PtychoPINN.initial_gain(s.mean_counts, s.probe, training_config.nphotons) for s in scans]
-    eps = 1e-6 * float(np.mean([s.mean_counts for s in train_scans])) / n ** 2
-    module = PtychoPINN(model_config, training_config, e, probes, gains, eps)  # init after seeding
+    gains = [PtychoPINN.initial_gain(s.mean_counts, s.probe, t.nphotons) for s in scans]
+    eps = 1e-6 * float(np.mean([s.mean_counts for s in train_scans])) / m.n ** 2
+    module = PtychoPINN(m, t, e, probes, gains, eps)  # init after seeding
+    with_truth = any(s.object_truth is not None for s in scans)
+    logged = [name for name in module.logged_metric_names
+              if with_truth or name != "val_patch_nrmse"]
     monitor = resolve_monitor(e.checkpoint_monitor, module.train_loss_name, module.val_loss_name,
-                              module.logged_metric_names, dm.has_validation)
+                              logged, dm.has_validation)
     module.monitor = monitor
+
+    world_size = devices * e.num_nodes
+    overrides = dict(trainer_overrides)
+    limit = _accumulation_limit(len(dm.train_set), t.batch_size, e.accumulate_grad_batches, world_size)
+    if limit is not None and "limit_train_batches" not in overrides:
+        overrides["limit_train_batches"] = limit
+        log.info("gradient accumulation: using %d of %d batches per epoch so every optimiser step "
+                 "averages %d full batches", limit, batches_per_epoch(len(dm.train_set), t.batch_size,
+                                                                      world_size),
+                 e.accumulate_grad_batches)
     root = out if out is not None else Path.cwd()
-    trainer = build_trainer(e, monitor, root, training_config.max_epochs,
-                            **({"callbacks": callbacks} if callbacks else {}))
+    trainer = build_trainer(e, monitor, root, t.max_epochs, callbacks=callbacks, **overrides)
+    effective = t.batch_size * e.accumulate_grad_batches * trainer.num_devices * trainer.num_nodes
+    runtime = {
+        "patch_size_n": m.n,
+        "accelerator": accelerator,
+        "devices": trainer.num_devices,
+        "num_nodes": trainer.num_nodes,
+        "strategy": type(trainer.strategy).__name__,
+        "precision": str(trainer.precision),
+        "monitor": monitor,
+        "has_validation": dm.has_validation,
+        "train_groups": len(dm.train_set),
+        "val_groups": len(dm.val_set) if dm.val_set is not None else 0,
+        "effective_batch_size": effective,
+        "limit_train_batches": overrides.get("limit_train_batches"),
+        "inference_batch_size": e.inference_batch_size or t.batch_size,
+        "resume_checkpoint": str(resume) if resume else None,
+        "log_dir": str(Path(trainer.logger.log_dir).resolve())
+        if getattr(trainer.logger, "log_dir", None) else None,
+        "mlflow_tracking_uri": (e.mlflow_tracking_uri or default_mlflow_uri(root))
+        if e.logger == "mlflow" else None,
+        "output_dir": str(root.resolve()),
+    }
+    audit_path = None
+    if launch_rank(trainer.num_devices) == 0:
+        if out is not None:
+            audit_path = write_audit(rc, out, runtime)
+            log.info("wrote %s", audit_path)
+        changed = rc.non_defaults()
+        if changed:
+            log.info("settings that differ from the defaults: %s",
+                     ", ".join(f"{k}={v!r} ({s})" for k, v, s in changed))
+        else:
+            log.info("all settings at their defaults")
     if trainer.logger:
-        trainer.logger.log_hyperparams({
-            "model": asdict(model_config), "data": asdict(data_config),
-            "training": asdict(training_config), "execution": asdict(e)})
-    effective = training_config.batch_size * e.accumulate_grad_batches * trainer.num_devices * trainer.num_nodes
-    log.info("training on %d groups (gridsize %d, N=%d); effective batch size %d = batch %d x "
-             "accumulation %d x devices %d x nodes %d; monitor %s",
-             len(dm.train_set), model_config.gridsize, n, effective, training_config.batch_size,
+        hparams = rc.as_dict()
+        hparams["runtime"] = {k: v for k, v in runtime.items() if v is not None}
+        trainer.logger.log_hyperparams(hparams)
+    log.info("training on %d groups (gridsize %d, N=%d) on %s; effective batch size %d = batch %d "
+             "x accumulation %d x devices %d x nodes %d; monitor %s",
+             len(dm.train_set), m.gridsize, m.n, accelerator, effective, t.batch_size,
              e.accumulate_grad_batches, trainer.num_devices, trainer.num_nodes, monitor)
+    if resume:
+        log.info("resuming from %s", resume)
     t0 = time.perf_counter()
-    ckpt = e.resume_from
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
     seconds = time.perf_counter() - t0
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
+               if torch.is_tensor(v) and v.numel() == 1}
 
     a0s = [s.amplitude_scale() for s in train_scans]
     bundle = ModelBundle(
-        model_config=model_config, data_config=data_config, training_config=training_config,
-        state_dict={k: v.detach().cpu().clone() for k, v in module.generator.state_dict().items()},
+        model_config=m, data_config=d, training_config=t,
+        # float32 whatever the training precision (64-true trains in float64): bundles do not
+        # depend on how they were trained
+        state_dict={k: (v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu()).clone()
+                    for k, v in module.generator.state_dict().items()},
         probe=train_scans[0].probe,
         normalisation={"a0": a0s[0], "scan_a0": a0s, "eps": eps,
                        "gains": [float(g) for g in module.log_gain.detach().exp().cpu()],
@@ -126,4 +238,6 @@ def fit(train_scans: list[ScanData], test_scan: ScanData | None = None, *,
         bundle_path = save_bundle(bundle, out / BUNDLE_NAME, overwrite=overwrite)
         log.info("wrote model bundle %s", bundle_path)
     return TrainResult(bundle=bundle, bundle_path=bundle_path, module=module, trainer=trainer,
-                       monitor=monitor, metrics=metrics, seconds=seconds, train_groups=len(dm.train_set))
+                       monitor=monitor, metrics=metrics, seconds=seconds,
+                       train_groups=len(dm.train_set), run_config=rc, runtime=runtime,
+                       audit_path=audit_path)

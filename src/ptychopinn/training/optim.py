@@ -1,69 +1,127 @@
 """Optimisers and LR schedulers by name (one registry, used by CLI, config file and Python API).
 
-Every scheduler is stepped once per epoch by Lightning (automatic optimisation):
-- ``Default``: constant learning rate.
-- ``Exponential``: ``lr = lr0 * lr_gamma ** epoch``.
-- ``MultiStage``: ``lr`` multiplied by ``lr_gamma`` at each epoch in ``lr_milestones``.
-- ``Adaptive`` (alias ``ReduceLROnPlateau``): ``lr *= plateau_factor`` after ``plateau_patience``
-  epochs without improvement of the monitored metric, not below ``min_lr``.
-- ``WarmupCosine``: linear warm-up from ``lr0 / (warmup_epochs + 1)`` to ``lr0`` over
-  ``warmup_epochs``, then cosine decay to ``min_lr`` at ``max_epochs``.
+Optimisers (``optimizer``): ``adam``, ``adamw`` (decoupled ``weight_decay``), ``sgd`` (with
+``momentum``, default 0.9; 0 gives plain SGD).
+
+Schedulers (``scheduler``), all stepped once per epoch by Lightning's automatic optimisation, so
+epoch ``e`` (0-based) trains with the learning rate below; ``lr0`` is ``learning_rate``:
+
+- ``Default``: constant ``lr0``.
+- ``Exponential``: ``lr0 * lr_gamma ** e``.
+- ``MultiStage``: ``lr0 * lr_gamma ** (number of lr_milestones <= e)``; e.g. milestones ``[10, 20]``
+  and gamma 0.1 give ``lr0`` for epochs 0-9, ``lr0/10`` for 10-19, ``lr0/100`` from 20 on.
+- ``Adaptive`` (alias ``ReduceLROnPlateau``): ``lr *= plateau_factor`` once the monitored metric
+  (the resolved checkpoint monitor, in ``checkpoint_mode``) has not improved (relative threshold
+  1e-4) for more than ``plateau_patience`` epochs; never below ``min_lr``.
+- ``WarmupCosine``: ``lr0 * (e + 1) / (warmup_epochs + 1)`` for ``e < warmup_epochs`` (linear
+  warm-up), then a half cosine from ``lr0`` at epoch ``warmup_epochs`` down to ``min_lr`` at epoch
+  ``max_epochs`` (the epoch after the last one trained).
+
+The module logs the learning rate of each epoch as the metric ``lr``.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
-from ptychopinn.config import ExecutionConfig
+from ptychopinn.config import SCHEDULER_ALIASES, SCHEDULER_NAMES, ExecutionConfig
 
-OPTIMIZERS = {
-    "adam": torch.optim.Adam,
-    "adamw": torch.optim.AdamW,
-    "sgd": lambda params, lr, weight_decay: torch.optim.SGD(params, lr=lr, weight_decay=weight_decay,
-                                                            momentum=0.9),
+OPTIMIZERS: dict[str, Callable] = {
+    "adam": lambda params, e: torch.optim.Adam(params, lr=e.learning_rate,
+                                               weight_decay=e.weight_decay),
+    "adamw": lambda params, e: torch.optim.AdamW(params, lr=e.learning_rate,
+                                                 weight_decay=e.weight_decay),
+    "sgd": lambda params, e: torch.optim.SGD(params, lr=e.learning_rate, momentum=e.momentum,
+                                             weight_decay=e.weight_decay),
 }
 
+#: name -> builder(optimizer, execution, max_epochs) returning a torch scheduler or None.
+SCHEDULERS: dict[str, Callable] = {}
 
-def _warmup_cosine(warmup: int, total: int, base_lr: float, min_lr: float):
+
+def register_scheduler(name: str):
+    def deco(builder):
+        if name in SCHEDULERS:
+            raise ValueError(f"scheduler {name!r} registered twice")
+        SCHEDULERS[name] = builder
+        return builder
+    return deco
+
+
+def warmup_cosine_factor(warmup_epochs: int, max_epochs: int, base_lr: float, min_lr: float):
+    """The LambdaLR factor of ``WarmupCosine`` for epoch ``e`` (see the module docstring)."""
+    floor = min_lr / base_lr
+
     def factor(epoch: int) -> float:
-        if epoch < warmup:
-            return (epoch + 1) / (warmup + 1)
-        span = max(total - warmup, 1)
-        t = min(epoch - warmup, span) / span
-        floor = min_lr / base_lr
+        if epoch < warmup_epochs:
+            return (epoch + 1) / (warmup_epochs + 1)
+        span = max(max_epochs - warmup_epochs, 1)
+        t = min(epoch - warmup_epochs, span) / span
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
     return factor
 
 
+@register_scheduler("Default")
+def _default(optimizer, e: ExecutionConfig, max_epochs: int):
+    return None
+
+
+@register_scheduler("Exponential")
+def _exponential(optimizer, e: ExecutionConfig, max_epochs: int):
+    return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=e.lr_gamma)
+
+
+@register_scheduler("MultiStage")
+def _multistage(optimizer, e: ExecutionConfig, max_epochs: int):
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(e.lr_milestones),
+                                                gamma=e.lr_gamma)
+
+
+@register_scheduler("Adaptive")
+def _adaptive(optimizer, e: ExecutionConfig, max_epochs: int):
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode=e.checkpoint_mode, factor=e.plateau_factor, patience=e.plateau_patience,
+        min_lr=e.min_lr)
+
+
+@register_scheduler("WarmupCosine")
+def _warmup_cosine(optimizer, e: ExecutionConfig, max_epochs: int):
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine_factor(e.warmup_epochs, max_epochs, e.learning_rate, e.min_lr))
+
+
+def canonical_scheduler_name(name: str) -> str:
+    """``ReduceLROnPlateau`` -> ``Adaptive``; an unknown name raises ValueError listing the names."""
+    name = SCHEDULER_ALIASES.get(name, name)
+    if name not in SCHEDULERS:
+        raise ValueError(f"scheduler: invalid value {name!r}; expected one of {list(SCHEDULER_NAMES)} "
+                         "(alias: ReduceLROnPlateau = Adaptive)")
+    return name
+
+
+def build_optimizer(params, execution: ExecutionConfig) -> torch.optim.Optimizer:
+    return OPTIMIZERS[execution.optimizer](params, execution)
+
+
 def build_scheduler(name: str, optimizer, execution: ExecutionConfig, max_epochs: int):
-    e = execution
-    if name == "Default":
-        return None
-    if name == "Exponential":
-        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=e.lr_gamma)
-    if name == "MultiStage":
-        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(e.lr_milestones),
-                                                    gamma=e.lr_gamma)
-    if name == "Adaptive":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=e.checkpoint_mode,
-                                                          factor=e.plateau_factor,
-                                                          patience=e.plateau_patience, min_lr=e.min_lr)
-    if name == "WarmupCosine":
-        return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, _warmup_cosine(e.warmup_epochs, max_epochs, e.learning_rate, e.min_lr))
-    raise ValueError(f"scheduler: unknown name {name!r}")
+    return SCHEDULERS[canonical_scheduler_name(name)](optimizer, execution, max_epochs)
 
 
 def configure_optimization(params, execution: ExecutionConfig, max_epochs: int, monitor: str):
-    """The ``configure_optimizers`` return value for Lightning."""
-    optimizer = OPTIMIZERS[execution.optimizer](params, lr=execution.learning_rate,
-                                                weight_decay=execution.weight_decay)
+    """The ``configure_optimizers`` return value for Lightning.
+
+    ``monitor`` is the resolved metric name (``ptychopinn.training.trainer.resolve_monitor``):
+    the plateau scheduler watches the same metric as checkpointing and early stopping.
+    """
+    optimizer = build_optimizer(params, execution)
     scheduler = build_scheduler(execution.scheduler, optimizer, execution, max_epochs)
     if scheduler is None:
         return optimizer
     config = {"scheduler": scheduler, "interval": "epoch", "frequency": 1}
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         config["monitor"] = monitor
+        config["strict"] = True
     return {"optimizer": optimizer, "lr_scheduler": config}
