@@ -117,7 +117,7 @@ class PtychoPINN(L.LightningModule):
     def on_train_epoch_start(self):
         opt = self.optimizers()
         opt = opt.optimizer if hasattr(opt, "optimizer") else opt
-        self.log("lr", opt.param_groups[0]["lr"], on_step=False, on_epoch=True)
+        self.log("lr", opt.param_groups[0]["lr"], on_step=False, on_epoch=True, sync_dist=True)
 
     def configure_optimizers(self):
         return configure_optimization(self.parameters(), self.execution_config,
