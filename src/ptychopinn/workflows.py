@@ -29,7 +29,7 @@ def write_reconstruction_outputs(recon: Reconstruction, output_dir: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     recon.save(targets[0], overwrite=overwrite)
     mask = recon.illumination > 1e-2 * float(recon.illumination.max())
-    save_complex_png(recon.object, targets[1], title=title, mask=mask)
+    save_complex_png(recon.object, targets[1], title=title, mask=mask, overwrite=overwrite)
     return targets
 
 
@@ -80,12 +80,147 @@ def self_supervised_reconstruction(scan: ScanData, output_dir: str | Path | None
     return recon, result
 
 
-def evaluate_against_truth(recon: Reconstruction, scan: ScanData) -> dict:
-    """Metrics of ``recon`` against the scan's ground-truth object (ambiguities removed)."""
-    from ptychopinn.evaluation import evaluate_reconstruction
+def evaluate_against_truth(recon: Reconstruction, scan: ScanData):
+    """Align ``recon`` to the scan's ground truth (ambiguities removed) and measure it.
+
+    Returns (metrics dict, AlignedPair) so callers can plot the aligned arrays.
+    """
+    from ptychopinn.evaluation import align_to_truth, evaluate_aligned
 
     if scan.object_truth is None:
         raise ValueError(f"{scan.source}: objectGuess: no ground truth to evaluate against")
-    return evaluate_reconstruction(recon.object, scan.object_truth, offset_px=recon.offset_px,
-                                   illumination=recon.illumination, positions_px=scan.positions_px,
-                                   probe=scan.probe)
+    pair = align_to_truth(recon.object, scan.object_truth, offset_px=recon.offset_px,
+                          illumination=recon.illumination, positions_px=scan.positions_px,
+                          probe=scan.probe)
+    return evaluate_aligned(pair), pair
+
+
+# --------------------------------------------------------------------------------------------
+# demo
+
+from dataclasses import dataclass, field  # noqa: E402
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Embedded defaults of ``ptychopinn demo`` (a problem that converges on a laptop CPU)."""
+
+    patch_size: int = 32
+    n_positions: int = 400
+    n_train_scans: int = 2
+    test_positions: int = 196
+    photons: float = 1e6
+    max_epochs: int = 6
+    refine_epochs: int = 20
+    gridsize: int = 2
+    physics_iterations: int = 3
+    n_filters_scale: int = 1
+    batch_size: int = 16
+    seed: int = 0
+    quiet: bool = False
+
+
+@dataclass
+class DemoResult:
+    output_dir: Path
+    metrics: dict
+    pictures: list = field(default_factory=list)
+    seconds: dict = field(default_factory=dict)
+
+    def table(self) -> str:
+        cols = [("phase_ssim", "phase SSIM", "{:.3f}"), ("phase_psnr", "phase PSNR", "{:.1f}"),
+                ("amplitude_ssim", "amp SSIM", "{:.3f}"), ("amplitude_psnr", "amp PSNR", "{:.1f}"),
+                ("complex_nrmse", "NRMSE", "{:.4f}"), ("frc_resolution_px", "FRC res (px)", "{:.2f}")]
+        head = f"{'held-out scan':<26}" + "".join(f"{c[1]:>13}" for c in cols) + f"{'time (s)':>10}"
+        lines = [head, "-" * len(head)]
+        for name, m in self.metrics.items():
+            cells = []
+            for key, _, fmt in cols:
+                v = m.get(key)
+                cells.append(f"{(fmt.format(v) if isinstance(v, (int, float)) else '-'):>13}")
+            t = self.seconds.get(name)
+            lines.append(f"{name:<26}" + "".join(cells) + f"{(f'{t:.1f}' if t is not None else '-'):>10}")
+        return "\n".join(lines)
+
+
+def run_demo(output_dir: str | Path, settings: DemoSettings = DemoSettings(),
+             overwrite: bool = False) -> DemoResult:
+    """Simulate -> train -> reconstruct a held-out scan -> refine -> evaluate.
+
+    Everything is written to a temporary sibling directory that is renamed to ``output_dir`` only
+    when the whole run succeeded, so a failed demo leaves nothing that looks complete.
+    """
+    import json
+    import time
+
+    from ptychopinn.config import DataConfig, ExecutionConfig, ModelConfig, TrainingConfig
+    from ptychopinn.data.npz import write_npz
+    from ptychopinn.data.simulate import SimulationConfig, simulate_scan
+    from ptychopinn.evaluation import save_comparison_png, save_frc_png
+    from ptychopinn.inference import reconstruct
+    from ptychopinn.io.atomic import atomic_dir
+    from ptychopinn.log import get_logger
+    from ptychopinn.training.fit import fit
+
+    log = get_logger("demo")
+    s = settings
+    final = Path(output_dir)
+    seconds, metrics, pictures = {}, {}, []
+    with atomic_dir(final, overwrite=overwrite) as out:
+        t0 = time.perf_counter()
+        sim = dict(patch_size=s.patch_size, object_kind="natural", photons=s.photons)
+        train = [simulate_scan(SimulationConfig(n_positions=s.n_positions, seed=s.seed + 100 + i, **sim))
+                 for i in range(s.n_train_scans)]
+        test = simulate_scan(SimulationConfig(n_positions=s.test_positions, test_split=True,
+                                              seed=s.seed + 999, **sim))
+        for i, scan in enumerate(train):
+            write_npz(scan, out / f"train_{i}.npz")
+        write_npz(test, out / "test.npz")
+        seconds["simulate"] = time.perf_counter() - t0
+        log.info("simulated %d training scans of %d patterns and a held-out scan of %d (N=%d)",
+                 len(train), s.n_positions, s.test_positions, s.patch_size)
+
+        t0 = time.perf_counter()
+        result = fit(train, None,
+                     model_config=ModelConfig(gridsize=s.gridsize, n_filters_scale=s.n_filters_scale,
+                                              physics_iterations=s.physics_iterations,
+                                              skip_connections=True),
+                     data_config=DataConfig(val_fraction=0.1),
+                     training_config=TrainingConfig(max_epochs=s.max_epochs, batch_size=s.batch_size),
+                     execution_config=ExecutionConfig(seed=s.seed, quiet=s.quiet, early_stopping=False),
+                     output_dir=out / "model")
+        seconds["train"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        net = reconstruct(result.bundle, test, batch_size=64, seed=s.seed, quiet=s.quiet)
+        seconds["network"] = time.perf_counter() - t0
+        write_reconstruction_outputs(net, out / "network", title="network (single pass)")
+        recons = {"network (single pass)": net}
+        if s.refine_epochs:
+            t0 = time.perf_counter()
+            refined = refine_reconstruction(net, test, s.refine_epochs, quiet=s.quiet, seed=s.seed)
+            seconds["network + refinement"] = seconds["network"] + time.perf_counter() - t0
+            write_reconstruction_outputs(refined, out / "refined", title="network + refinement")
+            recons["network + refinement"] = refined
+        seconds["network (single pass)"] = seconds.pop("network")
+
+        for name, recon in recons.items():
+            m, pair = evaluate_against_truth(recon, test)
+            if not metrics:
+                metrics["flat object (baseline)"] = m["baseline_flat"]
+            metrics[name] = m
+            tag = "network" if name.startswith("network (") else "refined"
+            pictures.append(save_comparison_png(pair.recon, pair.truth, out / f"comparison_{tag}.png",
+                                                mask=pair.mask, title=name))
+            curve = m["frc_curve"]
+            pictures.append(save_frc_png(np.asarray(curve["frequency_cycles_per_px"]),
+                                         np.asarray(curve["frc"]), np.asarray(curve["threshold_half_bit"]),
+                                         out / f"frc_{tag}.png",
+                                         resolution_cycles_per_px=(m.get("frc_resolution_cycles_per_px")
+                                                                   if m.get("frc_crossed_threshold") else None),
+                                         title=f"FRC: {name}"))
+        summary = {"settings": {k: getattr(s, k) for k in s.__dataclass_fields__},
+                   "seconds": seconds, "metrics": metrics}
+        (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
+    pictures = [final / Path(p).name for p in pictures]
+    return DemoResult(output_dir=final, metrics=metrics, pictures=pictures, seconds=seconds)

@@ -17,6 +17,8 @@ SUBCOMMANDS = {
     "train": "train",
     "infer": "infer",
     "evaluate": "evaluate",
+    "reconstruct": "reconstruct",
+    "demo": "demo",
 }
 
 

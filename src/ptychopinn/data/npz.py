@@ -79,6 +79,8 @@ def read_npz(path: str | Path, diffraction_units: str = "auto") -> ScanData:
         diff = np.moveaxis(diff, 2, 0)
     if diff.shape[0] != m:
         raise DataError(src, key, f"{diff.shape[0]} patterns but xcoords/ycoords have {m} positions")
+    if m == 0:
+        raise DataError(src, key, "empty scan: 0 diffraction patterns")
     if diff.shape[1] != diff.shape[2]:
         raise DataError(src, key, f"patterns must be square (N, N), got {diff.shape[1]} x {diff.shape[2]}")
     if not np.issubdtype(diff.dtype, np.number) or np.iscomplexobj(diff):

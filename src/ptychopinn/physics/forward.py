@@ -69,7 +69,7 @@ def overlap_constrain(patches: torch.Tensor, offsets_xy: torch.Tensor,
     den = place_patches(w, pos, (size, size), kernel="bilinear").real
     # Where no patch has weight (window borders) the regularised average falls back to a flat
     # object (1) instead of amplifying ringing, which the sub-pixel re-extraction would pick up.
-    delta = 1e-3 * den.amax(dim=(-2, -1), keepdim=True)
+    delta = 1e-6 * den.amax(dim=(-2, -1), keepdim=True)
     canvas = (num + delta) / (den + delta)
     return extract_patches(canvas, pos, n, kernel="bilinear")
 

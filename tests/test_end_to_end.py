@@ -1,0 +1,217 @@
+"""End-to-end CLI chain and model-bundle contract on tiny simulated scans."""
+
+import json
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from ptychopinn.cli.main import main
+from ptychopinn.config import DataConfig, ExecutionConfig, ModelConfig, TrainingConfig
+from ptychopinn.data.npz import read_npz, write_npz
+from ptychopinn.data.simulate import SimulationConfig, simulate_scan
+from ptychopinn.inference import load_reconstruction, predict_patches, reconstruct
+from ptychopinn.io.bundle import BUNDLE_NAME, FORMAT_VERSION, load_bundle, save_bundle
+from ptychopinn.errors import BundleError
+from ptychopinn.training.fit import fit
+
+FAST = ExecutionConfig(quiet=True, logger="none", enable_checkpointing=False, early_stopping=False)
+
+
+@pytest.fixture(scope="module")
+def scans(tmp_path_factory):
+    d = tmp_path_factory.mktemp("e2e")
+    train = simulate_scan(SimulationConfig(patch_size=16, n_positions=36, photons=1e5, seed=3))
+    test = simulate_scan(SimulationConfig(patch_size=16, n_positions=25, photons=1e5, seed=4))
+    write_npz(train, d / "train.npz")
+    write_npz(test, d / "test.npz")
+    return d, train, test
+
+
+@pytest.fixture(scope="module")
+def trained(scans):
+    d, train, _ = scans
+    out = d / "model"
+    result = fit([train], None, model_config=ModelConfig(gridsize=2, n_filters_scale=1, physics_iterations=2,
+                                                         skip_connections=True),
+                 data_config=DataConfig(neighbors=4), training_config=TrainingConfig(max_epochs=1, batch_size=8),
+                 execution_config=FAST, output_dir=out)
+    return out, result
+
+
+def test_cli_chain_simulate_train_infer_evaluate(tmp_path, capsys):
+    scan = tmp_path / "scan.npz"
+    test = tmp_path / "test.npz"
+    assert main(["simulate", "--output", str(scan), "--patch-size", "16", "--n-positions", "36",
+                 "--photons", "1e5", "--quiet"]) == 0
+    assert main(["simulate", "--output", str(test), "--patch-size", "16", "--n-positions", "25",
+                 "--seed", "7", "--quiet"]) == 0
+    model = tmp_path / "model"
+    assert main(["train", "--train-data", str(scan), "--output-dir", str(model), "--gridsize", "2",
+                 "--neighbors", "4", "--max-epochs", "1", "--batch-size", "8", "--n-filters-scale", "1",
+                 "--quiet"]) == 0
+    assert (model / BUNDLE_NAME).is_file()
+    assert list((model / "checkpoints").glob("*.ckpt")), "Lightning checkpoints expected"
+    assert (model / "lightning_logs").is_dir()
+    out = tmp_path / "recon"
+    assert main(["infer", "--model", str(model), "--data", str(test), "--output-dir", str(out), "--quiet"]) == 0
+    recon = load_reconstruction(out / "reconstruction.npz")
+    truth = read_npz(test).object_truth
+    assert recon.object.shape == truth.shape and np.isfinite(recon.object).all()
+    assert (out / "amplitude_phase.png").stat().st_size > 1000
+    ev = tmp_path / "eval"
+    assert main(["evaluate", "--reconstruction", str(out / "reconstruction.npz"), "--ground-truth",
+                 str(test), "--output-dir", str(ev), "--quiet"]) == 0
+    metrics = json.loads((ev / "metrics.json").read_text())
+    assert 0 < metrics["complex_nrmse"] < 2
+
+
+def test_bundle_roundtrip_bit_identical(trained, scans):
+    out, result = trained
+    _, _, test = scans
+    bundle = load_bundle(out)
+    a = predict_patches(result.bundle, test)
+    b = predict_patches(bundle, test)
+    assert torch.equal(a, b)
+    r1 = reconstruct(out / BUNDLE_NAME, test)
+    r2 = reconstruct(bundle, test)
+    np.testing.assert_array_equal(r1.object, r2.object)
+    assert bundle.manifest["format_version"] == FORMAT_VERSION
+    assert bundle.model_config == result.bundle.model_config
+
+
+def test_bundle_weights_load_with_weights_only(trained):
+    out, _ = trained
+    with zipfile.ZipFile(out / BUNDLE_NAME) as zf:
+        names = set(zf.namelist())
+        assert {"manifest.json", "config.json", "weights.pt", "probe.npy", "normalisation.json"} <= names
+        zf.extract("weights.pt", out / "x")
+    state = torch.load(out / "x" / "weights.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+
+
+def _rewrite(src, dst, edit):
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for item in zin.namelist():
+            zout.writestr(item, edit(item, zin.read(item)))
+
+
+def test_bundle_wrong_format_version_is_clear_error(trained, tmp_path):
+    out, _ = trained
+
+    def edit(name, data):
+        if name == "manifest.json":
+            m = json.loads(data)
+            m["format_version"] = FORMAT_VERSION + 1
+            return json.dumps(m)
+        return data
+    bad = tmp_path / "bad.ptpinn"
+    _rewrite(out / BUNDLE_NAME, bad, edit)
+    with pytest.raises(BundleError, match="format version"):
+        load_bundle(bad)
+
+
+def test_bundle_corrupt_member_detected(trained, tmp_path):
+    out, _ = trained
+    bad = tmp_path / "corrupt.ptpinn"
+    _rewrite(out / BUNDLE_NAME, bad, lambda n, d: d[:-8] + b"\0" * 8 if n == "weights.pt" else d)
+    with pytest.raises(BundleError, match="checksum"):
+        load_bundle(bad)
+
+
+def test_bundle_mismatched_weights_rejected(trained, tmp_path):
+    _, result = trained
+    bundle = result.bundle
+    state = dict(bundle.state_dict)
+    state.pop(next(iter(state)))
+    from dataclasses import replace
+    path = save_bundle(replace(bundle, state_dict=state), tmp_path / "partial.ptpinn")
+    with pytest.raises(BundleError, match="do not match"):
+        load_bundle(path)
+
+
+def test_bundle_not_overwritten(trained):
+    out, result = trained
+    with pytest.raises(ValueError, match="already exists"):
+        save_bundle(result.bundle, out / BUNDLE_NAME)
+
+
+def _cli(*args):
+    proc = subprocess.run([sys.executable, "-m", "ptychopinn.cli.main", *args], capture_output=True, text=True)
+    return proc.returncode, proc.stderr.strip().splitlines()
+
+
+def test_infer_missing_model_dir_one_line_error(tmp_path, scans):
+    d, _, _ = scans
+    code, err = _cli("infer", "--model", str(tmp_path / "nope"), "--data", str(d / "test.npz"),
+                     "--output-dir", str(tmp_path / "o"))
+    assert code == 2 and len(err) == 1 and "not found" in err[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_infer_patch_size_mismatch(tmp_path, trained):
+    out, _ = trained
+    other = simulate_scan(SimulationConfig(patch_size=32, n_positions=9, photons=1e4, seed=1))
+    write_npz(other, tmp_path / "n32.npz")
+    code, err = _cli("infer", "--model", str(out), "--data", str(tmp_path / "n32.npz"), "--output-dir",
+                     str(tmp_path / "o"), "--quiet")
+    assert code == 2 and len(err) == 1 and "N=16" in err[0]
+
+
+def test_infer_empty_scan(tmp_path, trained):
+    out, _ = trained
+    np.savez(tmp_path / "empty.npz", diff3d=np.zeros((0, 16, 16)), xcoords=np.zeros(0), ycoords=np.zeros(0),
+             probeGuess=np.ones((16, 16), np.complex64))
+    code, err = _cli("infer", "--model", str(out), "--data", str(tmp_path / "empty.npz"), "--output-dir",
+                     str(tmp_path / "o"), "--quiet")
+    assert code == 2 and len(err) == 1 and "empty" in err[0]
+
+
+def test_infer_refuses_to_overwrite(tmp_path, trained, scans):
+    out, _ = trained
+    d, _, _ = scans
+    args = ["infer", "--model", str(out), "--data", str(d / "test.npz"), "--output-dir", str(tmp_path / "r"),
+            "--quiet"]
+    assert main(args) == 0
+    before = (tmp_path / "r" / "reconstruction.npz").read_bytes()
+    code, err = _cli(*args)
+    assert code == 2 and "already exists" in err[0]
+    assert (tmp_path / "r" / "reconstruction.npz").read_bytes() == before
+
+
+def test_training_is_reproducible_for_a_seed(scans):
+    _, train, _ = scans
+    kw = dict(model_config=ModelConfig(gridsize=1, n_filters_scale=1), training_config=TrainingConfig(max_epochs=1, batch_size=8),
+              execution_config=FAST)
+    a = fit([train], None, **kw).bundle.state_dict
+    b = fit([train], None, **kw).bundle.state_dict
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_reconstruct_command_self_supervised(tmp_path, scans):
+    d, _, _ = scans
+    out = tmp_path / "rec"
+    assert main(["reconstruct", "--data", str(d / "test.npz"), "--output-dir", str(out), "--max-epochs", "1",
+                 "--refine-epochs", "2", "--quiet"]) == 0
+    recon = load_reconstruction(out / "reconstruction.npz")
+    assert np.isfinite(recon.object).all()
+    assert recon.metadata["refine_epochs"] == 2
+    assert (out / BUNDLE_NAME).is_file()
+
+
+def test_demo_tiny(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--output-dir", str(out), "--patch-size", "16", "--n-positions", "36",
+                 "--n-train-scans", "1", "--test-positions", "25", "--max-epochs", "1",
+                 "--refine-epochs", "2", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "phase SSIM" in printed and "network + refinement" in printed
+    summary = json.loads((out / "metrics.json").read_text())
+    assert set(summary["metrics"]) == {"flat object (baseline)", "network (single pass)", "network + refinement"}
+    for name in ("comparison_network.png", "comparison_refined.png", "frc_refined.png"):
+        assert (out / name).stat().st_size > 1000
+    # no temporary directory left behind
+    assert [p.name for p in tmp_path.iterdir()] == ["demo"]
