@@ -284,6 +284,12 @@ def _read_probe(fh: h5py.File, src: str, grid: ObjectGrid):
     else:
         probe = _read(ds, src, "probe")
     probe = probe if probe.ndim == 3 else probe[None]
+    if not (math.isclose(pw, grid.pixel_width_m, rel_tol=1e-6)
+            and math.isclose(ph, grid.pixel_height_m, rel_tol=1e-6)):
+        # the forward model samples probe and object on the same pixels
+        log.warning("%s: probe pixels (%.6g x %.6g m) differ from object pixels (%.6g x %.6g m); "
+                    "the probe is used as if sampled on the object grid", src, pw, ph,
+                    grid.pixel_width_m, grid.pixel_height_m)
     if not np.isfinite(probe).all():
         raise DataError(src, "probe", f"{int((~np.isfinite(probe)).sum())} NaN/inf values")
     return probe, pw, ph
