@@ -227,19 +227,18 @@ def add_config_arguments(parser: argparse.ArgumentParser,
                 group.add_argument(flag, dest=dest, nargs="+", metavar="EPOCH", type=str,
                                    default=argparse.SUPPRESS, help=text)
             else:
-                kwargs = dict(dest=dest, default=argparse.SUPPRESS, help=text)
-                if key in CHOICES:
-                    kwargs.update(choices=CHOICES[key])
-                else:
-                    kwargs.update(type=_type(key), metavar=f.name.upper())
-                group.add_argument(flag, **kwargs)
+                # choices are validated by the dataclass, not argparse, so that a bad value gets
+                # the same message from the CLI, a config file and Python
+                metavar = "{" + ",".join(CHOICES[key]) + "}" if key in CHOICES else f.name.upper()
+                group.add_argument(flag, dest=dest, default=argparse.SUPPRESS, help=text,
+                                   type=_type(key), metavar=metavar)
             for alias in ALIASES.get(key, []):
                 if alias not in _existing(parser):
                     parser.add_argument(alias, dest=dest, type=_type(key), default=argparse.SUPPRESS,
                                         help=argparse.SUPPRESS)
     if "execution" in sections:
-        parser.add_argument("--device", action=_DeprecatedDevice, choices=list(ACCELERATOR_NAMES),
-                            default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        parser.add_argument("--device", action=_DeprecatedDevice, default=argparse.SUPPRESS,
+                            help=argparse.SUPPRESS)
         parser.add_argument("--disable_mlflow", action=_DeprecatedDisableMlflow,
                             default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 

@@ -35,13 +35,17 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ptychopinn.config_factory import check_run
     from ptychopinn.data import load_scan
     from ptychopinn.log import configure_cli_logging, get_logger
     from ptychopinn.models.registry import generator_names
     from ptychopinn.training.fit import fit
+    from ptychopinn.training.trainer import resolve_resume
 
     rc = run_config_from_args(args)
     configure_cli_logging(rc.execution.quiet)
+    check_run(rc)  # cross-field errors before any data is read (fit logs the warnings)
+    resolve_resume(rc.execution.resume_from, args.output_dir)
     if not args.train_data:
         raise ValueError("the following arguments are required: --train-data")
     if rc.model.generator not in generator_names():

@@ -11,8 +11,8 @@ epoch ``e`` (0-based) trains with the learning rate below; ``lr0`` is ``learning
 - ``MultiStage``: ``lr0 * lr_gamma ** (number of lr_milestones <= e)``; e.g. milestones ``[10, 20]``
   and gamma 0.1 give ``lr0`` for epochs 0-9, ``lr0/10`` for 10-19, ``lr0/100`` from 20 on.
 - ``Adaptive`` (alias ``ReduceLROnPlateau``): ``lr *= plateau_factor`` once the monitored metric
-  (the resolved checkpoint monitor, in ``checkpoint_mode``) has not improved (relative threshold
-  1e-4) for more than ``plateau_patience`` epochs; never below ``min_lr``.
+  (the resolved checkpoint monitor, in ``checkpoint_mode``) has not improved by more than
+  1e-4 x |best| for more than ``plateau_patience`` epochs; never below ``min_lr``.
 - ``WarmupCosine``: ``lr0 * (e + 1) / (warmup_epochs + 1)`` for ``e < warmup_epochs`` (linear
   warm-up), then a half cosine from ``lr0`` at epoch ``warmup_epochs`` down to ``min_lr`` at epoch
   ``max_epochs`` (the epoch after the last one trained).
@@ -80,11 +80,27 @@ def _multistage(optimizer, e: ExecutionConfig, max_epochs: int):
                                                 gamma=e.lr_gamma)
 
 
+class PlateauScheduler(torch.optim.lr_scheduler.ReduceLROnPlateau):
+    """ReduceLROnPlateau whose relative threshold is taken of ``|best|``.
+
+    torch tests ``a < best * (1 - threshold)``: for a negative ``best`` that bound lies above
+    ``best``, so an unchanged loss counts as an improvement and the LR never drops. Our Poisson
+    NLL omits the constant ``lgamma(I + 1)`` and is usually negative, so this matters here.
+    """
+
+    def _is_better(self, a, best):  # torch >= 2.2 name
+        if not math.isfinite(best):
+            return a < best if self.mode == "min" else a > best
+        margin = self.threshold * abs(best) if self.threshold_mode == "rel" else self.threshold
+        return a < best - margin if self.mode == "min" else a > best + margin
+
+    is_better = _is_better  # older torch name
+
+
 @register_scheduler("Adaptive")
 def _adaptive(optimizer, e: ExecutionConfig, max_epochs: int):
-    return torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode=e.checkpoint_mode, factor=e.plateau_factor, patience=e.plateau_patience,
-        min_lr=e.min_lr)
+    return PlateauScheduler(optimizer, mode=e.checkpoint_mode, factor=e.plateau_factor,
+                            patience=e.plateau_patience, min_lr=e.min_lr)
 
 
 @register_scheduler("WarmupCosine")
