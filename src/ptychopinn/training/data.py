@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ptychopinn.data.grouping import PatchGroups, group_positions
 from ptychopinn.data.scan import ScanData
+from ptychopinn.physics.forward import init_gain, probe_weight, projection_estimate
 from ptychopinn.physics.shifts import extract_patches
 
 
@@ -49,8 +50,10 @@ class GroupDataset(Dataset):
     the probe and gain); ``index`` (C,) pattern indices; ``truth`` (C, N, N) complex64 if known.
     """
 
-    def __init__(self, tensors: ScanTensors, groups: PatchGroups, scan_id: int = 0):
+    def __init__(self, tensors: ScanTensors, groups: PatchGroups, scan_id: int = 0,
+                 estimates: torch.Tensor | None = None):
         self.t, self.groups, self.scan_id = tensors, groups, scan_id
+        self.estimates = estimates
 
     def __len__(self) -> int:
         return len(self.groups)
@@ -67,7 +70,25 @@ class GroupDataset(Dataset):
         }
         if self.t.truth is not None:
             item["truth"] = self.t.truth[idx]
+        if self.estimates is not None:
+            item["estimate"] = self.estimates[i]
         return item
+
+
+def group_estimates(scan: ScanData, groups: PatchGroups, iterations: int, chunk: int = 256) -> torch.Tensor:
+    """Physics estimates (G, C, N, N) complex64 of every group, computed once (they do not depend
+    on learned parameters: the gain is the scan's data-initialised one, as at inference)."""
+    probe = torch.as_tensor(scan.probe)
+    weight = probe_weight(probe)
+    gain = init_gain(scan.mean_counts, scan.probe)
+    counts = torch.as_tensor(scan.diffraction)
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(groups), chunk):
+            idx = torch.as_tensor(groups.indices[s:s + chunk])
+            offsets = torch.as_tensor(groups.offsets_px[s:s + chunk]) if idx.shape[1] > 1 else None
+            out.append(projection_estimate(counts[idx], probe, gain, iterations, offsets, weight))
+    return torch.cat(out)
 
 
 def split_groups(groups: PatchGroups, val_fraction: float, seed: int) -> tuple[PatchGroups, PatchGroups | None]:
@@ -91,7 +112,8 @@ class PtychoDataModule(L.LightningDataModule):
                  gridsize: int = 1, neighbors: int = 7, n_groups: int | None = None,
                  val_fraction: float = 0.1, batch_size: int = 16, seed: int = 0,
                  num_workers: int = 0, pin_memory: bool = False, persistent_workers: bool = False,
-                 prefetch_factor: int | None = None, with_truth: bool = False):
+                 prefetch_factor: int | None = None, with_truth: bool = False,
+                 physics_iterations: int = 0):
         super().__init__()
         self.batch_size, self.num_workers = batch_size, num_workers
         self.loader_kwargs = dict(num_workers=num_workers, pin_memory=pin_memory)
@@ -109,13 +131,15 @@ class PtychoDataModule(L.LightningDataModule):
                 tr, va = split_groups(groups, val_fraction, seed + i)
             else:
                 tr, va = groups, None
-            train_sets.append(GroupDataset(t, tr, i))
+            est = (lambda g, sc=scan: group_estimates(sc, g, physics_iterations)) if physics_iterations else (lambda g: None)
+            train_sets.append(GroupDataset(t, tr, i, est(tr)))
             if va is not None:
-                val_sets.append(GroupDataset(t, va, i))
+                val_sets.append(GroupDataset(t, va, i, est(va)))
         if test_scan is not None:
             groups = group_positions(test_scan.positions_px, gridsize, neighbors, None, seed=seed)
             # a test scan uses probe/gain slot len(train_scans)
-            val_sets = [GroupDataset(scan_tensors(test_scan, with_truth=with_truth), groups, len(train_scans))]
+            est = group_estimates(test_scan, groups, physics_iterations) if physics_iterations else None
+            val_sets = [GroupDataset(scan_tensors(test_scan, with_truth=with_truth), groups, len(train_scans), est)]
         self.train_set = torch.utils.data.ConcatDataset(train_sets)
         self.val_set = torch.utils.data.ConcatDataset(val_sets) if val_sets else None
 

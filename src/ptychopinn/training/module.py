@@ -55,6 +55,7 @@ class PtychoPINN(L.LightningModule):
         probes = torch.as_tensor(probes).to(torch.complex64)
         self.register_buffer("probes", probes)
         self.register_buffer("weights", torch.stack([probe_weight(p) for p in probes]))
+        self.register_buffer("init_gains", torch.as_tensor(gains, dtype=torch.float32))
         self.log_gain = nn.Parameter(torch.log(torch.as_tensor(gains, dtype=torch.float32)),
                                      requires_grad=model_config.trainable_gain)
         self.eps = float(eps)
@@ -78,11 +79,11 @@ class PtychoPINN(L.LightningModule):
 
     # model ------------------------------------------------------------------------------
     def forward(self, counts: torch.Tensor, offsets: torch.Tensor, scan: torch.Tensor,
-                a0: torch.Tensor) -> torch.Tensor:
+                a0: torch.Tensor, estimate: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, N, N) counts -> (B, C, N, N) complex patches (overlap-constrained)."""
         return predict_group_patches(
             self.generator, self.model_config, counts, a0.view(-1, 1, 1, 1), offsets,
-            self.probes[scan][:, None], self.weights[scan][:, None], self.log_gain.exp()[scan])
+            self.probes[scan][:, None], self.weights[scan][:, None], self.init_gains[scan], estimate)
 
     def predicted_counts(self, patches: torch.Tensor, scan: torch.Tensor) -> torch.Tensor:
         probe = self.probes[scan][:, None]  # (B, 1, K, N, N)
@@ -90,7 +91,7 @@ class PtychoPINN(L.LightningModule):
         return gain * diffraction_intensity(patches, probe)
 
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
-        patches = self(batch["counts"], batch["offsets"], batch["scan"], batch["a0"])
+        patches = self(batch["counts"], batch["offsets"], batch["scan"], batch["a0"], batch.get("estimate"))
         predicted = self.predicted_counts(patches, batch["scan"])
         loss = self.loss_fn(batch["counts"], predicted, eps=self.eps)
         name = self.train_loss_name if stage == "train" else self.val_loss_name
