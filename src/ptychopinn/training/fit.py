@@ -145,7 +145,8 @@ def _fit(train_scans, test_scan, rc: RunConfig, out: Path | None, overwrite: boo
         batch_size=t.batch_size, seed=e.seed, num_workers=e.num_workers,
         pin_memory=e.pin_memory, persistent_workers=e.persistent_workers,
         prefetch_factor=e.prefetch_factor,
-        with_truth=any(s.object_truth is not None for s in scans))
+        with_truth=any(s.object_truth is not None for s in scans),
+        physics_iterations=m.physics_iterations)
     probes = _stack_probes(scans)
     gains = [PtychoPINN.initial_gain(s.mean_counts, s.probe, t.nphotons) for s in scans]
     eps = 1e-6 * float(np.mean([s.mean_counts for s in train_scans])) / m.n ** 2
@@ -166,6 +167,8 @@ def _fit(train_scans, test_scan, rc: RunConfig, out: Path | None, overwrite: boo
                  "averages %d full batches", limit, batches_per_epoch(len(dm.train_set), t.batch_size,
                                                                       world_size),
                  e.accumulate_grad_batches)
+    if not dm.has_validation:
+        overrides.setdefault("limit_val_batches", 0)  # no empty validation loop (and its warning)
     root = out if out is not None else Path.cwd()
     trainer = build_trainer(e, monitor, root, t.max_epochs, callbacks=callbacks, **overrides)
     effective = t.batch_size * e.accumulate_grad_batches * trainer.num_devices * trainer.num_nodes
