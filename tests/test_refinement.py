@@ -1,0 +1,200 @@
+"""Physics refinement (ptychopinn.refinement) on tiny simulated scans (N=32, ~50 positions)."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from ptychopinn.data.simulate import SimulationConfig, simulate_scan
+from ptychopinn.errors import PtychoPINNError
+from ptychopinn.physics.forward import diffraction_intensity
+from ptychopinn.physics.shifts import extract_patches
+from ptychopinn.refinement import RefineResult, Refiner, refine
+
+
+def region_of(result: RefineResult, fraction: float = 0.1) -> np.ndarray:
+    return result.illumination >= fraction * result.illumination.max()
+
+
+def nrmse(obj, truth, region) -> float:
+    """Complex NRMSE inside ``region`` after removing the global phase offset and scale."""
+    o, t = obj[region], truth[region]
+    a = np.vdot(o, t) / np.vdot(o, o).real
+    return float(np.linalg.norm(a * o - t) / np.linalg.norm(t))
+
+
+@pytest.fixture(scope="module")
+def scan():
+    return simulate_scan(SimulationConfig(patch_size=32, n_positions=49, object_kind="lines",
+                                          photons=1e6, seed=1))
+
+
+@pytest.fixture(scope="module")
+def flat_run(scan):
+    calls = []
+    result = refine(scan, epochs=8, batch_size=16, quiet=True,
+                    progress=lambda e, l: calls.append((e, l)))
+    return result, calls
+
+
+def test_subpixel_folding_matches_extract_patches(scan):
+    """|F(O(x0+f+j) P(j))| == |F(O(x0+k) P(k-f))|: the folded model equals the package's
+    extract_patches + diffraction_intensity forward model (to Fourier-interpolation accuracy)."""
+    assert np.abs(scan.positions_px - np.round(scan.positions_px)).max() > 0.2  # real sub-pixel
+    refiner = Refiner(scan, initial_object=scan.object_truth)
+    assert np.all(refiner.offset_px == 0)
+    folded = refiner.predicted_intensity()
+    obj = torch.as_tensor(scan.object_truth)
+    reference = diffraction_intensity(
+        extract_patches(obj, torch.as_tensor(scan.positions_px), scan.patch_size),
+        torch.as_tensor(scan.probe)).numpy()
+    rel = np.linalg.norm(folded - reference) / np.linalg.norm(reference)
+    assert rel < 2e-3
+    # The check is sensitive: dropping the sub-pixel part (integer windows, unshifted probe)
+    # is far off.
+    rounded = diffraction_intensity(
+        extract_patches(obj, torch.as_tensor(np.floor(scan.positions_px)), scan.patch_size),
+        torch.as_tensor(scan.probe)).numpy()
+    assert np.linalg.norm(rounded - reference) / np.linalg.norm(reference) > 20 * rel
+
+
+def test_flat_start_lowers_nll_and_real_space_error(scan, flat_run):
+    result, _ = flat_run
+    losses = np.array(result.losses)
+    assert len(losses) == 8 and np.isfinite(losses).all()
+    assert np.all(np.diff(losses) < 0), losses
+    region = region_of(result)
+    truth = scan.object_truth
+    err_flat = nrmse(np.ones_like(truth), truth, region)
+    err = nrmse(result.object, truth, region)
+    assert err < 0.6 * err_flat, (err, err_flat)
+
+
+def test_result_frame_and_fields(scan, flat_run):
+    result, _ = flat_run
+    assert result.object.shape == scan.object_truth.shape  # ground truth's frame
+    assert result.object.dtype == np.complex64
+    np.testing.assert_array_equal(result.offset_px, [0.0, 0.0])
+    assert result.probe.shape == scan.probe.shape
+    np.testing.assert_array_equal(result.probe, scan.probe)  # not refined
+    assert result.illumination.shape == result.object.shape
+    assert result.illumination.dtype == np.float32
+    assert result.seconds > 0 and len(result.epoch_seconds) == 8
+    # The gain makes g * sum|F(O P)|^2 match the measured counts on average.
+    refiner = Refiner(scan, initial_object=result.object, offset_px=result.offset_px)
+    predicted = result.gain * refiner.predicted_intensity()
+    assert predicted.sum() == pytest.approx(scan.diffraction.sum(), rel=0.02)
+    # Barely lit pixels keep the flat start's value.
+    dark = result.illumination < 0.01 * result.illumination.max()
+    assert dark.any()
+    np.testing.assert_array_equal(result.object[dark], 1.0)
+
+
+def test_progress_called_once_per_epoch(flat_run):
+    result, calls = flat_run
+    assert [e for e, _ in calls] == list(range(1, 9))
+    assert [l for _, l in calls] == result.losses
+    assert calls[-1][1] < calls[0][1]
+
+
+def test_start_from_truth_stays_near_it(scan):
+    truth = scan.object_truth
+    result = refine(scan, truth, epochs=3, batch_size=16, quiet=True)
+    region = region_of(result)
+    err = nrmse(result.object, truth, region)
+    assert err < 0.05
+    assert err < 0.2 * nrmse(np.ones_like(truth), truth, region)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "pgd"])
+def test_deterministic_for_a_seed(scan, optimizer):
+    a = refine(scan, epochs=2, batch_size=16, seed=5, optimizer=optimizer, quiet=True)
+    b = refine(scan, epochs=2, batch_size=16, seed=5, optimizer=optimizer, quiet=True)
+    c = refine(scan, epochs=2, batch_size=16, seed=6, optimizer=optimizer, quiet=True)
+    np.testing.assert_array_equal(a.object, b.object)
+    assert a.losses == b.losses
+    assert not np.array_equal(a.object, c.object)
+
+
+def test_pgd_lowers_nll_and_error(scan):
+    result = refine(scan, epochs=6, batch_size=16, optimizer="pgd", quiet=True)
+    assert result.losses[-1] < result.losses[0]
+    region = region_of(result)
+    truth = scan.object_truth
+    assert nrmse(result.object, truth, region) < 0.6 * nrmse(np.ones_like(truth), truth, region)
+
+
+def test_probe_refinement_runs_and_keeps_probe_finite(scan):
+    # A slightly wrong probe guess: refinement should move it and stay finite.
+    guess = (scan.probe * np.exp(0.3j)).astype(np.complex64)
+    guess[0] = guess[0] * (1.0 + 0.1 * np.random.default_rng(0).standard_normal(guess[0].shape))
+    start = replace(scan, probe=guess)
+    result = refine(start, epochs=4, batch_size=16, refine_probe=True, probe_start_epoch=1,
+                    quiet=True)
+    assert np.isfinite(result.probe).all() and np.isfinite(result.object).all()
+    assert not np.allclose(result.probe, guess)
+    # Total probe power is kept (the gain absorbs the flux).
+    assert np.sum(np.abs(result.probe) ** 2) == pytest.approx(np.sum(np.abs(guess) ** 2), rel=1e-4)
+    assert np.all(np.isfinite(result.losses)) and result.losses[-1] < result.losses[0]
+
+
+def test_bad_pixels_are_honoured(scan):
+    n = scan.patch_size
+    bad = np.zeros((n, n), bool)
+    bad[n // 2 + 1, n // 2 + 2] = True  # a bright pixel near the centre
+    bad[3, 5] = True
+    garbage = scan.diffraction.copy()
+    garbage[:, bad] = 1e7 * np.random.default_rng(0).random((scan.n_patterns, 2))
+    clean = refine(scan, epochs=4, batch_size=16, quiet=True)
+    masked = refine(replace(scan, diffraction=garbage, bad_pixels=bad), epochs=4, batch_size=16,
+                    quiet=True)
+    unmasked = refine(replace(scan, diffraction=garbage), epochs=4, batch_size=16, quiet=True)
+    region = region_of(clean)
+    truth = scan.object_truth
+    err_clean = nrmse(clean.object, truth, region)
+    err_masked = nrmse(masked.object, truth, region)
+    err_unmasked = nrmse(unmasked.object, truth, region)
+    assert err_masked < 1.1 * err_clean
+    assert err_unmasked > 1.5 * err_clean  # the garbage would matter if it were not masked
+
+
+def test_incoherent_modes(tiny_config):
+    scan2 = simulate_scan(replace(tiny_config, probe_modes=2, photons=1e6))
+    result = refine(scan2, epochs=4, batch_size=16, quiet=True)
+    assert result.probe.shape[0] == 2
+    assert np.all(np.diff(result.losses) < 0)
+    region = region_of(result)
+    truth = scan2.object_truth
+    assert nrmse(result.object, truth, region) < 0.8 * nrmse(np.ones_like(truth), truth, region)
+
+
+def test_initial_object_outside_scan_is_padded(scan):
+    """A start canvas that does not cover the scan is padded with 1 and the offset adjusted."""
+    truth = scan.object_truth
+    crop = truth[10:, 7:]  # canvas pixel (0, 0) is truth pixel (x=7, y=10): offset (-7, -10)
+    refiner = Refiner(scan, crop, offset_px=(-7, -10))
+    ox, oy = refiner.offset_px
+    assert ox > -7 and oy > -10 and float(ox).is_integer() and float(oy).is_integer()
+    h, w = refiner.shape
+    # The padded canvas is the truth in its frame where the crop had data, 1 where it was padded.
+    expected = np.ones((h, w), np.complex64)
+    x0, y0 = int(-ox), int(-oy)
+    expected[10 - y0:, 7 - x0:] = truth[10:y0 + h, 7:x0 + w]
+    np.testing.assert_array_equal(refiner.current_object(), expected)
+    # The scan's windows lie inside the padded canvas; the model differs from the full truth's
+    # only through the faint probe tails that reach the padded pixels.
+    predicted = refiner.predicted_intensity()
+    reference = Refiner(scan, truth).predicted_intensity()
+    assert np.linalg.norm(predicted - reference) / np.linalg.norm(reference) < 5e-3
+
+
+def test_bad_arguments(scan):
+    with pytest.raises(PtychoPINNError, match="optimizer"):
+        refine(scan, epochs=1, optimizer="lbfgs")
+    with pytest.raises(PtychoPINNError, match="offset_px"):
+        refine(scan, np.ones((20, 20), np.complex64), epochs=1)
+    with pytest.raises(PtychoPINNError, match="initial_object"):
+        refine(scan, np.full((60, 60), np.nan, np.complex64), epochs=1)
+    with pytest.raises(PtychoPINNError, match="lr"):
+        refine(scan, epochs=1, lr=-1.0)
