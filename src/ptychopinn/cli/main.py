@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "evaluate": "evaluate",
     "reconstruct": "reconstruct",
     "demo": "demo",
+    "ptychodus": "ptychodus",
 }
 
 
