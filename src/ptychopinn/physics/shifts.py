@@ -61,12 +61,9 @@ def _check_kernel(kernel: str) -> None:
         raise ValueError(f"kernel: unknown value {kernel!r}; expected one of {list(KERNELS)}")
 
 
-def _bilinear_taps(frac_yx: torch.Tensor, dtype):
-    """The four (dy, dx) taps and their (..., 1, 1) weights for fractional parts (fy, fx)."""
-    fy = frac_yx[..., 0].to(dtype)[..., None, None]
-    fx = frac_yx[..., 1].to(dtype)[..., None, None]
-    return (((0, 0), (1 - fy) * (1 - fx)), ((0, 1), (1 - fy) * fx),
-            ((1, 0), fy * (1 - fx)), ((1, 1), fy * fx))
+def _bilinear_fractions(frac_yx: torch.Tensor, dtype):
+    """Fractional parts (fy, fx), each shaped (..., 1, 1) to broadcast over patches."""
+    return (frac_yx[..., 0].to(dtype)[..., None, None], frac_yx[..., 1].to(dtype)[..., None, None])
 
 
 def _split(positions_xy: torch.Tensor, n: int):
@@ -120,10 +117,10 @@ def extract_patches(canvas: torch.Tensor, positions_xy: torch.Tensor, n: int,
         windows = fourier_shift(windows, -frac_yx)
         out = windows[..., SHIFT_PAD:SHIFT_PAD + n, SHIFT_PAD:SHIFT_PAD + n]
     else:
-        out = 0
-        for (dy, dx), wgt in _bilinear_taps(frac_yx, windows.real.dtype):
-            r0, c0 = SHIFT_PAD + dy, SHIFT_PAD + dx
-            out = out + wgt * windows[..., r0:r0 + n, c0:c0 + n]
+        fy, fx = _bilinear_fractions(frac_yx, windows.real.dtype)
+        p = SHIFT_PAD
+        rows_mix = (1 - fy) * windows[..., p:p + n, p:p + n + 1] + fy * windows[..., p + 1:p + n + 1, p:p + n + 1]
+        out = (1 - fx) * rows_mix[..., :, :n] + fx * rows_mix[..., :, 1:]
     return out[0] if squeeze else out
 
 
@@ -149,10 +146,15 @@ def place_patches(patches: torch.Tensor, positions_xy: torch.Tensor,
     if kernel == "fourier":
         windows = fourier_shift(torch.nn.functional.pad(patches, (SHIFT_PAD,) * 4), frac_yx)
     else:
-        windows = 0
-        for (dy, dx), wgt in _bilinear_taps(frac_yx, patches.real.dtype):
-            windows = windows + torch.nn.functional.pad(
-                wgt * patches, (SHIFT_PAD + dx, SHIFT_PAD - dx, SHIFT_PAD + dy, SHIFT_PAD - dy))
+        # separable adjoint of the extraction: spread along columns, then along rows
+        fy, fx = _bilinear_fractions(frac_yx, patches.real.dtype)
+        p = SHIFT_PAD
+        cols_spread = patches.new_zeros((*patches.shape[:-1], n + 1))
+        cols_spread[..., :n] += (1 - fx) * patches
+        cols_spread[..., 1:] += fx * patches
+        windows = patches.new_zeros((*patches.shape[:-2], size, size))
+        windows[..., p:p + n, p:p + n + 1] += (1 - fy) * cols_spread
+        windows[..., p + 1:p + n + 1, p:p + n + 1] += fy * cols_spread
     idx = (b.expand(windows.shape), rows.expand(windows.shape), cols.expand(windows.shape))
     canvas = canvas.index_put(idx, windows, accumulate=True)
     return canvas[0] if squeeze else canvas
