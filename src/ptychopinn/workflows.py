@@ -110,10 +110,10 @@ class DemoSettings:
     n_train_scans: int = 2
     test_positions: int = 196
     photons: float = 1e6
-    max_epochs: int = 6
+    max_epochs: int = 5
     refine_epochs: int = 20
     gridsize: int = 2
-    physics_iterations: int = 3
+    physics_iterations: int = 20
     n_filters_scale: int = 1
     batch_size: int = 16
     seed: int = 0

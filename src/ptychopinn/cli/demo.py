@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
     p.add_argument("--test-positions", type=positive_int, default=196,
                    help="positions of the held-out test scan (default 196)")
     p.add_argument("--photons", type=positive_float, default=1e6, help="photons per pattern (default 1e6)")
-    p.add_argument("--max-epochs", type=positive_int, default=6, help="training epochs (default 6)")
+    p.add_argument("--max-epochs", type=positive_int, default=5, help="training epochs (default 5)")
     p.add_argument("--refine-epochs", type=nonneg_int, default=20,
                    help="physics refinement epochs after the network (default 20; 0 = none)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
