@@ -24,6 +24,16 @@ def nrmse(obj, truth, region) -> float:
     return float(np.linalg.norm(a * o - t) / np.linalg.norm(t))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny FFT batches gain nothing from a second thread, and on a shared 2-core machine an
+    oversubscribed OpenMP pool made these epochs 10-100x slower (measured); restore afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def scan():
     return simulate_scan(SimulationConfig(patch_size=32, n_positions=49, object_kind="lines",
@@ -198,3 +208,40 @@ def test_bad_arguments(scan):
         refine(scan, np.full((60, 60), np.nan, np.complex64), epochs=1)
     with pytest.raises(PtychoPINNError, match="lr"):
         refine(scan, epochs=1, lr=-1.0)
+
+
+def test_prior_keeps_refinement_near_the_start(scan):
+    """With a Gaussian prior centred on the start, the object moves less from it; a very tight
+    prior pins it."""
+    truth = scan.object_truth
+    rng = np.random.default_rng(0)
+    start = (truth + 0.05 * (rng.standard_normal(truth.shape)
+                             + 1j * rng.standard_normal(truth.shape))).astype(np.complex64)
+    free = refine(scan, start, epochs=4, batch_size=16, quiet=True)
+    loose = refine(scan, start, epochs=4, batch_size=16, prior_sigma=0.05, quiet=True)
+    tight = refine(scan, start, epochs=4, batch_size=16, prior_sigma=1e-4, quiet=True)
+    region = region_of(free)
+
+    def moved(result):
+        return float(np.linalg.norm((result.object - start)[region]) / np.linalg.norm(start[region]))
+
+    assert moved(tight) < 0.2 * moved(free)
+    assert moved(tight) < moved(loose) < moved(free)
+    # The unconstrained fit still removes most of the added noise.
+    assert nrmse(free.object, truth, region) < 0.7 * nrmse(start, truth, region)
+
+
+def test_stops_at_time_limit_and_when_converged(scan):
+    one = refine(scan, epochs=50, batch_size=16, time_limit_s=1e-9, quiet=True)
+    assert len(one.losses) == 1
+    calls = []
+    run = refine(scan, epochs=300, batch_size=16, lr=0.1, patience=1, quiet=True,
+                 progress=lambda e, l: calls.append(e))
+    assert len(run.losses) < 300 and calls == list(range(1, len(run.losses) + 1))
+
+
+def test_adam_probe_optimizer(scan):
+    result = refine(scan, epochs=3, batch_size=16, refine_probe=True, probe_start_epoch=1,
+                    probe_optimizer="adam", quiet=True)
+    assert np.isfinite(result.probe).all()
+    assert not np.array_equal(result.probe, scan.probe)

@@ -57,6 +57,8 @@ DEFAULT_LR = {"adam": 3e-2, "pgd": 0.5}
 #: Defaults from a given starting object (e.g. the network's): Adam's first steps move every
 #: pixel by about lr whatever its gradient, so a good start is damaged by 3e-2 (measured).
 DEFAULT_LR_FROM_OBJECT = {"adam": 1e-2, "pgd": 0.5}
+#: Probe step per probe optimiser (Adam lr for a probe of peak amplitude 1, or the PGD step).
+DEFAULT_PROBE_LR = {"adam": 3e-3, "pgd": 0.5}
 #: Pixels lit below this fraction of the peak illumination are reset before returning.
 LIT_FRACTION = 0.01
 #: Folded probes are cached for the whole scan when they take at most this many bytes;
@@ -142,18 +144,25 @@ class Refiner:
 
     def __init__(self, scan, initial_object=None, offset_px=None, *, batch_size: int = 64,
                  optimizer: str = "adam", lr: float | None = None, refine_probe: bool = False,
-                 probe_start_epoch: int = 2, probe_lr: float = 1e-3, pgd_regularization: float = 0.05,
+                 probe_start_epoch: int = 2, probe_optimizer: str = "pgd", probe_lr: float | None = None,
+                 pgd_regularization: float = 0.05,
                  schedule: str = "plateau", patience: int = 3, decay: float = 0.5,
-                 seed: int = 0, device="cpu"):
+                 prior_sigma: float | None = None, seed: int = 0, device="cpu"):
         t0 = time.perf_counter()
         _check_choice("optimizer", optimizer, OPTIMIZERS)
         _check_choice("schedule", schedule, SCHEDULES)
+        if int(patience) < 1:
+            raise PtychoPINNError(f"patience: {patience!r} must be >= 1 epoch")
         if int(batch_size) < 1:
             raise PtychoPINNError(f"batch_size: {batch_size!r} must be >= 1")
         if lr is not None and not (lr > 0 and math.isfinite(lr)):
             raise PtychoPINNError(f"lr: {lr!r} must be a finite number > 0")
+        _check_choice("probe_optimizer", probe_optimizer, OPTIMIZERS)
+        if probe_lr is None:
+            probe_lr = DEFAULT_PROBE_LR[probe_optimizer]
         if not (probe_lr > 0 and math.isfinite(probe_lr)):
             raise PtychoPINNError(f"probe_lr: {probe_lr!r} must be a finite number > 0")
+        self.probe_optimizer = probe_optimizer
         self.device = torch.device(device)
         self.batch_size = int(batch_size)
         self.optimizer_name = optimizer
@@ -169,6 +178,9 @@ class Refiner:
         self.best_loss = math.inf
         self.bad_epochs = 0
         self.lr0 = self.lr
+        if prior_sigma is not None and not (prior_sigma > 0 and math.isfinite(prior_sigma)):
+            raise PtychoPINNError(f"prior_sigma: {prior_sigma!r} must be a finite number > 0")
+        self.prior_sigma = prior_sigma
         self.generator = torch.Generator().manual_seed(int(seed))
         self.epoch = 0
         self.losses: list[float] = []
@@ -228,6 +240,7 @@ class Refiner:
 
         self.opt = None  # created on the first epoch (importing torch.optim costs seconds once)
         self.probe_opt = None
+        self.probe_active = False
         self.setup_seconds = time.perf_counter() - t0
         self.elapsed = self.setup_seconds
 
@@ -259,9 +272,19 @@ class Refiner:
                 total.index_add_(0, self._windows(idx).reshape(-1), inten.reshape(-1))
         return total.reshape(h, w)
 
+    def _prior_term(self) -> torch.Tensor:
+        """Negative log of a Gaussian prior centred on the start (standard deviation ``sigma`` per
+        real and imaginary part of each pixel), ``sum |O - O_start|^2 / (2 sigma^2)``, in the
+        units of the minibatch's mean NLL (divided by good pixels per pattern times M): its weight
+        against the data does not depend on the batch size, and the data win as photons grow."""
+        diff = torch.view_as_real(self.obj - self.initial)
+        return diff.square().sum() / (2.0 * self.prior_sigma ** 2 * float(self.good.sum()) * self.m)
+
     def _start_probe_refinement(self):
         self.probe = self.probe.detach().clone().requires_grad_(True)
-        self.probe_opt = torch.optim.Adam([self.probe], lr=self.probe_lr)
+        self.probe_active = True
+        if self.probe_optimizer == "adam":
+            self.probe_opt = torch.optim.Adam([self.probe], lr=self.probe_lr)
         self.folded = None
 
     def run_epoch(self) -> float:
@@ -269,7 +292,7 @@ class Refiner:
         t0 = time.perf_counter()
         if self.optimizer_name == "adam" and self.opt is None:
             self.opt = torch.optim.Adam([self.obj], lr=self.lr)
-        if self.refine_probe and self.probe_opt is None and self.epoch >= self.probe_start_epoch:
+        if self.refine_probe and not self.probe_active and self.epoch >= self.probe_start_epoch:
             self._start_probe_refinement()
         order = torch.randperm(self.m, generator=self.generator).to(self.device)
         total, count_sum, inten_sum = 0.0, 0.0, 0.0
@@ -282,20 +305,28 @@ class Refiner:
             intensity = self._intensity(windows, probes)
             gain = self._closed_form_gain(counts, intensity)
             loss = poisson_nll(counts, gain * intensity, bad_pixels=self.bad, eps=self.eps)
+            objective = loss
+            if self.prior_sigma is not None:
+                objective = loss + self._prior_term()
             if self.opt is not None:
                 self.opt.zero_grad(set_to_none=True)
             else:
                 self.obj.grad = None
             if self.probe_opt is not None:
                 self.probe_opt.zero_grad(set_to_none=True)
-            loss.backward()
+            elif self.probe_active:
+                self.probe.grad = None
+            objective.backward()
             with torch.no_grad():
                 if self.opt is not None:
                     self.opt.step()
                 else:
                     self._pgd_step(idx, probes, win_idx, gain, len(idx))
-                if self.probe_opt is not None:
-                    self.probe_opt.step()
+                if self.probe_active:
+                    if self.probe_opt is not None:
+                        self.probe_opt.step()
+                    else:
+                        self._probe_pgd_step(windows.detach(), gain, len(idx))
                     self.probe.mul_(math.sqrt(self.probe_energy /
                                               float(self.probe.abs().square().sum())))
             b = len(idx)
@@ -325,6 +356,10 @@ class Refiner:
         self.bad_epochs += 1
         if self.bad_epochs >= self.patience:
             self.lr *= self.decay
+            self.probe_lr *= self.decay
+            if self.probe_opt is not None:
+                for group in self.probe_opt.param_groups:
+                    group["lr"] = self.probe_lr
             if self.opt is not None:
                 for group in self.opt.param_groups:
                     group["lr"] = self.lr
@@ -358,6 +393,13 @@ class Refiner:
             inten = torch.fft.fftshift(inten, dim=(-2, -1)) * self.probe_scale ** 2
         return inten.cpu().numpy().astype(np.float32)
 
+    def _probe_pgd_step(self, windows, gain, b):
+        """P -= step * grad_sum / (4 g (sum_batch |O_window|^2 + alpha * max)) (ePIE-like)."""
+        n_terms = float(self.good.sum()) * b
+        weight = windows.abs().square().sum(0)
+        denom = 4.0 * gain * (weight + self.pgd_regularization * weight.max())
+        self.probe.sub_(self.probe_lr * self.probe.grad * n_terms / denom)
+
     def current_object(self) -> np.ndarray:
         """(H, W) complex64 canvas as it stands (no reset of barely lit pixels)."""
         return self.obj.detach().cpu().numpy().astype(np.complex64)
@@ -380,7 +422,7 @@ class Refiner:
         return RefineResult(
             object=obj.cpu().numpy().astype(np.complex64),
             offset_px=self.offset_px.copy(),
-            probe=(self.scan_probe.copy() if self.probe_opt is None else
+            probe=(self.scan_probe.copy() if not self.probe_active else
                    (self.probe.detach() * self.probe_scale).cpu().numpy().astype(np.complex64)),
             gain=float(gain) / scale2,
             losses=list(self.losses),
@@ -392,8 +434,9 @@ class Refiner:
 
 def refine(scan, initial_object: np.ndarray | None = None, offset_px=None, *, epochs: int = 60,
            batch_size: int = 64, optimizer: str = "adam", lr: float | None = None,
-           schedule: str = "plateau", refine_probe: bool = False, probe_start_epoch: int = 2,
-           probe_lr: float = 1e-3, seed: int = 0, progress=None, quiet: bool = False,
+           schedule: str = "plateau", patience: int = 3, refine_probe: bool = False,
+           probe_start_epoch: int = 2, probe_optimizer: str = "pgd", probe_lr: float | None = None,
+           prior_sigma: float | None = None, seed: int = 0, progress=None, quiet: bool = False,
            device="cpu", time_limit_s: float | None = None,
            stop_when_converged: bool = True) -> RefineResult:
     """Refine an object (and optionally the probe) on one scan's own Poisson likelihood.
@@ -412,11 +455,17 @@ def refine(scan, initial_object: np.ndarray | None = None, offset_px=None, *, ep
         optimizer: ``"adam"`` (Adam on real/imag parts) or ``"pgd"`` (gradient preconditioned by
             the minibatch's probe illumination). lr: Adam learning rate or PGD step (defaults in
             ``DEFAULT_LR``).
-        schedule: ``"plateau"`` halves the step after 3 epochs without a new best loss;
-            ``"constant"`` keeps it.
-        refine_probe: also refine the probe with Adam (lr ``probe_lr`` relative to a probe of
-            peak amplitude 1) from epoch ``probe_start_epoch`` on; its total power stays fixed
-            (the gain absorbs flux).
+        schedule: ``"plateau"`` halves the step after ``patience`` epochs without a new best
+            loss; ``"constant"`` keeps it.
+        refine_probe: also refine the probe from epoch ``probe_start_epoch`` on (epochs count
+            from 0), by ``probe_optimizer`` ``"pgd"`` (gradient preconditioned by the object
+            windows' intensity, like ePIE; step ``probe_lr``) or ``"adam"`` (lr ``probe_lr`` for a
+            probe of peak amplitude 1); defaults in ``DEFAULT_PROBE_LR``. The probe's total power
+            stays fixed (the gain absorbs the flux); its step decays with the object's.
+        prior_sigma: if given, add a Gaussian prior centred on the starting object (standard
+            deviation ``prior_sigma`` per real/imaginary part of each pixel): a maximum a
+            posteriori refinement that keeps a good start (the network's) where the data are
+            noisy instead of fitting the noise. None: maximum likelihood.
         seed: seeds the minibatch order (the result is deterministic for a seed on one device).
         progress: callable(epoch, loss) called after every epoch (epoch counts from 1).
         quiet: no per-epoch log lines. device: torch device for the computation.
@@ -431,9 +480,9 @@ def refine(scan, initial_object: np.ndarray | None = None, offset_px=None, *, ep
     if time_limit_s is not None and not time_limit_s > 0:
         raise PtychoPINNError(f"time_limit_s: {time_limit_s!r} must be > 0 seconds")
     refiner = Refiner(scan, initial_object, offset_px, batch_size=batch_size, optimizer=optimizer,
-                      lr=lr, schedule=schedule, refine_probe=refine_probe,
-                      probe_start_epoch=probe_start_epoch, probe_lr=probe_lr, seed=seed,
-                      device=device)
+                      lr=lr, schedule=schedule, patience=patience, refine_probe=refine_probe,
+                      probe_start_epoch=probe_start_epoch, probe_optimizer=probe_optimizer,
+                      probe_lr=probe_lr, prior_sigma=prior_sigma, seed=seed, device=device)
     for epoch in range(1, int(epochs) + 1):
         loss = refiner.run_epoch()
         if not math.isfinite(loss):
