@@ -203,7 +203,15 @@ def test_bad_arguments(scan):
     with pytest.raises(PtychoPINNError, match="optimizer"):
         refine(scan, epochs=1, optimizer="lbfgs")
     with pytest.raises(PtychoPINNError, match="offset_px"):
-        refine(scan, np.ones((20, 20), np.complex64), epochs=1)
+        refine(scan, np.ones((20, 20), np.complex64), offset_px=(1, 2, 3), epochs=1)
+    with pytest.raises(PtychoPINNError, match="offset_px"):
+        refine(scan, np.ones((20, 20), np.complex64), offset_px=(np.nan, 0), epochs=1)
+    with pytest.raises(PtychoPINNError, match="initial_object"):
+        refine(scan, np.ones((2, 20, 20), np.complex64), epochs=1)
+    with pytest.raises(PtychoPINNError, match="epochs"):
+        refine(scan, epochs=-1)
+    with pytest.raises(PtychoPINNError, match="prior_sigma"):
+        refine(scan, epochs=1, prior_sigma=0.0)
     with pytest.raises(PtychoPINNError, match="initial_object"):
         refine(scan, np.full((60, 60), np.nan, np.complex64), epochs=1)
     with pytest.raises(PtychoPINNError, match="lr"):

@@ -19,8 +19,10 @@ Each step: a seeded, shuffled minibatch of patterns, the gain ``g`` in closed fo
 maximum-likelihood gain for the current object, ``sum I / sum S``), the Poisson NLL
 (``ptychopinn.physics.losses.poisson_nll``, bad pixels excluded) and an update of the object by
 Adam on its real and imaginary parts or by a preconditioned gradient step (the gradient divided by
-the minibatch's probe illumination, like (r)PIE). The probe can be refined too (Adam, after a
-couple of epochs). Pixels lit below ~1% of the peak illumination are reset to their starting
+the minibatch's probe illumination, like (r)PIE). The probe can be refined too (after a couple of
+epochs, by a step preconditioned by the object's intensity, like ePIE, or Adam). Optionally a
+Gaussian prior centred on the start turns the fit into a MAP estimate that keeps a good start
+where the data are noisy. Pixels lit below ~1% of the peak illumination are reset to their starting
 values before returning, because nothing constrains them.
 
 Pure torch; no Lightning. ``refine`` is the one entry point; ``Refiner`` exposes the per-epoch loop
@@ -110,17 +112,9 @@ def _canvas_from_initial(initial_object, offset_px, positions, n: int):
         raise PtychoPINNError(f"initial_object: expected a 2-D (H, W) array, got shape {obj.shape}")
     if not np.isfinite(obj).all():
         raise PtychoPINNError("initial_object: contains NaN/inf values")
-    if offset_px is None:
-        shape, offset = canvas_geometry(positions, n, object_shape=obj.shape)
-        if tuple(shape) != tuple(obj.shape):
-            raise PtychoPINNError(
-                f"offset_px: needed for an initial_object of shape {obj.shape}: the scan does not "
-                f"fit inside it in the positions' own frame (pass the canvas offset returned with "
-                f"the stitched object)")
-    else:
-        offset = np.asarray(offset_px, dtype=np.float64).reshape(-1)
-        if offset.shape != (2,) or not np.isfinite(offset).all():
-            raise PtychoPINNError(f"offset_px: expected two finite numbers (x, y), got {offset_px!r}")
+    offset = np.zeros(2) if offset_px is None else np.asarray(offset_px, dtype=np.float64).reshape(-1)
+    if offset.shape != (2,) or not np.isfinite(offset).all():
+        raise PtychoPINNError(f"offset_px: expected two finite numbers (x, y), got {offset_px!r}")
     canvas = obj.astype(np.complex128)
     corner = np.floor(positions + offset) - n // 2  # (M, 2) x, y of each window's first pixel
     h, w = canvas.shape
@@ -235,7 +229,10 @@ class Refiner:
             self.bad = torch.fft.ifftshift(bad, dim=(-2, -1)).contiguous()
         good = torch.ones(n, n, device=dev) if self.bad is None else (~self.bad).float()
         self.good = good
-        self.eps = float(max(1e-6 * float(self.counts.mean()), 1e-12))
+        self.n_good = float(good.sum())
+        # PHYSICS.md eps: 1e-6 of the mean count over good pixels (a hot pixel must not set it)
+        mean_good = float((self.counts * good).sum()) / (self.n_good * self.m)
+        self.eps = max(1e-6 * mean_good, 1e-12)
         self.gain = None  # internal gain for the normalised probe
 
         self.opt = None  # created on the first epoch (importing torch.optim costs seconds once)
@@ -278,7 +275,7 @@ class Refiner:
         units of the minibatch's mean NLL (divided by good pixels per pattern times M): its weight
         against the data does not depend on the batch size, and the data win as photons grow."""
         diff = torch.view_as_real(self.obj - self.initial)
-        return diff.square().sum() / (2.0 * self.prior_sigma ** 2 * float(self.good.sum()) * self.m)
+        return diff.square().sum() / (2.0 * self.prior_sigma ** 2 * self.n_good * self.m)
 
     def _start_probe_refinement(self):
         self.probe = self.probe.detach().clone().requires_grad_(True)
@@ -295,7 +292,9 @@ class Refiner:
         if self.refine_probe and not self.probe_active and self.epoch >= self.probe_start_epoch:
             self._start_probe_refinement()
         order = torch.randperm(self.m, generator=self.generator).to(self.device)
-        total, count_sum, inten_sum = 0.0, 0.0, 0.0
+        # accumulated on the device: one host sync per epoch, not per step
+        zero = torch.zeros((), dtype=torch.float64, device=self.device)
+        total, count_sum, inten_sum = zero.clone(), zero.clone(), zero.clone()
         for s in range(0, self.m, self.batch_size):
             idx = order[s:s + self.batch_size]
             counts = self.counts[idx]
@@ -327,14 +326,13 @@ class Refiner:
                         self.probe_opt.step()
                     else:
                         self._probe_pgd_step(windows.detach(), gain, len(idx))
-                    self.probe.mul_(math.sqrt(self.probe_energy /
-                                              float(self.probe.abs().square().sum())))
-            b = len(idx)
-            total += float(loss.detach()) * b
-            count_sum += float((counts * self.good).sum())
-            inten_sum += float((intensity.detach() * self.good).sum())
-        self.gain = count_sum / max(inten_sum, 1e-30)
-        mean_loss = total / self.m
+                    self.probe.mul_(torch.sqrt(self.probe_energy
+                                               / self.probe.abs().square().sum()))
+            total += loss.detach() * len(idx)
+            count_sum += (counts * self.good).sum()
+            inten_sum += (intensity.detach() * self.good).sum()
+        self.gain = float(count_sum) / max(float(inten_sum), 1e-30)
+        mean_loss = float(total) / self.m
         self.epoch += 1
         self.losses.append(mean_loss)
         self._schedule_step(mean_loss)
@@ -371,7 +369,7 @@ class Refiner:
         ``grad_sum`` is the gradient of the summed NLL (torch reports 2 dL/dO*); near the optimum
         the Poisson gradient is twice the modulus-projection residual, hence the 4.
         """
-        n_terms = float(self.good.sum()) * b
+        n_terms = self.n_good * b
         grad = self.obj.grad * n_terms
         h, w = self.shape
         illum = torch.zeros(h * w, device=self.device)
@@ -395,7 +393,7 @@ class Refiner:
 
     def _probe_pgd_step(self, windows, gain, b):
         """P -= step * grad_sum / (4 g (sum_batch |O_window|^2 + alpha * max)) (ePIE-like)."""
-        n_terms = float(self.good.sum()) * b
+        n_terms = self.n_good * b
         weight = windows.abs().square().sum(0)
         denom = 4.0 * gain * (weight + self.pgd_regularization * weight.max())
         self.probe.sub_(self.probe_lr * self.probe.grad * n_terms / denom)
@@ -447,9 +445,10 @@ def refine(scan, initial_object: np.ndarray | None = None, offset_px=None, *, ep
             the canvas adopts when the scan fits inside it).
         initial_object: (H, W) complex start (e.g. the network's stitched object), or None for a
             flat start (object = 1: a plain automatic-differentiation reconstruction).
-        offset_px: (x, y) canvas offset of ``initial_object`` (canvas pixel = object pixel +
-            offset); None if the scan fits inside ``initial_object`` in its own frame. The canvas
-            is padded with 1 where the scan reaches beyond ``initial_object``.
+        offset_px: (x, y) canvas offset of ``initial_object`` (canvas pixel = position-frame
+            pixel + offset, as returned with a stitched object); None means 0 (the object is in
+            the positions' own frame, like ``object_truth``). The canvas is padded with 1 where
+            the scan reaches beyond ``initial_object``.
         epochs: at most this many passes over the scan (a flat start converged in 40-80 on
             441-pattern scans, measured). batch_size: patterns per step (64 measured best).
         optimizer: ``"adam"`` (Adam on real/imag parts) or ``"pgd"`` (gradient preconditioned by
