@@ -345,7 +345,11 @@ def test_trainer_receives_accumulation(tmp_path):
     e = ExecutionConfig(accumulate_grad_batches=3, gradient_clip_val=0.5,
                         gradient_clip_algorithm="value", logger="none", accelerator="cpu",
                         precision="bf16-mixed", deterministic=True, quiet=True)
-    trainer = build_trainer(e, "poisson_val_loss", tmp_path, 4)
+    try:
+        trainer = build_trainer(e, "poisson_val_loss", tmp_path, 4)
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:  # Lightning sets the process-wide flag when the Trainer is built (fit restores it)
+        torch.use_deterministic_algorithms(False)
     assert trainer.accumulate_grad_batches == 3
     assert trainer.gradient_clip_val == 0.5 and trainer.gradient_clip_algorithm == "value"
     assert trainer.max_epochs == 4 and trainer.precision == "bf16-mixed"

@@ -202,7 +202,10 @@ def build_callbacks(execution: ExecutionConfig, monitor: str, output_dir: Path) 
 def build_trainer(execution: ExecutionConfig, monitor: str, output_dir: Path, max_epochs: int,
                   callbacks: list | None = None, **overrides) -> L.Trainer:
     """A Trainer wired from ``execution``. ``callbacks`` are added to ours; ``overrides`` are
-    passed to ``L.Trainer`` last (tests and benchmarks: e.g. ``limit_train_batches``)."""
+    passed to ``L.Trainer`` last (tests and benchmarks: e.g. ``limit_train_batches``).
+
+    Note: with ``deterministic`` Lightning switches torch's process-wide deterministic-algorithms
+    flag on when the Trainer is built; ``fit`` restores it afterwards (``run_context``)."""
     accelerator = resolve_accelerator(execution.accelerator)
     devices = resolve_devices(accelerator, execution.devices)
     logger = build_logger(execution, output_dir)
