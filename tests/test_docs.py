@@ -293,6 +293,25 @@ def test_deprecated_spellings_do_what_the_spec_says():
             assert not old_warnings
 
 
+def test_quickstart_demo_settings_match_the_demo():
+    from ptychopinn.workflows import DemoSettings
+
+    rows = table_rows((DOCS / "quickstart.md").read_text(), "| setting | default | flag |")
+    documented = {code_spans(r[0])[0]: r for r in rows}
+    demo = subparsers(build_parser())["demo"]
+    defaults = {a.option_strings[0]: a.default for a in demo._actions if a.option_strings}  # noqa: SLF001
+    for f in fields(DemoSettings):
+        if f.name == "quiet":
+            continue
+        assert f.name in documented, f"demo setting {f.name} missing from quickstart.md"
+        _, default_cell, flag_cell = documented[f.name]
+        assert code_spans(default_cell) == [repr(f.default)], (f.name, default_cell, f.default)
+        flags = code_spans(flag_cell)
+        if flags:  # the flag exists and its default is the setting's
+            assert defaults[flags[0]] == f.default, (f.name, flags[0], defaults[flags[0]])
+    assert set(documented) <= {f.name for f in fields(DemoSettings)}
+
+
 # --- links and quoted messages ---------------------------------------------------------------
 def _slug(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
