@@ -81,6 +81,12 @@ def _reconstruct_input(folder: Path):
                                      load_product(folder / "product.h5"))
 
 
+def _reconstruct_input_scan(reconstruct_input):
+    from ptychopinn.integrations.ptychodus import scan_from_reconstruct_input
+
+    return scan_from_reconstruct_input(reconstruct_input)
+
+
 @pytest.fixture(scope="module")
 def reconstruct_input(batch_dir):
     return _reconstruct_input(batch_dir)
@@ -286,12 +292,19 @@ def test_supervised_needs_a_model_and_a_real_ground_truth(reconstruct_input, bat
     assert not (tmp_path / "out").exists()
 
 
-def test_supervised_train_uses_the_product_object(batch_dir, reconstruct_input, tmp_path):
+def test_supervised_train_uses_the_product_object(batch_dir, reconstruct_input, trained, tmp_path):
+    import torch
+
     library = make_library(SupervisedWeight=2.0)
     outputs = list(library.supervised.train(batch_dir, tmp_path))
     assert [o.progress for o in outputs] == [1, 2]
     bundle = library.supervised.bundle
-    assert bundle.training_config.supervised_weight == 2.0
+    scan = _reconstruct_input_scan(reconstruct_input)
+    per_pixel = scan.mean_counts / N ** 2  # the weight is relative to the dose
+    assert bundle.training_config.supervised_weight == pytest.approx(2.0 * per_pixel, rel=1e-6)
+    # same data, settings and seed as the PINN model of `trained`: the supervised term changed it
+    pinn = trained[0].pinn.bundle.state_dict
+    assert any(not torch.equal(pinn[k], bundle.state_dict[k]) for k in pinn)
     assert (tmp_path / "model.ptpinn").is_file()
     out = list(library.supervised.reconstruct(reconstruct_input))
     assert [o.progress for o in out] == [1]
