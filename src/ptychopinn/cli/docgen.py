@@ -169,7 +169,7 @@ def _describe_hidden(parser: argparse.ArgumentParser, action: argparse.Action) -
     text = "same as " + " ".join(f"`{p}`" for p in parts)
     deprecations = [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)]
     if deprecations:
-        return "**deprecated**, warns: " + "; ".join(f'"{m}"' for m in deprecations) + "; " + text
+        return "deprecated, warns: " + "; ".join(f'"{m}"' for m in deprecations) + "; " + text
     return "accepted alias (PtychoPINN spelling, hidden from `--help`); " + text
 
 
