@@ -71,6 +71,19 @@ def ptycho_records():
     logger.setLevel(old)
 
 
+@pytest.fixture(autouse=True)
+def fresh_cli_logging():
+    """configure_cli_logging keeps one handler bound to the sys.stderr of the test that created
+    it; drop it so each CLI run here writes to its own test's captured stderr."""
+    def drop():
+        logger = logging.getLogger("ptychopinn")
+        for handler in [h for h in logger.handlers if getattr(h, "_ptychopinn_cli", False)]:
+            logger.removeHandler(handler)
+    drop()
+    yield
+    drop()
+
+
 # --- one CSV run shared by several checks ---------------------------------------------------------
 @pytest.fixture(scope="module")
 def csv_run(tmp_path_factory, tiny_scan):
