@@ -7,13 +7,11 @@ CI installs ptychodus --no-deps (its API and file modules); the application core
 in an environment with ``pip install 'ptychodus>=1.7,<1.8'``).
 """
 
-import glob
 import importlib.util
 import logging
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import types
@@ -35,12 +33,6 @@ FAST = {"MaxEpochs": 1, "NFiltersScale": 1, "BatchSize": 8, "EarlyStopping": Fal
 
 def _threads():
     return [t for t in threading.enumerate() if t.name.startswith("ptychopinn-")]
-
-
-def _temp_dirs():
-    from ptychopinn.integrations.ptychodus import TEMP_PREFIX
-
-    return set(glob.glob(os.path.join(tempfile.gettempdir(), TEMP_PREFIX + "*")))
 
 
 @pytest.fixture(scope="module")
@@ -247,27 +239,27 @@ def test_self_supervised_reconstruct_yields_products_on_the_input_grid(reconstru
     assert not _threads()
 
 
-def test_closing_the_generator_early_stops_training_and_cleans_up(reconstruct_input):
+def test_closing_the_generator_early_stops_training_and_cleans_up(reconstruct_input, tmp_path,
+                                                                  monkeypatch):
+    monkeypatch.chdir(tmp_path)  # Lightning's default root: nothing may be written there
     library = make_library(MaxEpochs=500)
-    before = _temp_dirs()
     gen = library.pinn.reconstruct(reconstruct_input)
     first = next(gen)
     assert first.progress == 1 and library.pinn.get_progress_goal() == 501
-    assert _threads() and _temp_dirs() - before  # training is running in its temp dir
+    assert _threads()  # training goes on in its thread
     t0 = time.perf_counter()
     gen.close()
     assert time.perf_counter() - t0 < 20  # stopped within a batch, not after 500 epochs
     assert not _threads()
-    assert _temp_dirs() == before
     assert library.pinn.get_progress_goal() == 501 and not library.pinn.is_model_loaded()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_errors_in_training_reach_the_caller_without_leaks(reconstruct_input):
     library = make_library(Gridsize=8)  # 64 patches per group, 7 neighbours: rejected by grouping
-    before = _temp_dirs()
     with pytest.raises(ValueError, match="gridsize"):
         list(library.pinn.reconstruct(reconstruct_input))
-    assert not _threads() and _temp_dirs() == before
+    assert not _threads()
 
 
 def test_supervised_needs_a_model_and_a_real_ground_truth(reconstruct_input, batch_dir, tmp_path):
@@ -317,6 +309,8 @@ def test_supervised_train_uses_the_product_object(batch_dir, reconstruct_input, 
 def test_train_on_batch_layout_yields_losses_and_writes_the_model(trained, reconstruct_input):
     from ptychodus.api.reconstruct import TrainOutput
 
+    from ptychopinn.config_factory import read_audit
+
     library, outputs, out = trained
     assert all(isinstance(o, TrainOutput) for o in outputs)
     assert [o.progress for o in outputs] == [1, 2]  # epoch 1, then the saved model (goal)
@@ -324,6 +318,9 @@ def test_train_on_batch_layout_yields_losses_and_writes_the_model(trained, recon
     assert [lv.epoch for lv in last.training_loss] == [1] and [lv.epoch for lv in last.validation_loss] == [1]
     assert np.isfinite(last.training_loss[0].value) and np.isfinite(last.validation_loss[0].value)
     assert (out / "model.ptpinn").is_file()
+    audit = read_audit(out / "config.resolved.yaml")
+    assert audit["sources"]["training.max_epochs"] == "Ptychodus settings"
+    assert audit["training"]["max_epochs"] == 1 and audit["model"]["n"] == N
     assert library.pinn.is_model_loaded() and not library.supervised.is_model_loaded()
     assert library.pinn.bundle.model_config.n == N
 

@@ -27,7 +27,9 @@ metadata are passed through unchanged; ``losses`` holds the training loss per ep
 the refinement loss per epoch (epochs numbered on). While training, the yielded products carry
 the input object (the network's object appears once training ends). Progress is strictly
 increasing and ends at :meth:`~PtychoPINNReconstructor.get_progress_goal`; closing the generator
-stops training/refinement within one batch and removes the temporary directory.
+stops training/refinement within one batch. Nothing is written to disk except by ``train``
+(``model.ptpinn`` and the ``config.resolved.yaml`` audit in its output folder),
+``save_model`` and ``export_training_data``.
 
 Settings (group ``PtychoPINNLightning`` in Ptychodus's settings, ``settings.ini`` in batch mode):
 ``Gridsize``, ``NFiltersScale``, ``PhysicsIterations``, ``Loss`` (poisson|mae), ``MaxEpochs``,
@@ -35,7 +37,8 @@ Settings (group ``PtychoPINNLightning`` in Ptychodus's settings, ``settings.ini`
 ``RefineEpochs``, ``Seed``, ``Accelerator`` (auto|cpu|gpu|cuda|mps) and ``ConfigFile`` (a
 ptychopinn YAML config for any other option; the values of this group take precedence). N is
 taken from the data. Training runs on one device (Ptychodus hosts it in its own process, so
-multi-process strategies are not used) and keeps no Lightning logs or checkpoints.
+multi-process strategies are not used) and keeps no Lightning logs or checkpoints (Ptychodus
+shows the losses).
 
 Logging goes through the package logger ``ptychopinn`` (the library's logger), so Ptychodus's
 log view shows our lines.
@@ -47,7 +50,6 @@ import contextlib
 import math
 import queue
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -78,7 +80,6 @@ TRAINING_DATA_FILE_FILTER = "PtychoPINN training data (*.npz)"
 SETTINGS_SOURCE = "Ptychodus settings"
 #: files of Ptychodus's batch layout read by ``train``
 BATCH_PRODUCT, BATCH_DIFFRACTION = "product.h5", "diffraction.h5"
-TEMP_PREFIX = "ptychopinn-ptychodus-"
 
 
 # --------------------------------------------------------------------------------------------
@@ -222,7 +223,10 @@ def scan_from_reconstruct_input(parameters: ReconstructInput, *, source: str | N
     bad = None
     if parameters.bad_pixels is not None and np.size(parameters.bad_pixels):
         bad = np.asarray(parameters.bad_pixels).astype(bool)
-        if bad.shape == patterns.shape[1:] and bad.any():
+        if bad.shape != patterns.shape[1:]:
+            raise DataError(src, "bad_pixels", f"shape {bad.shape} does not match the patterns "
+                            f"{patterns.shape[1:]}")
+        if bad.any():
             patterns[:, bad] = 0  # no information there (may hold detector fill values)
     probes = product.probes.get_array()
     if probes.ndim == 4:
@@ -392,14 +396,14 @@ def _epoch_callback(pipe: _Pipeline):
 
 
 def _fit(pipe: _Pipeline, scans: list[ScanData], rc):
-    """fit() on ``scans`` in a temporary directory (removed afterwards); returns the bundle."""
+    """fit() on ``scans`` writing no files (no output directory; FORCED turns off the Lightning
+    logger and checkpoints); returns the TrainResult."""
     from ptychopinn.training.fit import fit
 
-    with tempfile.TemporaryDirectory(prefix=TEMP_PREFIX) as tmp:
-        result = fit(scans, None, run_config=rc, output_dir=tmp, callbacks=[_epoch_callback(pipe)],
-                     trainer_overrides={"enable_progress_bar": False, "enable_model_summary": False})
+    result = fit(scans, None, run_config=rc, output_dir=None, callbacks=[_epoch_callback(pipe)],
+                 trainer_overrides={"enable_progress_bar": False, "enable_model_summary": False})
     pipe.check_stop()  # a stopped fit returns normally; its half-trained model is dropped
-    return result.bundle
+    return result
 
 
 def _device(accelerator: str) -> str:
@@ -482,6 +486,9 @@ class PtychoPINNReconstructor(TrainableReconstructor):
         then one step per refinement epoch.
         """
         scan = scan_from_reconstruct_input(parameters)
+        if scan.metadata["object_layers"] > 1:
+            log.warning("%s: the input object has %d layers; reconstructing one (projected) layer",
+                        scan.source, scan.metadata["object_layers"])
         bundle = self._bundle
         if bundle is None and self._supervised:
             raise PtychoPINNError(f"{LIBRARY_NAME} {SUPERVISED}: no model loaded; train one (Train) "
@@ -512,7 +519,7 @@ class PtychoPINNReconstructor(TrainableReconstructor):
             model = bundle
             if model is None:
                 # the product's object is an initial guess here, not a label
-                model = _fit(pipe, [replace(scan, object_truth=None)], rc)
+                model = _fit(pipe, [replace(scan, object_truth=None)], rc).bundle
             recon = reconstruct(model, scan, batch_size=int(batch), seed=seed, quiet=True, device=device)
             pipe.post("network", recon)
             pipe.check_stop()
@@ -609,7 +616,8 @@ class PtychoPINNReconstructor(TrainableReconstructor):
     def train(self, input_path: Path, output_path: Path) -> Iterator[TrainOutput]:
         """Train on ``input_path`` (see :func:`training_scans`), yielding the loss curves so far
         after every epoch (progress = epoch; the last output has progress == goal = MaxEpochs + 1
-        once ``output_path/model.ptpinn`` is written). The model stays loaded. Closing the
+        once ``output_path/model.ptpinn`` and ``output_path/config.resolved.yaml`` are written;
+        an existing model file is replaced with a warning). The model stays loaded. Closing the
         generator stops training; nothing is written then."""
         scans = training_scans(Path(input_path))
         if self._supervised:
@@ -644,9 +652,14 @@ class PtychoPINNReconstructor(TrainableReconstructor):
                         validation.append(LossValue(epoch, val))
                     yield TrainOutput(list(training), list(validation), epoch, 0)
                 elif kind == "trained":
-                    self._bundle = payload
+                    from ptychopinn.config_factory import write_audit
+
+                    self._bundle = payload.bundle
                     out_dir.mkdir(parents=True, exist_ok=True)
                     self.save_model(out_dir / f"model{MODEL_EXTENSION}")
+                    audit = write_audit(payload.run_config, out_dir,
+                                        {**payload.runtime, "output_dir": str(out_dir.resolve())})
+                    log.info("wrote %s", audit)
                     yield TrainOutput(list(training), list(validation), goal, 0)
         finally:
             pipe.close()
