@@ -448,8 +448,14 @@ def test_launcher_command(monkeypatch, capsys):
         assert proc.returncode == 2 and len(lines) == 1
         assert "'httpx'" in lines[0] and "ptychopinn[ptychodus]" in lines[0]
 
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ptychodus" else real(name, *a))
+    real, hidden = importlib.util.find_spec, set()
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in hidden else real(name, *a))
+    hidden.add("PyQt5")  # the GUI (no -b) needs it: a hint, not Ptychodus's silent exit code
+    assert main(["ptychodus"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "PyQt5" in err[0] and "ptychodus[gui]" in err[0]
+    hidden.add("ptychodus")
     assert main(["ptychodus", "--", "-b", "reconstruct"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not installed" in err[0] and "ptychopinn[ptychodus]" in err[0]

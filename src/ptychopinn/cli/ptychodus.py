@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 
 EXTRA_HINT = "pip install 'ptychopinn[ptychodus]'"
+GUI_HINT = "pip install 'ptychodus[gui]>=1.7,<1.8'"
 
 
 def add_parser(sub) -> None:
@@ -34,6 +35,13 @@ def add_parser(sub) -> None:
 def _ptychodus_args(args: argparse.Namespace) -> list[str]:
     rest = list(args.ptychodus_args or [])
     return rest[1:] if rest[:1] == ["--"] else rest
+
+
+def _wants_gui(argv: list[str]) -> bool:
+    """Without -b (and without a -h/-v that exits first), Ptychodus starts its Qt GUI."""
+    flags = {a.split("=", 1)[0] for a in argv}
+    return not flags & {"-b", "--batch", "-h", "--help", "-v", "--version"} and \
+        not any(a.startswith("-b") and len(a) > 2 for a in argv)
 
 
 def _batch_output_dir(argv: list[str]):
@@ -58,6 +66,10 @@ def run(args: argparse.Namespace) -> int:
 
     if importlib.util.find_spec("ptychodus") is None:
         raise PtychoPINNError(f"Ptychodus is not installed; install the extra: {EXTRA_HINT}")
+    argv = _ptychodus_args(args)
+    if _wants_gui(argv) and importlib.util.find_spec("PyQt5") is None:
+        raise PtychoPINNError("the Ptychodus GUI needs PyQt5, which is not installed: "
+                              f"{GUI_HINT} (or use batch mode: -b reconstruct|train -i IN -o OUT)")
     try:
         import ptychodus.__main__ as ptychodus_main
         import ptychodus.model.core as core
@@ -66,7 +78,6 @@ def run(args: argparse.Namespace) -> int:
                               f"(an API-only install?); install the full application: {EXTRA_HINT}") from None
     from ptychopinn.integrations.ptychodus import finalize_batch_output, patch_ptychodus
 
-    argv = _ptychodus_args(args)
     saved_argv = sys.argv
     sys.argv = ["ptychodus", *argv]  # Ptychodus parses sys.argv itself
     started = time.time()
