@@ -60,7 +60,7 @@ DEFAULT_LR = {"adam": 3e-2, "pgd": 0.5}
 #: pixel by about lr whatever its gradient, so a good start is damaged by 3e-2 (measured).
 DEFAULT_LR_FROM_OBJECT = {"adam": 1e-2, "pgd": 0.5}
 #: Probe step per probe optimiser (Adam lr for a probe of peak amplitude 1, or the PGD step).
-DEFAULT_PROBE_LR = {"adam": 3e-3, "pgd": 0.5}
+DEFAULT_PROBE_LR = {"adam": 3e-3, "pgd": 1.0}
 #: Pixels lit below this fraction of the peak illumination are reset before returning.
 LIT_FRACTION = 0.01
 #: Folded probes are cached for the whole scan when they take at most this many bytes;
@@ -233,6 +233,7 @@ class Refiner:
         # PHYSICS.md eps: 1e-6 of the mean count over good pixels (a hot pixel must not set it)
         mean_good = float((self.counts * good).sum()) / (self.n_good * self.m)
         self.eps = max(1e-6 * mean_good, 1e-12)
+        self.pattern_counts = (self.counts * good).sum(dim=(-2, -1))  # (M,) good-pixel totals
         self.gain = None  # internal gain for the normalised probe
 
         self.opt = None  # created on the first epoch (importing torch.optim costs seconds once)
@@ -253,9 +254,12 @@ class Refiner:
         psi = torch.fft.fft2(obj_windows[:, None] * probes, norm="ortho")
         return torch.view_as_real(psi).square().sum(dim=(-1, 1))  # (B, N, N), modes summed
 
-    def _closed_form_gain(self, counts, intensity) -> torch.Tensor:
-        good = self.good
-        return (counts * good).sum() / (intensity.detach() * good).sum().clamp_min(1e-30)
+    def _good_sum(self, values: torch.Tensor) -> torch.Tensor:
+        return values.sum() if self.bad is None else (values * self.good).sum()
+
+    def _closed_form_gain(self, idx, intensity) -> torch.Tensor:
+        """Poisson ML gain for the minibatch ``idx``: sum of counts / sum of model intensity."""
+        return self.pattern_counts[idx].sum() / self._good_sum(intensity.detach()).clamp_min(1e-30)
 
     def illumination(self) -> torch.Tensor:
         """(H, W) sum over positions of the (normalised) probe intensity, from the folded probes."""
@@ -302,7 +306,7 @@ class Refiner:
             win_idx = self._windows(idx)
             windows = torch.take(self.obj, win_idx)
             intensity = self._intensity(windows, probes)
-            gain = self._closed_form_gain(counts, intensity)
+            gain = self._closed_form_gain(idx, intensity)
             loss = poisson_nll(counts, gain * intensity, bad_pixels=self.bad, eps=self.eps)
             objective = loss
             if self.prior_sigma is not None:
@@ -329,8 +333,8 @@ class Refiner:
                     self.probe.mul_(torch.sqrt(self.probe_energy
                                                / self.probe.abs().square().sum()))
             total += loss.detach() * len(idx)
-            count_sum += (counts * self.good).sum()
-            inten_sum += (intensity.detach() * self.good).sum()
+            count_sum += self.pattern_counts[idx].sum()
+            inten_sum += self._good_sum(intensity.detach())
         self.gain = float(count_sum) / max(float(inten_sum), 1e-30)
         mean_loss = float(total) / self.m
         self.epoch += 1
@@ -414,7 +418,7 @@ class Refiner:
                 idx = torch.arange(min(self.m, 256), device=self.device)
                 probes = self.folded[idx] if self.folded is not None else self._fold(self.probe, idx)
                 inten = self._intensity(torch.take(self.obj, self._windows(idx)), probes)
-                gain = float(self._closed_form_gain(self.counts[idx], inten))
+                gain = float(self._closed_form_gain(idx, inten))
         else:
             gain = self.gain
         return RefineResult(
