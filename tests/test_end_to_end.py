@@ -215,3 +215,33 @@ def test_demo_tiny(tmp_path, capsys):
         assert (out / name).stat().st_size > 1000
     # no temporary directory left behind
     assert [p.name for p in tmp_path.iterdir()] == ["demo"]
+
+
+def test_training_ignores_bad_pixels(scans):
+    from dataclasses import replace
+
+    _, train, _ = scans
+    bad = np.zeros((16, 16), bool)
+    bad[3, 5] = bad[8, 8] = True
+    hot = train.diffraction.copy()
+    hot[:, 3, 5] = 1e7
+    hot[:, 8, 8] = 0.0
+    kw = dict(model_config=ModelConfig(gridsize=1, n_filters_scale=1),
+              training_config=TrainingConfig(max_epochs=1, batch_size=8), execution_config=FAST)
+    clean = fit([replace(train, bad_pixels=bad)], None, **kw)
+    garbage = fit([replace(train, diffraction=hot, bad_pixels=bad)], None, **kw)
+    unmasked = fit([replace(train, diffraction=hot)], None, **kw)
+    a, b = clean.metrics["poisson_train_loss"], garbage.metrics["poisson_train_loss"]
+    assert a == pytest.approx(b, rel=1e-6)
+    assert unmasked.metrics["poisson_train_loss"] != pytest.approx(a, rel=1e-3)
+
+
+def test_reconstruct_refine_only_from_flat(tmp_path, scans):
+    d, _, test = scans
+    out = tmp_path / "flat"
+    assert main(["reconstruct", "--data", str(d / "test.npz"), "--output-dir", str(out), "--refine-only",
+                 "--refine-epochs", "3", "--quiet"]) == 0
+    recon = load_reconstruction(out / "reconstruction.npz")
+    assert recon.metadata["refine_epochs"] == 3 and not (out / BUNDLE_NAME).exists()
+    losses = recon.metadata["refine_losses"]
+    assert losses[-1] < losses[0]

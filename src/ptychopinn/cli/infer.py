@@ -22,7 +22,8 @@ def add_parser(sub) -> None:
     add_scan_input_flags(p, "data", what="scan to reconstruct")
     p.add_argument("--output-dir", type=Path, required=True, help="output directory")
     p.add_argument("--inference-batch-size", type=positive_int, default=None,
-                   help="groups per inference batch (default: the model's training batch size)")
+                   help="groups per inference batch (default: the value recorded with the model, else its "
+                        "training batch size)")
     p.add_argument("--refine-epochs", type=nonneg_int, default=0,
                    help="physics refinement epochs on the scan's own likelihood after the network (default 0)")
     p.add_argument("--seed", type=int, default=0, help="seed for grouping (default 0)")
@@ -50,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     if product_path is not None:
         check_new_output(product_path, args.overwrite)  # refuse before any work
     scan = load_scan_from_args(args, "data")
-    batch = args.inference_batch_size or bundle.training_config.batch_size
+    batch = (args.inference_batch_size or bundle.execution.get("inference_batch_size")
+             or bundle.training_config.batch_size)
     recon = reconstruct(bundle, scan, batch_size=batch, seed=args.seed, quiet=args.quiet)
     if args.refine_epochs:
         from ptychopinn.workflows import refine_reconstruction

@@ -16,7 +16,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("reconstruct", help="self-supervised reconstruction of one scan (no model needed)",
                        description="Train on the scan itself, reconstruct it in one pass, optionally "
                                    "refine; writes OUTPUT_DIR/reconstruction.npz, "
-                                   "OUTPUT_DIR/amplitude_phase.png and OUTPUT_DIR/model.ptpinn.")
+                                   "OUTPUT_DIR/amplitude_phase.png and OUTPUT_DIR/model.ptpinn (no model with "
+                                   "--refine-only).")
     p.add_argument("--data", type=Path, required=True, metavar="F", help="scan to reconstruct (NPZ)")
     p.add_argument("--output-dir", type=Path, required=True, help="output directory")
     p.add_argument("--gridsize", type=positive_int, default=2, help="group size gridsize^2 (default 2)")
@@ -27,6 +28,9 @@ def add_parser(sub) -> None:
                    help="projection iterations of the physics estimate fed to the network (default 3)")
     p.add_argument("--refine-epochs", type=nonneg_int, default=0,
                    help="physics refinement epochs after the network (default 0)")
+    p.add_argument("--refine-only", action="store_true",
+                   help="no network: physics refinement from a flat object (plain automatic-"
+                        "differentiation iterative reconstruction); --refine-epochs defaults to 20")
     p.add_argument("--learning-rate", type=float, default=1e-3, help="learning rate (default 1e-3)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -47,6 +51,13 @@ def run(args: argparse.Namespace) -> int:
     for name in RECONSTRUCTION_FILES:
         check_new_output(args.output_dir / name, args.overwrite)
     scan = load_scan(args.data, args.diffraction_units)
+    if args.refine_only:
+        from ptychopinn.workflows import refine_reconstruction
+
+        recon = refine_reconstruction(None, scan, args.refine_epochs or 20, quiet=args.quiet, seed=args.seed)
+        for path in write_reconstruction_outputs(recon, args.output_dir, overwrite=args.overwrite):
+            print(path)
+        return 0
     recon, _ = self_supervised_reconstruction(
         scan, args.output_dir,
         model_config=ModelConfig(gridsize=args.gridsize, n_filters_scale=args.n_filters_scale,

@@ -32,8 +32,11 @@ def scan_tensors(scan: ScanData, a0: float | None = None, with_truth: bool = Fal
         with torch.no_grad():
             truth = extract_patches(torch.as_tensor(scan.object_truth), torch.as_tensor(scan.positions_px),
                                     scan.patch_size)
+    counts = torch.as_tensor(scan.diffraction)
+    if scan.bad_pixels is not None:  # bad pixels carry no information: not an input, not in the loss
+        counts = counts.masked_fill(torch.as_tensor(scan.bad_pixels), 0.0)
     return ScanTensors(
-        counts=torch.as_tensor(scan.diffraction),
+        counts=counts,
         positions=torch.as_tensor(scan.positions_px, dtype=torch.float64),
         a0=scan.amplitude_scale() if a0 is None else a0,
         bad_pixels=None if scan.bad_pixels is None else torch.as_tensor(scan.bad_pixels),
@@ -46,6 +49,7 @@ class GroupDataset(Dataset):
 
     ``counts`` (C, N, N) float32; ``a0`` the scan's amplitude normalisation (network input is
     sqrt(counts) / a0);
+    ``bad_pixels`` (1, N, N) bool (True = excluded from the loss; all False without a mask);
     ``offsets`` (C, 2) float32 relative positions (x, y); ``scan`` int index of the scan (selects
     the probe and gain); ``index`` (C,) pattern indices; ``truth`` (C, N, N) complex64 if known.
     """
@@ -54,6 +58,9 @@ class GroupDataset(Dataset):
                  estimates: torch.Tensor | None = None):
         self.t, self.groups, self.scan_id = tensors, groups, scan_id
         self.estimates = estimates
+        n = tensors.counts.shape[-1]
+        bad = tensors.bad_pixels if tensors.bad_pixels is not None else torch.zeros((n, n), dtype=torch.bool)
+        self.bad_pixels = bad.bool()[None]  # (1, N, N), broadcasts over the group
 
     def __len__(self) -> int:
         return len(self.groups)
@@ -63,6 +70,7 @@ class GroupDataset(Dataset):
         counts = self.t.counts[idx]
         item = {
             "counts": counts,
+            "bad_pixels": self.bad_pixels,
             "a0": torch.tensor(self.t.a0, dtype=torch.float32),
             "offsets": torch.as_tensor(self.groups.offsets_px[i]),
             "scan": torch.tensor(self.scan_id),
@@ -149,8 +157,11 @@ class PtychoDataModule(L.LightningDataModule):
 
     def train_dataloader(self):
         g = torch.Generator().manual_seed(self.seed)
+        # drop a ragged last batch only if every process still gets a full one (DDP shards the set)
+        world = self.trainer.world_size if self.trainer is not None else 1
         return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, generator=g,
-                          drop_last=len(self.train_set) > self.batch_size, **self.loader_kwargs)
+                          drop_last=len(self.train_set) >= 2 * self.batch_size * world,
+                          **self.loader_kwargs)
 
     def val_dataloader(self):
         if self.val_set is None:

@@ -215,7 +215,14 @@ def _fit(train_scans, test_scan, rc: RunConfig, out: Path | None, overwrite: boo
     if resume:
         log.info("resuming from %s", resume)
     t0 = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
+    except RuntimeError as exc:
+        if resume and "state_dict" in str(exc):
+            first = str(exc).strip().splitlines()[0]
+            raise PtychoPINNError(f"{resume}: checkpoint does not match this model's settings ({first}); "
+                                  "resume with the run's own --config OUTPUT_DIR/config.resolved.yaml") from None
+        raise
     seconds = time.perf_counter() - t0
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
                if torch.is_tensor(v) and v.numel() == 1}

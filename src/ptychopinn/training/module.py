@@ -93,7 +93,9 @@ class PtychoPINN(L.LightningModule):
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
         patches = self(batch["counts"], batch["offsets"], batch["scan"], batch["a0"], batch.get("estimate"))
         predicted = self.predicted_counts(patches, batch["scan"])
-        loss = self.loss_fn(batch["counts"], predicted, eps=self.eps)
+        bad = batch.get("bad_pixels")
+        loss = self.loss_fn(batch["counts"], predicted, eps=self.eps,
+                            bad_pixels=bad if bad is not None and bool(bad.any()) else None)
         name = self.train_loss_name if stage == "train" else self.val_loss_name
         bs = batch["counts"].shape[0]
         self.log(name, loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=bs, sync_dist=True)
