@@ -80,7 +80,8 @@ def summarise(case: dict, checkpoints) -> list[str]:
             continue
         r = hit[-1]
         shown.add(r["epoch"])
-        lines.append(f"  {r['seconds']:6.2f} s  epoch {r['epoch']:>3}  phase SSIM {r['phase_ssim']:.3f}"
+        lines.append(f"  {r['seconds']:6.2f} s  epoch {r['epoch']:>3}  "
+                     f"phase SSIM {r['phase_ssim']:.3f}"
                      f"  amp SSIM {r['amplitude_ssim']:.3f}  phase PSNR {r['phase_psnr']:.1f} dB"
                      f"  NRMSE {r['complex_nrmse']:.4f}")
     f = case["final"]
@@ -145,7 +146,8 @@ def main(argv=None) -> int:
                     "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "cpus": os.cpu_count(), "load_average_1min_before_after":
                     [load_before[0], os.getloadavg()[0]]},
-        "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
+        "command": " ".join(["python benchmarks/refinement_bench.py"]
+                            + (argv if argv is not None else sys.argv[1:])),
         "metrics": "ptychopinn.evaluation.evaluate_reconstruction (defaults)",
         "total_seconds": time.perf_counter() - t_start,
         "cases": cases,

@@ -231,7 +231,8 @@ def test_prior_keeps_refinement_near_the_start(scan):
     region = region_of(free)
 
     def moved(result):
-        return float(np.linalg.norm((result.object - start)[region]) / np.linalg.norm(start[region]))
+        change = (result.object - start)[region]
+        return float(np.linalg.norm(change) / np.linalg.norm(start[region]))
 
     assert moved(tight) < 0.2 * moved(free)
     assert moved(tight) < moved(loose) < moved(free)
