@@ -254,3 +254,24 @@ def test_adam_probe_optimizer(scan):
                     probe_optimizer="adam", quiet=True)
     assert np.isfinite(result.probe).all()
     assert not np.array_equal(result.probe, scan.probe)
+
+
+def test_quiet_suppresses_epoch_log_lines(scan):
+    import logging
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("ptychopinn.refinement")
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        refine(scan, epochs=2, batch_size=16, quiet=False)
+        loud = len(records)
+        refine(scan, epochs=2, batch_size=16, quiet=True)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    assert loud == 2 and "poisson_nll" in records[0].getMessage()
+    assert len(records) == loud
