@@ -56,7 +56,7 @@ def refine_reconstruction(recon: Reconstruction | None, scan: ScanData, epochs: 
 def self_supervised_reconstruction(scan: ScanData, output_dir: str | Path | None, *,
                                    model_config=None, data_config=None, training_config=None,
                                    execution_config=None, refine_epochs: int = 0,
-                                   overwrite: bool = False):
+                                   overwrite: bool = False, refine_kwargs: dict | None = None):
     """Train on the scan itself (no labels), reconstruct it, optionally refine.
 
     Returns (Reconstruction, TrainResult). The bundle is written to ``output_dir`` when given.
@@ -76,7 +76,7 @@ def self_supervised_reconstruction(scan: ScanData, output_dir: str | Path | None
     recon.metadata["method"] = "ptychopinn self-supervised network"
     if refine_epochs:
         recon = refine_reconstruction(recon, scan, refine_epochs, quiet=execution_config.quiet,
-                                      seed=execution_config.seed)
+                                      seed=execution_config.seed, **(refine_kwargs or {}))
     return recon, result
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ptychopinn.cli.common import (add_quiet_flag, add_scan_input_flags, add_units_flag, nonneg_int,
+from ptychopinn.cli.common import (add_quiet_flag, positive_float, add_scan_input_flags, add_units_flag, nonneg_int,
                                    positive_int)
 
 PRODUCT_FILE = "product.h5"
@@ -24,6 +24,10 @@ def add_parser(sub) -> None:
     p.add_argument("--inference-batch-size", type=positive_int, default=None,
                    help="groups per inference batch (default: the value recorded with the model, else its "
                         "training batch size)")
+    p.add_argument("--refine-prior-sigma", type=positive_float, default=None,
+                   help="keep refinement near the network output: Gaussian prior of this per-pixel "
+                        "width (about the output's expected error, e.g. 0.01; recommended at low dose; "
+                        "default none)")
     p.add_argument("--refine-epochs", type=nonneg_int, default=0,
                    help="physics refinement epochs on the scan's own likelihood after the network (default 0)")
     p.add_argument("--seed", type=int, default=0, help="seed for grouping (default 0)")
@@ -56,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     recon = reconstruct(bundle, scan, batch_size=batch, seed=args.seed, quiet=args.quiet)
     if args.refine_epochs:
         from ptychopinn.workflows import refine_reconstruction
-        recon = refine_reconstruction(recon, scan, args.refine_epochs, quiet=args.quiet, seed=args.seed)
+        recon = refine_reconstruction(recon, scan, args.refine_epochs, quiet=args.quiet, seed=args.seed,
+                                      prior_sigma=args.refine_prior_sigma)
     product = _product_object(recon, scan) if product_path is not None else None
     paths = write_reconstruction_outputs(recon, args.output_dir, overwrite=args.overwrite)
     if product is not None:

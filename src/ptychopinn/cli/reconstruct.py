@@ -28,6 +28,9 @@ def add_parser(sub) -> None:
                    help="projection iterations of the physics estimate fed to the network (default 3)")
     p.add_argument("--refine-epochs", type=nonneg_int, default=0,
                    help="physics refinement epochs after the network (default 0)")
+    p.add_argument("--refine-prior-sigma", type=float, default=None,
+                   help="keep refinement near the network output: Gaussian prior of this per-pixel "
+                        "width (e.g. 0.01; recommended at low dose; default none)")
     p.add_argument("--refine-only", action="store_true",
                    help="no network: physics refinement from a flat object (plain automatic-"
                         "differentiation iterative reconstruction); --refine-epochs defaults to 20")
@@ -67,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
         training_config=TrainingConfig(max_epochs=args.max_epochs, batch_size=args.batch_size),
         execution_config=ExecutionConfig(seed=args.seed, quiet=args.quiet,
                                          learning_rate=args.learning_rate),
-        refine_epochs=args.refine_epochs, overwrite=args.overwrite)
+        refine_epochs=args.refine_epochs, overwrite=args.overwrite,
+        refine_kwargs={"prior_sigma": args.refine_prior_sigma})
     for path in write_reconstruction_outputs(recon, args.output_dir, overwrite=args.overwrite):
         print(path)
     return 0
