@@ -516,3 +516,12 @@ def test_warmup_cosine_shape():
     assert got[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])
     assert got[3] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4)))
     assert all(a > b for a, b in zip(got[2:], got[3:]))
+
+
+def test_batches_per_epoch_matches_the_training_loader(tiny_scan):
+    from ptychopinn.training.data import PtychoDataModule
+    from ptychopinn.training.trainer import batches_per_epoch
+
+    for n_groups, batch in [(8, 4), (6, 4), (10, 2), (3, 4), (9, 2)]:
+        dm = PtychoDataModule([tiny_scan], n_groups=n_groups, val_fraction=0.0, batch_size=batch)
+        assert batches_per_epoch(n_groups, batch, 1) == len(dm.train_dataloader()), (n_groups, batch)

@@ -229,12 +229,13 @@ def build_trainer(execution: ExecutionConfig, monitor: str, output_dir: Path, ma
 
 
 def batches_per_epoch(n_groups: int, batch_size: int, world_size: int) -> int:
-    """Training batches each process sees per epoch (DistributedSampler pads to equal shares; the
-    loader drops an incomplete last batch when there is more than one batch)."""
+    """Training batches each process sees per epoch. Mirrors ``PtychoDataModule.train_dataloader``:
+    DistributedSampler pads to equal shares, and the loader drops a ragged last batch only when
+    ``n_groups >= 2 * batch_size * world_size``."""
     per_process = math.ceil(n_groups / world_size)
-    if per_process > batch_size:
+    if n_groups >= 2 * batch_size * world_size:
         return per_process // batch_size
-    return 1
+    return math.ceil(per_process / batch_size)
 
 
 # --- quiet runs ------------------------------------------------------------------------------
