@@ -400,9 +400,9 @@ def test_python_overrides_accept_sections_and_flat_keys():
 
 
 def test_run_config_from_objects_records_python_sources():
-    rc = run_config_from_objects(ModelConfig(gridsize=2), None, TrainingConfig(max_epochs=3),
+    rc = run_config_from_objects(ModelConfig(gridsize=3), None, TrainingConfig(max_epochs=3),
                                  ExecutionConfig(scheduler="Exponential"))
-    assert rc.model.gridsize == 2 and rc.sources["model.gridsize"] == SOURCE_PYTHON
+    assert rc.model.gridsize == 3 and rc.sources["model.gridsize"] == SOURCE_PYTHON
     assert rc.sources["training.max_epochs"] == SOURCE_PYTHON
     assert rc.sources["execution.seed"] == SOURCE_DEFAULT
     assert {k for k, _, _ in rc.non_defaults()} == {"model.gridsize", "training.max_epochs",

@@ -163,6 +163,10 @@ def predict_patches(bundle: ModelBundle, scan: ScanData, batch_size: int = 64, s
                              n_groups=scan.n_patterns, seed=seed)
     a0 = scan.amplitude_scale()
     counts = torch.as_tensor(scan.diffraction)
+    bad = None
+    if scan.bad_pixels is not None:  # as in training: no input, no constraint at bad pixels
+        bad = torch.as_tensor(scan.bad_pixels).to(device)
+        counts = counts.masked_fill(torch.as_tensor(scan.bad_pixels), 0.0)
     probe = torch.as_tensor(scan.probe).to(device)
     weight = probe_weight(probe)
     gain = init_gain(scan.mean_counts, scan.probe)  # as for the training estimates
@@ -178,7 +182,7 @@ def predict_patches(bundle: ModelBundle, scan: ScanData, batch_size: int = 64, s
             idx = torch.as_tensor(groups.indices[rows])
             offsets = torch.as_tensor(groups.offsets_px[rows]).to(device)
             patches = predict_group_patches(net, mc, counts[idx].to(device), a0, offsets, probe,
-                                            weight, gain)
+                                            weight, gain, bad_pixels=bad)
             out[idx[:, 0]] = patches[:, 0].cpu()
             if progress is not None:
                 progress.update(len(rows))

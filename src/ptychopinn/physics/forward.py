@@ -116,7 +116,8 @@ def init_gain(mean_counts_per_pattern: float, probe) -> float:
 
 def projection_estimate(counts: torch.Tensor, probe: torch.Tensor, gain: torch.Tensor,
                         iterations: int, offsets_xy: torch.Tensor | None = None,
-                        weight: torch.Tensor | None = None) -> torch.Tensor:
+                        weight: torch.Tensor | None = None,
+                        bad_pixels: torch.Tensor | None = None) -> torch.Tensor:
     """A physics-only first estimate of the object patches of each group (no learning).
 
     Starting from a flat object, ``iterations`` rounds of the error-reduction projection:
@@ -126,7 +127,8 @@ def projection_estimate(counts: torch.Tensor, probe: torch.Tensor, gain: torch.T
     are scaled by ``sqrt(measured / predicted)`` (the modal projection).
 
     counts: (B, C, N, N) measured counts; probe: (N, N), (K, N, N) or per-sample (B, 1, K, N, N);
-    gain: scalar or (B,) tensor; offsets_xy: (B, C, 2); weight: (N, N) or (B, 1, N, N).
+    gain: scalar or (B,) tensor; offsets_xy: (B, C, 2); weight: (N, N) or (B, 1, N, N);
+    bad_pixels: optional (N, N) bool: there the modulus is left free (not replaced).
     Returns (B, C, N, N) complex64. It anchors each patch's free global phase to the flat start
     and puts real-space information where the generator's output is, so the network learns a
     correction rather than a Fourier inversion.
@@ -141,7 +143,10 @@ def projection_estimate(counts: torch.Tensor, probe: torch.Tensor, gain: torch.T
         psi = obj.unsqueeze(-3) * modes  # (B, C, K, N, N)
         far = far_field(psi)
         predicted = far.abs().square().sum(dim=-3, keepdim=True).sqrt()
-        far = far * (measured.unsqueeze(-3) / (predicted + 1e-6 * predicted.amax(dim=(-2, -1), keepdim=True) + 1e-12))
+        ratio = measured.unsqueeze(-3) / (predicted + 1e-6 * predicted.amax(dim=(-2, -1), keepdim=True) + 1e-12)
+        if bad_pixels is not None:
+            ratio = torch.where(bad_pixels.to(ratio.device), torch.ones_like(ratio), ratio)
+        far = far * ratio
         new_psi = torch.fft.ifft2(torch.fft.ifftshift(far, dim=(-2, -1)), norm="ortho")
         obj = obj + (step * (new_psi - psi)).sum(dim=-3)
         if offsets_xy is not None and obj.shape[1] > 1 and weight is not None:

@@ -90,12 +90,13 @@ def group_estimates(scan: ScanData, groups: PatchGroups, iterations: int, chunk:
     weight = probe_weight(probe)
     gain = init_gain(scan.mean_counts, scan.probe)
     counts = torch.as_tensor(scan.diffraction)
+    bad = None if scan.bad_pixels is None else torch.as_tensor(scan.bad_pixels)
     out = []
     with torch.no_grad():
         for s in range(0, len(groups), chunk):
             idx = torch.as_tensor(groups.indices[s:s + chunk])
             offsets = torch.as_tensor(groups.offsets_px[s:s + chunk]) if idx.shape[1] > 1 else None
-            out.append(projection_estimate(counts[idx], probe, gain, iterations, offsets, weight))
+            out.append(projection_estimate(counts[idx], probe, gain, iterations, offsets, weight, bad))
     return torch.cat(out)
 
 
