@@ -19,7 +19,8 @@ from ptychopinn.physics import diffraction_intensity, extract_patches
 from ptychopinn.physics.probe import PROBES, make_probe
 from ptychopinn.physics.shifts import SHIFT_PAD
 
-CHECK_CONVENTIONS = Path("/work/shared/tools/check_conventions.py")
+# shared/ sits beside the repository checkout (here and in CI)
+CHECK_CONVENTIONS = Path(__file__).resolve().parents[2] / "shared" / "tools" / "check_conventions.py"
 SMALL = dict(patch_size=32, n_positions=25, photons=1e5)
 
 
