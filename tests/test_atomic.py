@@ -82,3 +82,21 @@ def test_atomic_dir(tmp_path):
         (tmp / "other.pt").write_bytes(b"o")
     assert sorted(p.name for p in target.iterdir()) == ["other.pt"]
     assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
+
+
+def test_outputs_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from ptychopinn.io.atomic import atomic_dir, atomic_path
+
+    mask = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "f.txt") as tmp:
+            tmp.write_text("x")
+        with atomic_dir(tmp_path / "d") as d:
+            (d / "a").write_text("y")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "f.txt").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755

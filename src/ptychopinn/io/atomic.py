@@ -11,6 +11,20 @@ from pathlib import Path
 from ptychopinn.errors import PtychoPINNError
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (umask() is not thread-safe)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def check_new_output(path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Refuse to replace an existing output unless ``overwrite`` is set."""
     path = Path(path)
@@ -32,6 +46,7 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give outputs normal permissions
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -47,6 +62,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False):
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700
         if path.exists():
             shutil.rmtree(path) if path.is_dir() else path.unlink()
         os.replace(tmp, path)
