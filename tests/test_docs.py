@@ -34,6 +34,8 @@ README = ROOT / "README.md"
 
 #: Flags of other programs that the docs mention (pip, tensorboard, mlflow, ptychodus).
 EXTERNAL_FLAGS = {"--no-deps", "--logdir", "--backend-store-uri", "--output-directory"}
+#: Flags of the benchmark scripts quoted on the performance page (checked against their source).
+BENCHMARK_FLAGS = {"--train-positions", "--test-positions", "--max-epochs", "--patch-size", "--output"}
 
 #: Options added (or replaced) per subcommand so that documented commands run in seconds.
 TINY_ADD = {
@@ -158,8 +160,14 @@ def test_cli_reference_shows_dataclass_defaults():
     assert "deprecated" in rows["`--device`"][1] and "`--accelerator VALUE`" in rows["`--device`"][1]
 
 
+def test_benchmark_flags_exist():
+    source = (DOCS.parent / "benchmarks" / "quality.py").read_text()
+    for name in BENCHMARK_FLAGS:
+        assert f'"{name}"' in source, name
+
+
 def test_documented_flags_exist():
-    known = all_option_strings() | EXTERNAL_FLAGS
+    known = all_option_strings() | EXTERNAL_FLAGS | BENCHMARK_FLAGS
     flag = re.compile(r"(?<![\w-])--[A-Za-z][A-Za-z0-9_-]*")
     unknown = {}
     for page in all_pages():

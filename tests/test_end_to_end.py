@@ -210,7 +210,8 @@ def test_demo_tiny(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "phase SSIM" in printed and "network + refinement" in printed
     summary = json.loads((out / "metrics.json").read_text())
-    assert set(summary["metrics"]) == {"flat object (baseline)", "network (single pass)", "network + refinement"}
+    assert set(summary["metrics"]) == {"flat object (baseline)", "network (single pass)", "network + refinement",
+                                       "refinement from flat"}
     for name in ("comparison_network.png", "comparison_refined.png", "frc_refined.png"):
         assert (out / name).stat().st_size > 1000
     # no temporary directory left behind

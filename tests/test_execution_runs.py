@@ -429,13 +429,14 @@ def test_train_save_load_infer_with_non_default_knobs(tmp_path, tiny_scan):
     np.testing.assert_allclose(other_batch.object, loaded.object, rtol=1e-4, atol=1e-5)
 
 
-def test_cli_trains_on_a_ptychodus_product_pair(tmp_path, tiny_scan, tiny_scan_file):
+@pytest.mark.parametrize("flags", [("--train-product", "--train-diffraction"), ("--product", "--diffraction")])
+def test_cli_trains_on_a_ptychodus_product_pair(tmp_path, tiny_scan, tiny_scan_file, flags):
     from ptychopinn.data.ptychodus_h5 import write_diffraction_for_scan, write_product_for_scan
 
     product = write_product_for_scan(tmp_path / "product.h5", tiny_scan)
     diffraction = write_diffraction_for_scan(tmp_path / "diffraction.h5", tiny_scan)
     out = tmp_path / "run"
-    assert main(["train", "--train-product", str(product), "--train-diffraction", str(diffraction),
+    assert main(["train", flags[0], str(product), flags[1], str(diffraction),
                  "--test-data", str(tiny_scan_file), "--output-dir", str(out), "--quiet",
                  "--n-filters-scale", "1", "--max-epochs", "1", "--batch-size", "4",
                  "--n-groups", "8", "--logger", "none", "--disable-checkpointing"]) == 0

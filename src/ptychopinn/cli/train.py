@@ -29,9 +29,9 @@ def add_parser(sub) -> None:
     p.add_argument("--train-data", "--train_data_file", nargs="+", type=Path, default=None,
                    metavar="F", help="training scan(s) as PtychoPINN NPZ files; or one Ptychodus "
                                      "scan with --train-product P --train-diffraction D")
-    p.add_argument("--train-product", type=Path, metavar="P", default=None,
+    p.add_argument("--train-product", "--product", type=Path, metavar="P", default=None,
                    help="training scan as Ptychodus files: product.h5, with --train-diffraction")
-    p.add_argument("--train-diffraction", type=Path, metavar="D", default=None,
+    p.add_argument("--train-diffraction", "--diffraction", type=Path, metavar="D", default=None,
                    help="Ptychodus diffraction.h5 paired with --train-product")
     add_scan_input_flags(p, name="test-data", what="validation scan (default: a held-out fraction "
                                                    "of the training groups)")
