@@ -24,8 +24,8 @@ def add_parser(sub) -> None:
     p.add_argument("--max-epochs", type=positive_int, default=20, help="training epochs (default 20)")
     p.add_argument("--batch-size", type=positive_int, default=16, help="groups per batch (default 16)")
     p.add_argument("--n-filters-scale", type=positive_int, default=1, help="network width (default 1)")
-    p.add_argument("--physics-iterations", type=nonneg_int, default=3,
-                   help="projection iterations of the physics estimate fed to the network (default 3)")
+    p.add_argument("--physics-iterations", type=nonneg_int, default=20,
+                   help="projection iterations of the physics estimate fed to the network (default 20)")
     p.add_argument("--refine-epochs", type=nonneg_int, default=0,
                    help="physics refinement epochs after the network (default 0)")
     p.add_argument("--refine-prior-sigma", type=float, default=None,
