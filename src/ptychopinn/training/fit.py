@@ -18,6 +18,7 @@ from ptychopinn.errors import PtychoPINNError
 from ptychopinn.io.bundle import BUNDLE_NAME, ModelBundle, save_bundle
 from ptychopinn.log import get_logger
 from ptychopinn.training.data import PtychoDataModule
+from ptychopinn.physics.forward import init_gain
 from ptychopinn.training.module import PtychoPINN
 from ptychopinn.training.trainer import (batches_per_epoch, build_trainer, check_logger_available,
                                          default_mlflow_uri, launch_rank, resolve_accelerator,
@@ -148,7 +149,8 @@ def _fit(train_scans, test_scan, rc: RunConfig, out: Path | None, overwrite: boo
         with_truth=any(s.object_truth is not None for s in scans),
         physics_iterations=m.physics_iterations)
     probes = _stack_probes(scans)
-    gains = [PtychoPINN.initial_gain(s.mean_counts, s.probe, t.nphotons) for s in scans]
+    # unit object -> measured mean counts (or --nphotons) per pattern (PHYSICS.md section 2)
+    gains = [init_gain(t.nphotons if t.nphotons is not None else s.mean_counts, s.probe) for s in scans]
     eps = 1e-6 * float(np.mean([s.mean_counts for s in train_scans])) / m.n ** 2
     module = PtychoPINN(m, t, e, probes, gains, eps)  # init after seeding
     with_truth = any(s.object_truth is not None for s in scans)

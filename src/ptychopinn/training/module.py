@@ -126,8 +126,3 @@ class PtychoPINN(L.LightningModule):
         return configure_optimization(self.parameters(), self.execution_config,
                                       self.training_config.max_epochs, self.monitor)
 
-    @staticmethod
-    def initial_gain(mean_counts: float, probe: torch.Tensor, nphotons: float | None = None) -> float:
-        energy = float(torch.as_tensor(probe).abs().square().sum())
-        target = nphotons if nphotons is not None else mean_counts
-        return max(target, 1e-12) / max(energy, 1e-30)
