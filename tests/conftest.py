@@ -1,5 +1,7 @@
 """Shared fixtures: seeded tiny simulated scans."""
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -36,3 +38,21 @@ def tiny_scan_file(tmp_path_factory, tiny_scan):
     path = tmp_path_factory.mktemp("data") / "tiny.npz"
     write_npz(tiny_scan, path)
     return path
+
+
+@pytest.fixture
+def log_records():
+    """Records from the 'ptychopinn' logger, whatever the CLI tests did to its propagation."""
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    logger = logging.getLogger("ptychopinn")
+    handler, level = Keep(level=logging.DEBUG), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    yield records
+    logger.removeHandler(handler)
+    logger.setLevel(level)

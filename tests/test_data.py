@@ -31,22 +31,6 @@ def valid_fields(**override):
     return fields
 
 
-@pytest.fixture
-def log_records():
-    """Records from the 'ptychopinn' logger, whatever the CLI tests did to its propagation."""
-    records = []
-
-    class Keep(logging.Handler):
-        def emit(self, record):
-            records.append(record)
-
-    logger = logging.getLogger("ptychopinn")
-    handler, level = Keep(level=logging.DEBUG), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield records
-    logger.removeHandler(handler)
-    logger.setLevel(level)
 
 
 # ----------------------------------------------------------------------------- ScanData

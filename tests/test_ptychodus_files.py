@@ -3,7 +3,6 @@ contract tests against the real ptychodus 1.7 package (its own loaders and saver
 
 import argparse
 import importlib.util
-import logging
 from dataclasses import replace
 
 import h5py
@@ -24,21 +23,6 @@ ATTRS = {"name": "tiny", "comments": "test", "detector_object_distance_m": 2.5,
          "probe_photon_count": 1e5, "tomography_angle_deg": 12.0, "far_field": True}
 
 
-@pytest.fixture
-def log_records():
-    records = []
-
-    class Keep(logging.Handler):
-        def emit(self, record):
-            records.append(record)
-
-    logger = logging.getLogger("ptychopinn")
-    handler, level = Keep(level=logging.DEBUG), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield records
-    logger.removeHandler(handler)
-    logger.setLevel(level)
 
 
 @pytest.fixture(scope="module")

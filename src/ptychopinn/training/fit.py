@@ -119,7 +119,7 @@ def fit(train_scans: list[ScanData], test_scan: ScanData | None = None, *,
     rc = rc.with_values(SOURCE_DATA, **{"model.n": n})
     for message in check_run(rc):
         log.warning("%s", message)
-    e, t = rc.execution, rc.training
+    e = rc.execution
     check_logger_available(e.logger)
     out = Path(output_dir) if output_dir is not None else None
     if out is not None:
