@@ -246,3 +246,18 @@ def test_reconstruct_refine_only_from_flat(tmp_path, scans):
     assert recon.metadata["refine_epochs"] == 3 and not (out / BUNDLE_NAME).exists()
     losses = recon.metadata["refine_losses"]
     assert losses[-1] < losses[0]
+
+
+def test_covering_groups_take_every_pattern_once_with_fewer_groups():
+    from ptychopinn.data.grouping import group_positions
+    from ptychopinn.inference import covering_groups
+
+    pos = np.random.default_rng(0).uniform(0, 100, (300, 2))
+    groups = group_positions(pos, 2, 7, n_groups=300, seed=1)
+    rows, take = covering_groups(groups.indices)
+    taken = groups.indices[rows][take]
+    assert sorted(taken.tolist()) == list(range(300))  # each pattern exactly once
+    assert len(rows) < 0.6 * 300
+    single = group_positions(pos, 1, 7, n_groups=300, seed=1)
+    rows1, take1 = covering_groups(single.indices)
+    assert len(rows1) == 300 and take1.all()

@@ -143,13 +143,34 @@ def stitch(patches: torch.Tensor, positions_px: np.ndarray, probe: np.ndarray,
     return canvas.numpy().astype(np.complex64), den.numpy().astype(np.float32), offset
 
 
+def covering_groups(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A subset of groups (G, C) that contains every pattern, and which member to keep.
+
+    Groups are visited in order (one group was seeded at every position); a group is kept if it
+    holds a pattern no kept group holds yet, and each pattern is taken from the first kept group
+    that holds it. With gridsize 2 this needs about half the groups (measured 2x faster
+    inference). Returns (rows of the kept groups, (len(rows), C) bool mask of members to take).
+    """
+    covered = np.zeros(int(indices.max()) + 1, dtype=bool)
+    rows, take = [], []
+    for g, members in enumerate(indices):
+        new = ~covered[members]  # a group's members are distinct (group_positions)
+        if new.any():
+            rows.append(g)
+            take.append(new)
+            covered[members] = True
+    return np.asarray(rows, dtype=np.int64), np.asarray(take, dtype=bool).reshape(len(rows), indices.shape[1])
+
+
 def predict_patches(bundle: ModelBundle, scan: ScanData, batch_size: int = 64, seed: int = 0,
                     quiet: bool = True, generator: torch.nn.Module | None = None,
                     device: str | torch.device = "cpu"):
     """Network patches for every pattern: (M, N, N) complex64 (and the pattern indices).
 
-    With gridsize > 1 every position seeds one group, the group's patches are overlap-constrained
-    as in training, and each position's patch is taken from the group it seeded.
+    With gridsize > 1 the scan is grouped like training (one group seeded at every position),
+    a covering subset of the groups is run (``covering_groups``), the group's patches are
+    overlap-constrained as in training, and each position's patch is taken from the first kept
+    group that holds it.
     """
     mc = bundle.model_config
     if scan.patch_size != mc.n:
@@ -171,19 +192,20 @@ def predict_patches(bundle: ModelBundle, scan: ScanData, batch_size: int = 64, s
     weight = probe_weight(probe)
     gain = init_gain(scan.mean_counts, scan.probe)  # as for the training estimates
     out = torch.empty((scan.n_patterns, mc.n, mc.n), dtype=torch.complex64)
-    order = np.argsort(groups.indices[:, 0])  # group g seeded position indices[g, 0]
+    order, take = covering_groups(groups.indices)
     progress = None
     if not quiet:
         from tqdm.auto import tqdm
-        progress = tqdm(total=len(groups), unit="group", desc="inference")
+        progress = tqdm(total=len(order), unit="group", desc="inference")
     with torch.inference_mode():
-        for s in range(0, len(groups), batch_size):
+        for s in range(0, len(order), batch_size):
             rows = order[s:s + batch_size]
             idx = torch.as_tensor(groups.indices[rows])
             offsets = torch.as_tensor(groups.offsets_px[rows]).to(device)
             patches = predict_group_patches(net, mc, counts[idx].to(device), a0, offsets, probe,
                                             weight, gain, bad_pixels=bad)
-            out[idx[:, 0]] = patches[:, 0].cpu()
+            keep = torch.as_tensor(take[s:s + batch_size])
+            out[idx[keep]] = patches[keep].cpu()
             if progress is not None:
                 progress.update(len(rows))
     if progress is not None:
