@@ -53,25 +53,17 @@ class Reconstruction:
 
 
 def load_reconstruction(path: str | Path) -> Reconstruction:
-    from ptychopinn.errors import DataError
+    """Read a ``reconstruction.npz`` (validated by ``evaluation.io.load_reconstruction_file``)."""
+    from ptychopinn.evaluation.io import load_reconstruction_file
 
-    path = Path(path)
-    if not path.exists():
-        raise DataError(str(path), "file", "no such file")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except Exception as exc:  # noqa: BLE001 - any unreadable archive is a user error here
-        raise DataError(str(path), "file", f"not a readable NPZ archive ({type(exc).__name__})") from None
-    if "object" not in arrays:
-        raise DataError(str(path), "object", "missing; not a ptychopinn reconstruction file")
-    obj = arrays["object"]
+    f = load_reconstruction_file(path)
     return Reconstruction(
-        object=obj, offset_px=arrays.get("offset_px", np.zeros(2)),
-        positions_px=arrays.get("positions_px", np.zeros((0, 2))),
-        illumination=arrays.get("illumination", np.ones(obj.shape, np.float32)),
-        probe=arrays.get("probe", np.zeros((1, 1, 1), np.complex64)),
-        metadata=json.loads(str(arrays["metadata"])) if "metadata" in arrays else {})
+        object=f.object, offset_px=f.offset_px,
+        positions_px=f.positions_px if f.positions_px is not None else np.zeros((0, 2)),
+        illumination=(f.illumination.astype(np.float32) if f.illumination is not None
+                      else np.ones(f.object.shape, np.float32)),
+        probe=f.probe if f.probe is not None else np.zeros((1, 1, 1), np.complex64),
+        metadata=f.metadata)
 
 
 def _rotate_to(patches, reference, weight):
