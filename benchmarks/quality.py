@@ -29,14 +29,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ptychopinn.config import DataConfig, ExecutionConfig, ModelConfig, TrainingConfig
-from ptychopinn.data.simulate import SimulationConfig, simulate_scan
 from ptychopinn.inference import Reconstruction, predict_patches, reconstruct, stitch
 from ptychopinn.training.fit import fit
-from ptychopinn.workflows import evaluate_against_truth, refine_reconstruction
+from ptychopinn.workflows import evaluate_against_truth, refine_reconstruction, simulate_train_test
 
 KEYS = ("phase_ssim", "phase_psnr", "amplitude_ssim", "amplitude_psnr", "complex_nrmse", "frc_resolution_px")
 
@@ -71,11 +69,8 @@ def main() -> None:
                "cpus": torch.get_num_threads(), "torch": torch.__version__, "args": vars(args) | {"output": str(args.output)},
                "runs": []}
     for photons in args.photons:
-        sim = dict(patch_size=args.patch_size, object_kind="natural", photons=photons)
-        train = [simulate_scan(SimulationConfig(n_positions=args.train_positions, seed=args.seed + 100 + i, **sim))
-                 for i in range(args.n_train_scans)]
-        test = simulate_scan(SimulationConfig(n_positions=args.test_positions, test_split=True,
-                                              seed=args.seed + 999, **sim))
+        train, test = simulate_train_test(args.patch_size, args.train_positions, args.n_train_scans,
+                                          args.test_positions, photons, args.seed)
         tmp = Path(tempfile.mkdtemp(prefix="ptychopinn-bench-"))
         try:
             t0 = time.perf_counter()

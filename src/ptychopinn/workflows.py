@@ -143,6 +143,19 @@ class DemoResult:
         return "\n".join(lines)
 
 
+def simulate_train_test(patch_size: int, n_positions: int, n_train_scans: int, test_positions: int,
+                        photons: float, seed: int = 0):
+    """Seeded training scans (natural images from the training pool) and one held-out test scan
+    whose amplitude and phase come from test images the training never sees (demo, benchmarks)."""
+    from ptychopinn.data.simulate import SimulationConfig, simulate_scan
+
+    sim = dict(patch_size=patch_size, object_kind="natural", photons=photons)
+    train = [simulate_scan(SimulationConfig(n_positions=n_positions, seed=seed + 100 + i, **sim))
+             for i in range(n_train_scans)]
+    test = simulate_scan(SimulationConfig(n_positions=test_positions, test_split=True, seed=seed + 999, **sim))
+    return train, test
+
+
 def run_demo(output_dir: str | Path, settings: DemoSettings = DemoSettings(),
              overwrite: bool = False) -> DemoResult:
     """Simulate -> train -> reconstruct a held-out scan -> refine -> evaluate.
@@ -155,7 +168,6 @@ def run_demo(output_dir: str | Path, settings: DemoSettings = DemoSettings(),
 
     from ptychopinn.config import DataConfig, ExecutionConfig, ModelConfig, TrainingConfig
     from ptychopinn.data.npz import write_npz
-    from ptychopinn.data.simulate import SimulationConfig, simulate_scan
     from ptychopinn.evaluation import save_comparison_png, save_frc_png
     from ptychopinn.inference import reconstruct
     from ptychopinn.io.atomic import atomic_dir
@@ -168,11 +180,8 @@ def run_demo(output_dir: str | Path, settings: DemoSettings = DemoSettings(),
     seconds, metrics, pictures = {}, {}, []
     with atomic_dir(final, overwrite=overwrite) as out:
         t0 = time.perf_counter()
-        sim = dict(patch_size=s.patch_size, object_kind="natural", photons=s.photons)
-        train = [simulate_scan(SimulationConfig(n_positions=s.n_positions, seed=s.seed + 100 + i, **sim))
-                 for i in range(s.n_train_scans)]
-        test = simulate_scan(SimulationConfig(n_positions=s.test_positions, test_split=True,
-                                              seed=s.seed + 999, **sim))
+        train, test = simulate_train_test(s.patch_size, s.n_positions, s.n_train_scans,
+                                          s.test_positions, s.photons, s.seed)
         for i, scan in enumerate(train):
             write_npz(scan, out / f"train_{i}.npz")
         write_npz(test, out / "test.npz")
