@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from ptychopinn.errors import ConfigError
+
 
 def _bad(field: str, value, expected: str):
-    raise ValueError(f"{field}: invalid value {value!r}; expected {expected}")
+    raise ConfigError(f"{field}: invalid value {value!r}; expected {expected}")
 
 
 LOSS_NAMES = ("poisson", "mae")
@@ -115,7 +117,7 @@ def from_dict(cls, data: dict):
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ValueError(f"{cls.__name__}: unknown keys {unknown}; expected some of {sorted(names)}")
+        raise ConfigError(f"{cls.__name__}: unknown keys {unknown}; expected some of {sorted(names)}")
     return cls(**data)
 
 
@@ -185,6 +187,7 @@ class ExecutionConfig:
     num_nodes: int = 1
     precision: str = "32-true"
     deterministic: bool = False
+    detect_anomaly: bool = False
     seed: int = 0
     # DataLoader
     num_workers: int = 0
@@ -238,6 +241,7 @@ class ExecutionConfig:
         _check_int("num_nodes", self.num_nodes, 1)
         _check_choice("precision", self.precision, PRECISION_NAMES)
         _check_bool("deterministic", self.deterministic)
+        _check_bool("detect_anomaly", self.detect_anomaly)
         if not _is_int(self.seed) or not 0 <= self.seed <= 2**32 - 1:
             _bad("seed", self.seed, "an integer in [0, 2**32 - 1]")
         # DataLoader

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ptychopinn.config import DataConfig, ExecutionConfig, ModelConfig, TrainingConfig
+from ptychopinn.errors import ConfigError
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig,
                              "training": TrainingConfig, "execution": ExecutionConfig}
@@ -81,11 +82,11 @@ def resolve_key(name: str, where: str = "config") -> str:
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
-            raise ValueError(f"{where}: key {name!r} is ambiguous; write one of {matches}")
+            raise ConfigError(f"{where}: key {name!r} is ambiguous; write one of {matches}")
     flat = sorted(_flat_index())
     close = difflib.get_close_matches(text.split(".")[-1], flat, n=3)
     hint = f"did you mean {close}?" if close else "see `ptychopinn train --help` for the keys"
-    raise ValueError(f"{where}: unknown key {name!r}; expected a field of {list(SECTIONS)} "
+    raise ConfigError(f"{where}: unknown key {name!r}; expected a field of {list(SECTIONS)} "
                      f"(e.g. learning_rate or execution.learning_rate); {hint}")
 
 
@@ -175,7 +176,7 @@ def coerce_value(key: str, value, label: str | None = None):
             return _coerce_one(option, value)
         except (TypeError, ValueError):
             continue
-    raise ValueError(f"{label or key}: invalid value {value!r}; expected {_describe(hint)}")
+    raise ConfigError(f"{label or key}: invalid value {value!r}; expected {_describe(hint)}")
 
 
 # --- config file --------------------------------------------------------------------------
@@ -190,18 +191,18 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{path}: not a readable YAML config file ({first})") from None
+        raise ConfigError(f"{path}: not a readable YAML config file ({first})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of config keys at the top level, "
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level, "
                          f"got {type(data).__name__}")
     out: dict[str, Any] = {}
 
     def put(name: str, value):
         key = resolve_key(name, where=str(path))
         if key in out:
-            raise ValueError(f"{path}: key {key!r} is given twice")
+            raise ConfigError(f"{path}: key {key!r} is given twice")
         out[key] = coerce_value(key, value, label=f"{path}: {key}")
 
     for name, value in data.items():
@@ -211,7 +212,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
             if value is None:
                 continue
             if not isinstance(value, dict):
-                raise ValueError(f"{path}: section {name!r} must be a mapping of keys, "
+                raise ConfigError(f"{path}: section {name!r} must be a mapping of keys, "
                                  f"got {type(value).__name__}")
             for sub, v in value.items():
                 qualified = str(sub).replace("-", "_")
@@ -322,7 +323,7 @@ def build_run_config(overrides: Mapping[str, Any] | None = None, *,
         try:
             built[s] = cls(**kwargs)
         except ValueError as exc:
-            raise ValueError(_locate(str(exc), s, sources, path)) from None
+            raise ConfigError(_locate(str(exc), s, sources, path)) from None
     all_sources = {key: sources.get(key, SOURCE_DEFAULT) for key in all_keys()}
     return RunConfig(**built, sources=all_sources, config_file=path)
 
@@ -364,7 +365,7 @@ def check_run(rc: RunConfig) -> list[str]:
     e, t = rc.execution, rc.training
     warnings = []
     if e.scheduler == "WarmupCosine" and e.warmup_epochs >= t.max_epochs:
-        raise ValueError(f"{_label('execution.warmup_epochs', rc.sources['execution.warmup_epochs'], rc.config_file)}: "
+        raise ConfigError(f"{_label('execution.warmup_epochs', rc.sources['execution.warmup_epochs'], rc.config_file)}: "
                          f"invalid value {e.warmup_epochs}; expected fewer than max_epochs "
                          f"({t.max_epochs}) for scheduler WarmupCosine")
     if e.scheduler == "MultiStage":

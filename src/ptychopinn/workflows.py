@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ptychopinn.data.scan import ScanData
+from ptychopinn.errors import DataError
 from ptychopinn.inference import Reconstruction
 from ptychopinn.io.atomic import check_new_output
 
@@ -88,7 +89,7 @@ def evaluate_against_truth(recon: Reconstruction, scan: ScanData):
     from ptychopinn.evaluation import align_to_truth, evaluate_aligned
 
     if scan.object_truth is None:
-        raise ValueError(f"{scan.source}: objectGuess: no ground truth to evaluate against")
+        raise DataError(scan.source, "objectGuess", "no ground truth to evaluate against")
     pair = align_to_truth(recon.object, scan.object_truth, offset_px=recon.offset_px,
                           illumination=recon.illumination, positions_px=scan.positions_px,
                           probe=scan.probe)

@@ -35,7 +35,8 @@ terminal.
 - **type**: how the value is parsed. `on/off` options come in pairs: `--deterministic` turns the
   setting on, `--no-deterministic` off.
 - Exit codes: 0 success, 2 bad input (argument, file or value; one line on stderr, no
-  traceback), 1 unexpected internal error, 130 interrupted.
+  traceback unless `PTYCHOPINN_DEBUG=1` is set), 1 internal error (a bug: the traceback is
+  printed), 130 interrupted (Ctrl-C; `train` leaves no bundle and keeps `last.ckpt`).
 """
 
 

@@ -68,6 +68,8 @@ HELP = {
     "execution.num_nodes": "number of machines",
     "execution.precision": "numeric precision (16-mixed falls back to bf16-mixed on CPU)",
     "execution.deterministic": "use deterministic algorithms only (slower on GPU)",
+    "execution.detect_anomaly": "torch anomaly detection: name the operation that produced a "
+                                "NaN/inf gradient (much slower; for debugging a diverging run)",
     "execution.seed": "one seed for grouping, the validation split, weight init and batch order",
     # execution: data loader
     "execution.num_workers": "DataLoader worker processes (0: load in the main process)",

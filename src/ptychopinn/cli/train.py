@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ptychopinn.cli.common import add_scan_input_flags
 from ptychopinn.cli.execution_args import add_config_arguments, run_config_from_args
+from ptychopinn.errors import ConfigError
 
 EPILOG = """\
 Configuration precedence: a flag given on the command line > the --config file > the default.
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     check_run(rc)  # cross-field errors before any data is read (fit logs the warnings)
     resolve_resume(rc.execution.resume_from, args.output_dir)
     if rc.model.generator not in generator_names():
-        raise ValueError(f"--generator: unknown name {rc.model.generator!r}; "
+        raise ConfigError(f"--generator: unknown name {rc.model.generator!r}; "
                          f"expected one of {generator_names()}")
     units = rc.data.diffraction_units
     train = _training_scans(args, units)
@@ -86,12 +87,12 @@ def _training_scans(args: argparse.Namespace, units: str) -> list:
 
     if args.train_product is not None or args.train_diffraction is not None:
         if args.train_data:
-            raise ValueError("give either --train-data (NPZ) or --train-product with "
+            raise ConfigError("give either --train-data (NPZ) or --train-product with "
                              "--train-diffraction (Ptychodus files), not both")
         ns = _with_units(args, units)
         ns.train_data = None
         return [load_scan_from_args(ns, "train-data")]
     if not args.train_data:
-        raise ValueError("no training data: give --train-data F [F ...] (NPZ) or --train-product P "
+        raise ConfigError("no training data: give --train-data F [F ...] (NPZ) or --train-product P "
                          "--train-diffraction D (Ptychodus files)")
     return [load_scan(f, units) for f in args.train_data]

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ptychopinn.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class PatchGroups:
@@ -58,16 +60,16 @@ def group_positions(positions: np.ndarray, gridsize: int = 1, neighbors: int = 4
     m = pos.shape[0]
     c = gridsize * gridsize
     if gridsize < 1:
-        raise ValueError(f"gridsize: {gridsize} must be >= 1")
+        raise ConfigError(f"gridsize: {gridsize} must be >= 1")
     if m == 0:
-        raise ValueError("positions: empty scan, nothing to group")
+        raise ConfigError("positions: empty scan, nothing to group")
     if c > 1 and neighbors < c:
-        raise ValueError(f"neighbors: {neighbors} must be >= gridsize^2 = {c}")
+        raise ConfigError(f"neighbors: {neighbors} must be >= gridsize^2 = {c}")
     if c > m:
-        raise ValueError(f"gridsize: groups of {c} need at least {c} positions, the scan has {m}")
+        raise ConfigError(f"gridsize: groups of {c} need at least {c} positions, the scan has {m}")
     n_groups = m if n_groups is None else int(n_groups)
     if n_groups < 1:
-        raise ValueError(f"n_groups: {n_groups} must be >= 1")
+        raise ConfigError(f"n_groups: {n_groups} must be >= 1")
     rng = rng or np.random.default_rng(seed)
     if n_groups <= m:
         seeds = rng.permutation(m)[:n_groups]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import struct
 import zipfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 
+from ptychopinn.data.limits import check_allocation
 from ptychopinn.data.scan import ScanData
 from ptychopinn.errors import DataError
 from ptychopinn.io.atomic import atomic_path
@@ -38,6 +40,66 @@ def _to_str(value) -> str:
     return str(arr.item() if arr.shape == () else arr)
 
 
+#: What a damaged archive can raise while being parsed (all caused by the file's bytes).
+_PARSE_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError,
+                 struct.error, UnicodeDecodeError, SyntaxError, NotImplementedError, OverflowError,
+                 TypeError)
+
+
+def _read_members(path: Path, src: str) -> dict[str, np.ndarray]:
+    """Every ``.npy`` member of the archive, never unpickling and never allocating more than a
+    member's header can justify: a header that claims more bytes than the member holds (a
+    truncated or corrupt file) or than this machine's memory is refused before reading."""
+    if path.is_dir():
+        raise DataError(src, "file", "is a directory, expected an NPZ file")
+    arrays: dict[str, np.ndarray] = {}
+    member = "file"
+    try:
+        if not zipfile.is_zipfile(path):
+            with open(path, "rb") as fh:
+                magic = fh.read(6)
+            what = "a single .npy array" if magic == b"\x93NUMPY" else "not a zip archive"
+            raise DataError(src, "file", f"{what}; expected an NPZ archive of named arrays")
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                member = info.filename
+                if not member.endswith(".npy"):
+                    continue
+                key = member[: -len(".npy")]
+                with zf.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read_header(fh)
+                    if dtype.hasobject:
+                        raise DataError(src, key, "holds Python objects (pickled data); refused: "
+                                        "expected numeric or string arrays")
+                    header = fh.tell()
+                    nbytes = check_allocation(src, key, shape, dtype.itemsize)
+                    if nbytes > info.file_size - header:
+                        raise DataError(src, key, f"header claims shape {shape} ({nbytes} bytes) but "
+                                        f"the member holds {info.file_size - header} bytes "
+                                        "(truncated or corrupt file)")
+                with zf.open(info) as fh:
+                    arrays[key] = np.lib.format.read_array(fh, allow_pickle=False)
+    except DataError:
+        raise
+    except _PARSE_ERRORS as exc:
+        where = member.removesuffix(".npy")
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise DataError(src, where, f"not a readable NPZ archive ({type(exc).__name__}: {first})") from None
+    if not arrays:
+        raise DataError(src, "file", "an archive with no .npy arrays; expected an NPZ scan file")
+    return arrays
+
+
+def _real_vector(arrays: dict, src: str, key: str) -> np.ndarray:
+    arr = np.asarray(arrays[key])
+    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr) or arr.dtype == np.bool_:
+        raise DataError(src, key, f"expected real numbers, got dtype {arr.dtype}")
+    return arr.astype(np.float64).reshape(-1)
+
+
 def read_npz(path: str | Path, diffraction_units: str = "auto") -> ScanData:
     """Load a PtychoPINN NPZ file into ScanData (counts).
 
@@ -50,15 +112,7 @@ def read_npz(path: str | Path, diffraction_units: str = "auto") -> ScanData:
         raise DataError(src, "diffraction_units", f"unknown value {diffraction_units!r}; expected one of {list(UNITS)}")
     if not path.exists():
         raise DataError(src, "file", "no such file")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-        if isinstance(loaded, np.lib.npyio.NpzFile):
-            with loaded as z:
-                arrays = {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error) as exc:
-        raise DataError(src, "file", f"not a readable NPZ archive ({type(exc).__name__}: {exc})") from None
-    if not isinstance(loaded, np.lib.npyio.NpzFile):
-        raise DataError(src, "file", "a single .npy array, not an NPZ archive of named arrays")
+    arrays = _read_members(path, src)
 
     key = "diff3d" if "diff3d" in arrays else "diffraction" if "diffraction" in arrays else None
     if key is None:
@@ -69,8 +123,8 @@ def read_npz(path: str | Path, diffraction_units: str = "auto") -> ScanData:
     diff = arrays[key]
     if diff.ndim != 3:
         raise DataError(src, key, f"expected a 3-D (M, N, N) array, got shape {diff.shape}")
-    x = np.asarray(arrays["xcoords"], dtype=np.float64).reshape(-1)
-    y = np.asarray(arrays["ycoords"], dtype=np.float64).reshape(-1)
+    x = _real_vector(arrays, src, "xcoords")
+    y = _real_vector(arrays, src, "ycoords")
     if x.shape != y.shape:
         raise DataError(src, "ycoords", f"{y.size} values but xcoords has {x.size}")
     m = x.size
@@ -116,8 +170,11 @@ def read_npz(path: str | Path, diffraction_units: str = "auto") -> ScanData:
     if "metadata" in arrays:
         try:
             metadata = json.loads(_to_str(arrays["metadata"]))
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DataError(src, "metadata", f"not valid JSON ({exc})") from None
+        if not isinstance(metadata, dict):
+            raise DataError(src, "metadata", f"expected a JSON object (a mapping of names to values), "
+                            f"got {type(metadata).__name__}")
     metadata["diffraction_units_read"] = units
     obj = arrays.get("objectGuess")
     if obj is not None and obj.ndim != 2:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ptychopinn.data.limits import memory_bytes
 from ptychopinn.errors import DataError
 
 
@@ -51,13 +53,21 @@ class ScanData:
         if (d < 0).any():
             raise DataError(src, "diffraction", f"negative counts (min {float(d.min()):g}); "
                             "expected photon counts >= 0")
-        pos = np.asarray(self.positions_px, dtype=np.float64)
+        pos = np.asarray(self.positions_px)
+        if not np.issubdtype(pos.dtype, np.number) or np.iscomplexobj(pos) or pos.dtype == np.bool_:
+            raise DataError(src, "positions", f"expected real numbers, got dtype {pos.dtype}")
+        pos = pos.astype(np.float64, copy=False)
         if pos.ndim != 2 or pos.shape[1] != 2:
             raise DataError(src, "positions", f"expected shape (M, 2) as (x, y), got {pos.shape}")
         if pos.shape[0] != m:
             raise DataError(src, "positions", f"{pos.shape[0]} positions for {m} diffraction patterns")
         if not np.isfinite(pos).all():
             raise DataError(src, "positions", "NaN/inf positions")
+        span = pos.max(axis=0) - pos.min(axis=0) + h + 8  # (x, y) extent of the object canvas
+        if span[0] * span[1] * 8 > memory_bytes():
+            raise DataError(src, "positions", f"span {span[0] - h - 8:.4g} x {span[1] - h - 8:.4g} "
+                            "pixels: the object canvas would not fit in memory (positions must be "
+                            "in object pixels, not metres or nanometres?)")
         p = np.asarray(self.probe)
         if not np.iscomplexobj(p):
             raise DataError(src, "probe", f"expected a complex array, got dtype {p.dtype}")
@@ -72,6 +82,8 @@ class ScanData:
         obj = self.object_truth
         if obj is not None:
             obj = np.asarray(obj)
+            if not np.issubdtype(obj.dtype, np.number) or obj.dtype == np.bool_:
+                raise DataError(src, "object", f"expected complex numbers, got dtype {obj.dtype}")
             if obj.ndim != 2:
                 raise DataError(src, "object", f"expected a 2-D (H, W) array, got shape {obj.shape}")
             if not np.isfinite(obj).all():
@@ -80,14 +92,21 @@ class ScanData:
         bad = self.bad_pixels
         if bad is not None:
             bad = np.asarray(bad)
+            if not (bad.dtype == np.bool_ or np.issubdtype(bad.dtype, np.integer)):
+                raise DataError(src, "bad_pixels", f"expected a boolean mask, got dtype {bad.dtype}")
             if bad.shape != (h, w):
                 raise DataError(src, "bad_pixels", f"expected shape ({h}, {w}), got {bad.shape}")
             bad = bad.astype(bool, copy=False)
             if bad.all():
                 raise DataError(src, "bad_pixels", "every pixel is marked bad")
+        if not d.any():
+            raise DataError(src, "diffraction", f"every count of all {m} patterns is zero: nothing "
+                            "was measured (detector off, wrong dataset or wrong units?)")
         idx = self.scan_index
         if idx is not None:
             idx = np.asarray(idx)
+            if not np.issubdtype(idx.dtype, np.integer):
+                raise DataError(src, "scan_index", f"expected integers, got dtype {idx.dtype}")
             if idx.shape != (m,):
                 raise DataError(src, "scan_index", f"expected shape ({m},), got {idx.shape}")
             idx = idx.astype(np.int64, copy=False)
@@ -97,6 +116,9 @@ class ScanData:
         object.__setattr__(self, "object_truth", obj)
         object.__setattr__(self, "bad_pixels", bad)
         object.__setattr__(self, "scan_index", idx)
+        if not isinstance(self.metadata, Mapping):
+            raise DataError(src, "metadata", f"expected a mapping of names to values, got "
+                            f"{type(self.metadata).__name__}")
         object.__setattr__(self, "metadata", dict(self.metadata))
 
     @property

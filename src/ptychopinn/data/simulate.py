@@ -11,6 +11,7 @@ import torch
 from ptychopinn import __version__
 from ptychopinn.data.objects import make_object
 from ptychopinn.data.scan import ScanData
+from ptychopinn.errors import ConfigError
 from ptychopinn.physics.forward import diffraction_intensity
 from ptychopinn.physics.probe import (MAX_MODES, PROBES, apply_soft_mask, incoherent_modes, make_probe,
                                       scale_probe)
@@ -50,7 +51,7 @@ class SimulationConfig:
 
     def __post_init__(self):
         def bad(field, value, expected):
-            raise ValueError(f"{field}: invalid value {value!r}; expected {expected}")
+            raise ConfigError(f"{field}: invalid value {value!r}; expected {expected}")
 
         if self.patch_size < 8 or self.patch_size % 2:
             bad("patch_size", self.patch_size, "an even integer >= 8")
@@ -117,7 +118,7 @@ def simulate_scan(config: SimulationConfig = SimulationConfig()) -> ScanData:
     needed = int(max(extent) + 2 * border + 1)
     size = config.object_size or needed
     if size < needed:
-        raise ValueError(f"object_size: {size} is too small for this scan; it needs >= {needed} pixels "
+        raise ConfigError(f"object_size: {size} is too small for this scan; it needs >= {needed} pixels "
                          f"(reduce n_positions or step, or raise object_size)")
     # centre the scan on the object
     pos = pos + (size - extent) / 2.0

@@ -110,6 +110,22 @@ def resolve_bundle_path(path: str | Path) -> Path:
     return path
 
 
+def _load_weights(path: Path, raw: bytes) -> dict:
+    """The weights member as a plain ``{name: tensor}`` dict, through torch's restricted
+    (``weights_only``) unpickler only; anything else is refused as an unsafe bundle."""
+    try:
+        state = torch.load(io.BytesIO(raw), weights_only=True, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - whatever the safe unpickler refuses, we refuse
+        raise BundleError(f"{path}: weights.pt: not a safe ptychopinn bundle: the weights are not a "
+                          f"plain tensor state dict (the safe loader refused it: "
+                          f"{type(exc).__name__}); do not open this file with other tools") from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v)
+                                              for k, v in state.items()):
+        raise BundleError(f"{path}: weights.pt: not a safe ptychopinn bundle: expected a dict of "
+                          f"named tensors, got {type(state).__name__}")
+    return state
+
+
 def load_bundle(path: str | Path) -> ModelBundle:
     """Read and verify a bundle (strict)."""
     path = resolve_bundle_path(path)
@@ -140,7 +156,7 @@ def load_bundle(path: str | Path) -> ModelBundle:
         model_config = from_dict(ModelConfig, config["model"])
         data_config = from_dict(DataConfig, config["data"])
         training_config = from_dict(TrainingConfig, config["training"])
-        state = torch.load(io.BytesIO(data["weights.pt"]), weights_only=True, map_location="cpu")
+        state = _load_weights(path, data["weights.pt"])
         probe = np.load(io.BytesIO(data["probe.npy"]), allow_pickle=False)
         normalisation = json.loads(data["normalisation.json"])
         execution = json.loads(data["execution.json"])

@@ -18,6 +18,7 @@ import math
 import torch
 from torch import nn
 
+from ptychopinn.errors import ConfigError
 from ptychopinn.models.registry import register_generator
 
 
@@ -39,9 +40,9 @@ class CNNGenerator(nn.Module):
         super().__init__()
         self.estimate_input = estimate_input
         if n < 16 or n & (n - 1):
-            raise ValueError(f"n: {n} must be a power of two >= 16 for the cnn generator")
+            raise ConfigError(f"n: {n} must be a power of two >= 16 for the cnn generator")
         if n_filters_scale < 1:
-            raise ValueError(f"n_filters_scale: {n_filters_scale} must be >= 1")
+            raise ConfigError(f"n_filters_scale: {n_filters_scale} must be >= 1")
         self.n, self.channels, self.skip, self.amp_max = n, channels, skip, amp_max
         levels = int(math.log2(n)) - 3
         widths = [min(16 * n_filters_scale * 2 ** i, 256) for i in range(levels + 1)]

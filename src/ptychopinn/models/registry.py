@@ -6,6 +6,8 @@ from typing import Callable
 
 from torch import nn
 
+from ptychopinn.errors import ConfigError
+
 GENERATORS: dict[str, Callable[..., nn.Module]] = {}
 
 
@@ -25,7 +27,7 @@ def build_generator(name: str, **kwargs) -> nn.Module:
     try:
         factory = GENERATORS[name]
     except KeyError:
-        raise ValueError(f"generator: unknown name {name!r}; expected one of {sorted(GENERATORS)}") from None
+        raise ConfigError(f"generator: unknown name {name!r}; expected one of {sorted(GENERATORS)}") from None
     return factory(**kwargs)
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from ptychopinn.errors import ConfigError
+
 
 def _masked_mean(values: torch.Tensor, bad_pixels: torch.Tensor | None) -> torch.Tensor:
     if bad_pixels is None:
@@ -56,4 +58,4 @@ def get_loss(name: str):
     try:
         return LOSSES[name]
     except KeyError:
-        raise ValueError(f"loss: unknown value {name!r}; expected one of {sorted(LOSSES)}") from None
+        raise ConfigError(f"loss: unknown value {name!r}; expected one of {sorted(LOSSES)}") from None

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ptychopinn.errors import ConfigError
+
 PROBES: dict = {}
 
 #: Most incoherent modes ``incoherent_modes`` can build (one per low-order factor).
@@ -87,7 +89,7 @@ def make_probe(kind: str, n: int, diameter: float | None = None, **kwargs) -> np
     try:
         fn = PROBES[kind]
     except KeyError:
-        raise ValueError(f"probe: unknown kind {kind!r}; expected one of {sorted(PROBES)}") from None
+        raise ConfigError(f"probe: unknown kind {kind!r}; expected one of {sorted(PROBES)}") from None
     return fn(n, diameter, **kwargs)
 
 
@@ -106,7 +108,7 @@ def incoherent_modes(probe: np.ndarray, n_modes: int, power_ratio: float = 0.3) 
     The total intensity equals that of ``probe``.
     """
     if n_modes < 1:
-        raise ValueError(f"n_modes: {n_modes} must be >= 1")
+        raise ConfigError(f"n_modes: {n_modes} must be >= 1")
     n = probe.shape[-1]
     x, y = _grid(n)
     scale = max(np.sqrt(np.sum(np.abs(probe) ** 2 * (x ** 2 + y ** 2)) / np.sum(np.abs(probe) ** 2)), 1)
@@ -114,7 +116,7 @@ def incoherent_modes(probe: np.ndarray, n_modes: int, power_ratio: float = 0.3) 
     factors = [np.ones_like(xs), xs, ys, xs * ys, xs ** 2 - ys ** 2, xs ** 2 + ys ** 2 - 1]
     assert len(factors) == MAX_MODES
     if n_modes > len(factors):
-        raise ValueError(f"n_modes: {n_modes} exceeds the supported {len(factors)}")
+        raise ConfigError(f"n_modes: {n_modes} exceeds the supported {len(factors)}")
     basis = []
     for f in factors[:n_modes]:
         m = probe.astype(np.complex128) * f

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ptychopinn.data.grouping import PatchGroups, group_positions
 from ptychopinn.data.scan import ScanData
@@ -157,10 +157,15 @@ class PtychoDataModule(L.LightningDataModule):
         return self.val_set is not None
 
     def train_dataloader(self):
-        g = torch.Generator().manual_seed(self.seed)
-        # drop a ragged last batch only if every process still gets a full one (DDP shards the set)
+        # the order of epoch e is a permutation drawn from (seed, e), whatever the number of
+        # processes: the same on a rerun and after a resume (Lightning calls set_epoch; it keeps a
+        # DistributedSampler as given). Each process takes its share, padded to equal length.
         world = self.trainer.world_size if self.trainer is not None else 1
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, generator=g,
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        sampler = DistributedSampler(self.train_set, num_replicas=world, rank=rank, shuffle=True,
+                                     seed=self.seed, drop_last=False)
+        # drop a ragged last batch only if every process still gets a full one
+        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler,
                           drop_last=len(self.train_set) >= 2 * self.batch_size * world,
                           **self.loader_kwargs)
 

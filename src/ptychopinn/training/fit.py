@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.trainer.states import TrainerStatus
 import numpy as np
 import torch
 
@@ -14,14 +18,16 @@ from ptychopinn.config import DataConfig, ExecutionConfig, ModelConfig, Training
 from ptychopinn.config_factory import (SOURCE_DATA, SOURCE_DEFAULT, RunConfig, check_run,
                                        run_config_from_objects, write_audit)
 from ptychopinn.data.scan import ScanData
-from ptychopinn.errors import PtychoPINNError
+from ptychopinn.errors import PtychoPINNError, TrainingDivergedError, TrainingInterrupted
 from ptychopinn.io.bundle import BUNDLE_NAME, ModelBundle, save_bundle
+from ptychopinn.io.lock import output_lock
 from ptychopinn.log import get_logger
 from ptychopinn.training.data import PtychoDataModule
 from ptychopinn.physics.forward import init_gain
 from ptychopinn.training.module import PtychoPINN
-from ptychopinn.training.trainer import (batches_per_epoch, build_trainer, check_logger_available,
-                                         default_mlflow_uri, launch_rank, resolve_accelerator,
+from ptychopinn.training.trainer import (CHECKPOINT_DIR, LAST_CHECKPOINT, batches_per_epoch,
+                                         build_trainer, check_logger_available, default_mlflow_uri,
+                                         launch_rank, mlflow_environment, resolve_accelerator,
                                          resolve_devices, resolve_monitor, resolve_resume,
                                          run_context)
 
@@ -130,15 +136,59 @@ def fit(train_scans: list[ScanData], test_scan: ScanData | None = None, *,
     resume = resolve_resume(e.resume_from, out)
     accelerator = resolve_accelerator(e.accelerator)
     devices = resolve_devices(accelerator, e.devices)
-    with run_context(e.quiet):
+    # one run per output directory; processes started by a DDP launcher belong to rank 0's run
+    lock = (output_lock(out, "train") if out is not None and launch_rank(devices) == 0
+            else contextlib.nullcontext())
+    with lock, run_context(), mlflow_environment(e, out):
+        if out is not None and (out / BUNDLE_NAME).exists() and not overwrite:  # won the race?
+            raise PtychoPINNError(f"{out / BUNDLE_NAME}: output already exists; choose another "
+                                  "--output-dir or pass --overwrite")
         return _fit(train_scans, test_scan, rc, out, overwrite, resume, accelerator, devices,
                     callbacks, trainer_overrides or {})
+
+
+@contextlib.contextmanager
+def _sigint_restored():
+    """Lightning ignores SIGINT after catching the first Ctrl-C; give the caller its handler
+    back (the main thread only: signals cannot be handled elsewhere)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _run_trainer(trainer: L.Trainer, module, dm, resume: Path | None, out: Path | None) -> None:
+    """``trainer.fit`` with our failure semantics: an interrupt raises TrainingInterrupted (the
+    CLI exits 130; Lightning itself would exit the process with status 1), a checkpoint that
+    does not fit the model is a one-line error."""
+    try:
+        with _sigint_restored():
+            trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
+    except (SystemExit, KeyboardInterrupt) as exc:
+        if trainer.state.status != TrainerStatus.INTERRUPTED and not isinstance(exc, KeyboardInterrupt):
+            raise
+        last = out / CHECKPOINT_DIR / LAST_CHECKPOINT if out is not None else None
+        hint = (f"resume with --resume-from last ({last})" if last is not None and last.exists()
+                else "no checkpoint to resume from yet")
+        raise TrainingInterrupted(f"training interrupted at epoch {trainer.current_epoch}; no model "
+                                  f"bundle written; {hint}",
+                                  last if last is not None and last.exists() else None) from None
+    except RuntimeError as exc:
+        if resume and "state_dict" in str(exc):
+            first = str(exc).strip().splitlines()[0]
+            raise PtychoPINNError(f"{resume}: checkpoint does not match this model's settings ({first}); "
+                                  "resume with the run's own --config OUTPUT_DIR/config.resolved.yaml") from None
+        raise
 
 
 def _fit(train_scans, test_scan, rc: RunConfig, out: Path | None, overwrite: bool,
          resume: Path | None, accelerator: str, devices: int, callbacks, trainer_overrides) -> TrainResult:
     m, d, t, e = rc.model, rc.data, rc.training, rc.execution
-    L.seed_everything(e.seed, workers=True, verbose=False)
     scans = train_scans + ([test_scan] if test_scan is not None else [])
     dm = PtychoDataModule(
         train_scans, test_scan, gridsize=m.gridsize, neighbors=d.neighbors,
@@ -152,7 +202,11 @@ def _fit(train_scans, test_scan, rc: RunConfig, out: Path | None, overwrite: boo
     # unit object -> measured mean counts (or --nphotons) per pattern (PHYSICS.md section 2)
     gains = [init_gain(t.nphotons if t.nphotons is not None else s.mean_counts, s.probe) for s in scans]
     eps = 1e-6 * float(np.mean([s.mean_counts for s in train_scans])) / m.n ** 2
-    module = PtychoPINN(m, t, e, probes, gains, eps)  # init after seeding
+    # weights initialised from the seed on a forked CPU generator: the caller's global RNG state
+    # is left as it was (the batch order has its own seeded sampler, grouping its own generator)
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(e.seed)
+        module = PtychoPINN(m, t, e, probes, gains, eps)
     with_truth = any(s.object_truth is not None for s in scans)
     logged = [name for name in module.logged_metric_names
               if with_truth or name != "val_patch_nrmse"]
@@ -171,8 +225,7 @@ def _fit(train_scans, test_scan, rc: RunConfig, out: Path | None, overwrite: boo
                  e.accumulate_grad_batches)
     if not dm.has_validation:
         overrides.setdefault("limit_val_batches", 0)  # no empty validation loop (and its warning)
-    root = out if out is not None else Path.cwd()
-    trainer = build_trainer(e, monitor, root, t.max_epochs, callbacks=callbacks, **overrides)
+    trainer = build_trainer(e, monitor, out, t.max_epochs, callbacks=callbacks, **overrides)
     effective = t.batch_size * e.accumulate_grad_batches * trainer.num_devices * trainer.num_nodes
     runtime = {
         "patch_size_n": m.n,
@@ -191,9 +244,9 @@ def _fit(train_scans, test_scan, rc: RunConfig, out: Path | None, overwrite: boo
         "resume_checkpoint": str(resume) if resume else None,
         "log_dir": str(Path(trainer.logger.log_dir).resolve())
         if getattr(trainer.logger, "log_dir", None) else None,
-        "mlflow_tracking_uri": (e.mlflow_tracking_uri or default_mlflow_uri(root))
-        if e.logger == "mlflow" else None,
-        "output_dir": str(root.resolve()),
+        "mlflow_tracking_uri": (e.mlflow_tracking_uri or default_mlflow_uri(out))
+        if e.logger == "mlflow" and out is not None else None,
+        "output_dir": str(out.resolve()) if out is not None else None,
     }
     audit_path = None
     if launch_rank(trainer.num_devices) == 0:
@@ -217,18 +270,16 @@ def _fit(train_scans, test_scan, rc: RunConfig, out: Path | None, overwrite: boo
     if resume:
         log.info("resuming from %s", resume)
     t0 = time.perf_counter()
-    try:
-        trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
-    except RuntimeError as exc:
-        if resume and "state_dict" in str(exc):
-            first = str(exc).strip().splitlines()[0]
-            raise PtychoPINNError(f"{resume}: checkpoint does not match this model's settings ({first}); "
-                                  "resume with the run's own --config OUTPUT_DIR/config.resolved.yaml") from None
-        raise
+    _run_trainer(trainer, module, dm, resume, out)
     seconds = time.perf_counter() - t0
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
                if torch.is_tensor(v) and v.numel() == 1}
 
+    bad = [k for k, v in module.generator.state_dict().items()
+           if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise TrainingDivergedError(f"training diverged: non-finite weights ({', '.join(bad[:3])}) "
+                                    "at the end of training; no model bundle written")
     a0s = [s.amplitude_scale() for s in train_scans]
     bundle = ModelBundle(
         model_config=m, data_config=d, training_config=t,

@@ -28,6 +28,7 @@ from typing import Callable
 import torch
 
 from ptychopinn.config import SCHEDULER_ALIASES, SCHEDULER_NAMES, ExecutionConfig
+from ptychopinn.errors import ConfigError
 
 OPTIMIZERS: dict[str, Callable] = {
     "adam": lambda params, e: torch.optim.Adam(params, lr=e.learning_rate,
@@ -113,7 +114,7 @@ def canonical_scheduler_name(name: str) -> str:
     """``ReduceLROnPlateau`` -> ``Adaptive``; an unknown name raises ValueError listing the names."""
     name = SCHEDULER_ALIASES.get(name, name)
     if name not in SCHEDULERS:
-        raise ValueError(f"scheduler: invalid value {name!r}; expected one of {list(SCHEDULER_NAMES)} "
+        raise ConfigError(f"scheduler: invalid value {name!r}; expected one of {list(SCHEDULER_NAMES)} "
                          "(alias: ReduceLROnPlateau = Adaptive)")
     return name
 

@@ -7,7 +7,6 @@ import contextlib
 import logging
 import math
 import os
-import warnings
 from pathlib import Path
 
 import lightning as L
@@ -15,8 +14,8 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from ptychopinn.config import RESUME_LAST, ExecutionConfig
-from ptychopinn.errors import PtychoPINNError
-from ptychopinn.log import LOGGER_NAME, get_logger
+from ptychopinn.errors import PtychoPINNError, TrainingDivergedError
+from ptychopinn.log import filter_expected_warnings, get_logger, quiet_levels
 
 log = get_logger("training")
 
@@ -170,12 +169,26 @@ def build_logger(execution: ExecutionConfig, output_dir: Path):
     if kind == "mlflow":
         from lightning.pytorch.loggers import MLFlowLogger
         uri = execution.mlflow_tracking_uri or default_mlflow_uri(output_dir)
-        if _is_file_store(uri):
-            # MLflow >= 3.7 refuses its file store unless opted in; the file store is the one
-            # backend mlflow-skinny ships without a database driver. An explicit user setting wins.
-            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         return MLFlowLogger(experiment_name=execution.experiment_name, tracking_uri=uri)
     raise PtychoPINNError(f"logger: invalid value {kind!r}")
+
+
+@contextlib.contextmanager
+def mlflow_environment(execution: ExecutionConfig, output_dir: Path | None):
+    """``MLFLOW_ALLOW_FILE_STORE=true`` for the duration of a run that logs to an MLflow file
+    store (MLflow >= 3.7 refuses its file store unless opted in; the file store is the one backend
+    mlflow-skinny ships without a database driver). An explicit user setting wins; the
+    environment is restored afterwards."""
+    uri = (execution.mlflow_tracking_uri or (default_mlflow_uri(output_dir) if output_dir else ""))
+    name = "MLFLOW_ALLOW_FILE_STORE"
+    if execution.logger != "mlflow" or not _is_file_store(uri) or name in os.environ:
+        yield
+        return
+    os.environ[name] = "true"
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
 
 
 # --- callbacks and trainer -------------------------------------------------------------------
@@ -184,11 +197,44 @@ def checkpoint_filename(monitor: str) -> str:
     return "epoch={epoch:02d}-" + monitor + "={" + monitor + ":.4f}"
 
 
-def build_callbacks(execution: ExecutionConfig, monitor: str, output_dir: Path) -> list:
-    """ModelCheckpoint (top-k by ``monitor`` plus ``last.ckpt``) and EarlyStopping, both on the
-    same resolved ``monitor`` and mode."""
-    callbacks = []
-    if execution.enable_checkpointing:
+class FiniteGuard(L.Callback):
+    """Stops training with TrainingDivergedError when the loss of a step or the weights at the
+    end of an epoch are not finite (before the epoch's checkpoint is written: checkpoints from
+    before the fault stay valid, none after it is saved). All processes agree on the decision."""
+
+    def __init__(self, checkpoint_dir: Path | None):
+        self.checkpoint_dir = checkpoint_dir
+
+    def _stop(self, trainer, what: str) -> None:
+        where = (f"checkpoints from before the fault are in {self.checkpoint_dir}"
+                 if self.checkpoint_dir is not None and self.checkpoint_dir.exists()
+                 else "no checkpoint was written")
+        raise TrainingDivergedError(
+            f"training diverged: {what} at epoch {trainer.current_epoch}, step "
+            f"{trainer.global_step}; no model bundle written ({where}); lower --learning-rate, "
+            "set --gradient-clip-val, or rerun with --detect-anomaly to find the operation")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        bad = not bool(torch.isfinite(loss.detach()).all())
+        if trainer.strategy.reduce_boolean_decision(bad, all=False):
+            self._stop(trainer, f"non-finite loss ({float(loss.detach()):g})" if bad
+                       else "non-finite loss on another process")
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        bad = [n for n, p in pl_module.named_parameters() if not bool(torch.isfinite(p).all())]
+        if trainer.strategy.reduce_boolean_decision(bool(bad), all=False):
+            self._stop(trainer, f"non-finite weights ({', '.join(bad[:3]) or 'on another process'})")
+
+
+def build_callbacks(execution: ExecutionConfig, monitor: str, output_dir: Path | None) -> list:
+    """FiniteGuard, ModelCheckpoint (top-k by ``monitor`` plus ``last.ckpt``; only with an output
+    directory) and EarlyStopping, both on the same resolved ``monitor`` and mode."""
+    ckpt_dir = output_dir / CHECKPOINT_DIR if output_dir is not None else None
+    callbacks: list = [FiniteGuard(ckpt_dir if execution.enable_checkpointing else None)]
+    if execution.enable_checkpointing and output_dir is not None:
         callbacks.append(ModelCheckpoint(
             dirpath=str(output_dir / CHECKPOINT_DIR), filename=checkpoint_filename(monitor),
             auto_insert_metric_name=False, monitor=monitor, mode=execution.checkpoint_mode,
@@ -199,29 +245,32 @@ def build_callbacks(execution: ExecutionConfig, monitor: str, output_dir: Path) 
     return callbacks
 
 
-def build_trainer(execution: ExecutionConfig, monitor: str, output_dir: Path, max_epochs: int,
-                  callbacks: list | None = None, **overrides) -> L.Trainer:
+def build_trainer(execution: ExecutionConfig, monitor: str, output_dir: Path | None,
+                  max_epochs: int, callbacks: list | None = None, **overrides) -> L.Trainer:
     """A Trainer wired from ``execution``. ``callbacks`` are added to ours; ``overrides`` are
     passed to ``L.Trainer`` last (tests and benchmarks: e.g. ``limit_train_batches``).
+    Without ``output_dir`` nothing is written: no logger, no checkpoints.
 
     Note: with ``deterministic`` Lightning switches torch's process-wide deterministic-algorithms
     flag on when the Trainer is built; ``fit`` restores it afterwards (``run_context``)."""
     accelerator = resolve_accelerator(execution.accelerator)
     devices = resolve_devices(accelerator, execution.devices)
-    logger = build_logger(execution, output_dir)
+    logger = build_logger(execution, output_dir) if output_dir is not None else False
     clip = execution.gradient_clip_val
     kwargs = dict(
         accelerator=accelerator, devices=devices, strategy=execution.strategy,
         num_nodes=execution.num_nodes, precision=execution.precision,
-        deterministic=execution.deterministic, max_epochs=max_epochs,
+        deterministic=execution.deterministic, detect_anomaly=execution.detect_anomaly,
+        max_epochs=max_epochs,
         accumulate_grad_batches=execution.accumulate_grad_batches,
         gradient_clip_val=clip,
         gradient_clip_algorithm=execution.gradient_clip_algorithm if clip is not None else None,
-        enable_checkpointing=execution.enable_checkpointing,
+        enable_checkpointing=execution.enable_checkpointing and output_dir is not None,
         logger=logger,
         callbacks=build_callbacks(execution, monitor, output_dir) + [ProcessSetup(execution.quiet)]
         + list(callbacks or []),
-        default_root_dir=str(output_dir), enable_progress_bar=not execution.quiet,
+        default_root_dir=str(output_dir) if output_dir is not None else None,
+        enable_progress_bar=not execution.quiet,
         enable_model_summary=not execution.quiet, log_every_n_steps=1,
     )
     kwargs.update(overrides)
@@ -239,28 +288,8 @@ def batches_per_epoch(n_groups: int, batch_size: int, world_size: int) -> int:
 
 
 # --- quiet runs ------------------------------------------------------------------------------
-#: Lightning warnings that are expected with our defaults and say nothing actionable.
-_EXPECTED_WARNINGS = (
-    r".*does not have many workers.*",  # num_workers=0 is the right default for in-memory groups
-    r".*Checkpoint directory .* exists and is not empty.*",  # resume into the same output dir
-    r".*isinstance\(treespec, LeafSpec\).*",  # torch >= 2.10 deprecation hit inside Lightning
-)
-
-
-def _quiet_levels(quiet: bool) -> dict[str, int]:
-    if not quiet:
-        return {}
-    return {"lightning.pytorch": logging.WARNING, "lightning.fabric": logging.WARNING,
-            LOGGER_NAME: logging.WARNING,
-            # "Experiment with name ... not found. Creating it." is a warning there
-            "lightning.pytorch.loggers.mlflow": logging.ERROR}
-
-
-def _filter_expected_warnings() -> None:
-    for pattern in _EXPECTED_WARNINGS:
-        warnings.filterwarnings("ignore", message=pattern)
-
-
+# The quiet levels and the expected-warning filters are process-wide settings: only the CLI
+# (``ptychopinn.log.configure_cli_logging``) and processes spawned for a run apply them.
 class ProcessSetup(L.Callback):
     """Applies the quiet levels and warning filters inside every training process: processes
     started by ``ddp_spawn`` do not inherit the parent's logging levels or warning filters.
@@ -279,32 +308,22 @@ class ProcessSetup(L.Callback):
             self._apply()
 
     def setup(self, trainer, pl_module, stage):
-        if os.getpid() != self.parent_pid:  # in the parent, run_context did it (and undoes it)
+        if os.getpid() != self.parent_pid:  # the parent is the caller's (the CLI configures it)
             self._apply()
 
     def _apply(self):
-        for name, level in _quiet_levels(self.quiet).items():
+        for name, level in quiet_levels(self.quiet).items():
             logging.getLogger(name).setLevel(level)
-        _filter_expected_warnings()
+        filter_expected_warnings()
 
 
 @contextlib.contextmanager
-def run_context(quiet: bool):
-    """Silence Lightning's info lines (GPU/TPU availability, the litlogger tip) and our own INFO
-    output when ``quiet``; always hide the expected-and-harmless warnings above. Restores the
-    logger levels and torch's deterministic-algorithms flag afterwards (``deterministic=True``
-    sets it process-wide)."""
-    levels = _quiet_levels(quiet)
-    saved = {n: logging.getLogger(n).level for n in levels}
+def run_context():
+    """Restore torch's deterministic-algorithms flag after a run (``deterministic=True`` sets it
+    process-wide when the Trainer is built). Logging and warnings are left to the caller."""
     deterministic = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     try:
-        for n, level in levels.items():
-            logging.getLogger(n).setLevel(level)
-        with warnings.catch_warnings():
-            _filter_expected_warnings()
-            yield
+        yield
     finally:
-        for n, level in saved.items():
-            logging.getLogger(n).setLevel(level)
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
