@@ -4,14 +4,13 @@ import logging
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from ptychopinn.cli.main import main
-from ptychopinn.data.npz import read_npz, write_npz
+from ptychopinn.data.npz import read_npz
 from ptychopinn.data.objects import make_object
 from ptychopinn.data.simulate import SimulationConfig, scan_positions, simulate_scan
 from ptychopinn.errors import PtychoPINNError
@@ -19,8 +18,6 @@ from ptychopinn.physics import diffraction_intensity, extract_patches
 from ptychopinn.physics.probe import PROBES, make_probe
 from ptychopinn.physics.shifts import SHIFT_PAD
 
-# shared/ sits beside the repository checkout (here and in CI)
-CHECK_CONVENTIONS = Path(__file__).resolve().parents[2] / "shared" / "tools" / "check_conventions.py"
 SMALL = dict(patch_size=32, n_positions=25, photons=1e5)
 
 
@@ -105,18 +102,6 @@ def test_scan_patterns_have_the_requested_step(kind):
         assert 1.0 < np.median(nearest) < 5.0  # uniform density at the step's spacing
     else:
         assert 4.0 < np.median(nearest) < 6.0
-
-
-@pytest.mark.parametrize("kind,modes", [("raster", 1), ("fermat", 1), ("random", 1), ("raster", 3)])
-def test_check_conventions_tool_agrees(tmp_path, kind, modes):
-    scan = simulate_scan(SimulationConfig(patch_size=32, n_positions=30, scan_kind=kind,
-                                          probe_modes=modes, photons=1e6, seed=7))
-    path = write_npz(scan, tmp_path / f"{kind}.npz")
-    out = subprocess.run([sys.executable, str(CHECK_CONVENTIONS), str(path), "--patterns", "15"],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "OK: the documented convention fits best" in out.stdout
-    assert f"probe modes={modes}" in out.stdout
 
 
 # ----------------------------------------------------------------------------- objects and probes

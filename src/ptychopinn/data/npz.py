@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import struct
 import zipfile
 import zlib
@@ -75,11 +76,12 @@ def _read_members(path: Path, src: str) -> dict[str, np.ndarray]:
                         raise DataError(src, key, "holds Python objects (pickled data); refused: "
                                         "expected numeric or string arrays")
                     header = fh.tell()
-                    nbytes = check_allocation(src, key, shape, dtype.itemsize)
+                    nbytes = math.prod(shape) * dtype.itemsize
                     if nbytes > info.file_size - header:
                         raise DataError(src, key, f"header claims shape {shape} ({nbytes} bytes) but "
                                         f"the member holds {info.file_size - header} bytes "
                                         "(truncated or corrupt file)")
+                    check_allocation(src, key, shape, dtype.itemsize)
                 with zf.open(info) as fh:
                     arrays[key] = np.lib.format.read_array(fh, allow_pickle=False)
     except DataError:

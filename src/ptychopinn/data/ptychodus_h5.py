@@ -29,6 +29,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ptychopinn.data.limits import check_allocation
 from ptychopinn.data.scan import ScanData
 from ptychopinn.errors import DataError, PtychoPINNError
 from ptychopinn.io.atomic import atomic_path
@@ -172,8 +173,23 @@ def _open_h5(path: Path, src: str):
         fh = h5py.File(path, "r")
     except OSError as exc:
         raise DataError(src, "file", f"not a readable HDF5 file ({exc})") from None
-    with fh:
-        yield fh
+    try:
+        with fh:
+            yield fh
+    except Exception as exc:
+        if isinstance(exc, PtychoPINNError) or not _raised_by_h5py(exc):
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise DataError(src, "file", f"damaged HDF5 file ({type(exc).__name__}: {first})") from None
+
+
+def _raised_by_h5py(exc: BaseException) -> bool:
+    """Whether the innermost frame of ``exc`` is h5py's: the file's bytes, not our code."""
+    tb = exc.__traceback__
+    last = None
+    while tb is not None:
+        last, tb = tb, tb.tb_next
+    return last is not None and "h5py" in Path(last.tb_frame.f_code.co_filename).parts
 
 
 def _dataset(fh: h5py.File, src: str, key: str, required: bool = True):
@@ -188,6 +204,8 @@ def _dataset(fh: h5py.File, src: str, key: str, required: bool = True):
 
 
 def _read(ds, src: str, key: str, dtype=None) -> np.ndarray:
+    itemsize = np.dtype(dtype).itemsize if dtype is not None else ds.dtype.itemsize
+    check_allocation(src, key, ds.shape, itemsize, what="dataset")
     try:
         return ds.astype(dtype)[()] if dtype is not None else ds[()]
     except (OSError, ValueError, TypeError) as exc:  # truncated/corrupt chunks, unconvertible types

@@ -167,9 +167,14 @@ class PtychoDataModule(L.LightningDataModule):
         # drop a ragged last batch only if every process still gets a full one
         return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler,
                           drop_last=len(self.train_set) >= 2 * self.batch_size * world,
-                          **self.loader_kwargs)
+                          generator=self._generator(), **self.loader_kwargs)
 
     def val_dataloader(self):
         if self.val_set is None:
             return []
-        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, **self.loader_kwargs)
+        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False,
+                          generator=self._generator(), **self.loader_kwargs)
+
+    def _generator(self) -> torch.Generator:
+        """The loaders' own generator (worker base seeds): never the global RNG."""
+        return torch.Generator().manual_seed(self.seed)

@@ -167,7 +167,7 @@ def _run_trainer(trainer: L.Trainer, module, dm, resume: Path | None, out: Path 
     CLI exits 130; Lightning itself would exit the process with status 1), a checkpoint that
     does not fit the model is a one-line error."""
     try:
-        with _sigint_restored():
+        with _sigint_restored(), torch.random.fork_rng(devices=[]):
             trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
     except (SystemExit, KeyboardInterrupt) as exc:
         if trainer.state.status != TrainerStatus.INTERRUPTED and not isinstance(exc, KeyboardInterrupt):
