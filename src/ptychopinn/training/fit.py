@@ -175,8 +175,9 @@ def _run_trainer(trainer: L.Trainer, module, dm, resume: Path | None, out: Path 
         last = out / CHECKPOINT_DIR / LAST_CHECKPOINT if out is not None else None
         hint = (f"resume with --resume-from last ({last})" if last is not None and last.exists()
                 else "no checkpoint to resume from yet")
-        raise TrainingInterrupted(f"training interrupted at epoch {trainer.current_epoch}; no model "
-                                  f"bundle written; {hint}",
+        epoch = trainer.current_epoch
+        raise TrainingInterrupted(f"training interrupted at epoch {epoch}; no model bundle written; "
+                                  f"{hint}",
                                   last if last is not None and last.exists() else None) from None
     except RuntimeError as exc:
         if resume and "state_dict" in str(exc):
