@@ -275,3 +275,33 @@ def test_quiet_suppresses_epoch_log_lines(scan):
         logger.setLevel(old_level)
     assert loud == 2 and "poisson_nll" in records[0].getMessage()
     assert len(records) == loud
+
+
+def test_plateau_rule_does_not_cut_while_a_noisy_loss_still_trends_down(scan):
+    """A slowly converging scan: each epoch's loss is noisier than its decrease (so it often
+    fails to beat the best so far, which cut the step under the old rule), but the trend over a
+    window exceeds the window's noise: no cut. A flat noisy loss is cut."""
+    from ptychopinn.refinement import Refiner
+
+    rng = np.random.default_rng(0)
+    r = Refiner(scan, patience=20)
+    lr0 = r.lr
+    for e in range(200):
+        loss = -0.002 * e + rng.normal(0, 0.01)  # trend 0.04 per window, noise 0.01 per epoch
+        r.losses.append(loss)
+        r._schedule_step(loss)  # noqa: SLF001
+    best, bad, old_cuts = np.inf, 0, 0  # the former rule: 3 epochs without a new best -> cut
+    for loss in r.losses:
+        if loss < best:
+            best, bad = loss, 0
+        else:
+            bad += 1
+            if bad >= 3:
+                old_cuts, bad = old_cuts + 1, 0
+    assert old_cuts > 10  # it cut the step on noise again and again (35 times here)
+    assert r.lr == lr0
+    for e in range(100):
+        loss = -0.4 + rng.normal(0, 0.01)  # converged: noise only
+        r.losses.append(loss)
+        r._schedule_step(loss)  # noqa: SLF001
+    assert r.lr < lr0
