@@ -34,19 +34,63 @@ def write_reconstruction_outputs(recon: Reconstruction, output_dir: str | Path,
     return targets
 
 
+#: ``refine_probe`` choices of the CLI: ``auto`` refines the probe unless the scan says its probe
+#: is the true one (``probe_is_known``).
+PROBE_REFINEMENT = ("auto", "on", "off")
+
+
+def probe_is_known(scan: ScanData) -> bool:
+    """Whether the scan's probe is the true probe rather than a guess: a ``probe_known`` entry in
+    its metadata decides; scans made by ``ptychopinn simulate`` (``simulation`` metadata) carry
+    the probe that made them. Everything else (measured data, Ptychodus products, other tools'
+    files) holds a guess."""
+    known = scan.metadata.get("probe_known")
+    if known is not None:
+        return bool(known)
+    return "simulation" in scan.metadata
+
+
+def resolve_probe_refinement(choice: str, scan: ScanData) -> bool:
+    if choice not in PROBE_REFINEMENT:
+        from ptychopinn.errors import ConfigError
+
+        raise ConfigError(f"refine_probe: invalid value {choice!r}; expected one of "
+                          f"{list(PROBE_REFINEMENT)}")
+    return choice == "on" or (choice == "auto" and not probe_is_known(scan))
+
+
+def probe_change(start: np.ndarray, end: np.ndarray) -> float:
+    """Relative L2 distance between two probes after removing a global complex scale (the
+    ambiguity the gain absorbs): ``min_c ||c end - start|| / ||start||``."""
+    a, b = np.asarray(start).reshape(-1), np.asarray(end).reshape(-1)
+    if a.size != b.size:
+        return float("nan")
+    c = np.vdot(b, a) / max(float(np.vdot(b, b).real), 1e-30)
+    return float(np.linalg.norm(c * b - a) / max(float(np.linalg.norm(a)), 1e-30))
+
+
 def refine_reconstruction(recon: Reconstruction | None, scan: ScanData, epochs: int, *,
                           quiet: bool = True, seed: int = 0, refine_probe: bool = False,
                           **kwargs) -> Reconstruction:
-    """Physics refinement on the scan's own Poisson likelihood, from ``recon`` or a flat start."""
+    """Physics refinement on the scan's own Poisson likelihood, from ``recon`` or a flat start.
+    With ``refine_probe`` the probe is retrieved jointly (from the scan's probe as the guess) and
+    how far it moved is logged and recorded (``metadata["probe_change"]``)."""
+    from ptychopinn.log import get_logger
     from ptychopinn.refinement import refine
 
     initial, offset = (None, None) if recon is None else (recon.object, recon.offset_px)
     result = refine(scan, initial, offset, epochs=epochs, seed=seed, refine_probe=refine_probe,
                     quiet=quiet, **kwargs)
     metadata = dict(recon.metadata) if recon is not None else {"source": scan.source}
-    metadata.update({"refine_epochs": epochs, "refine_losses": list(map(float, result.losses)),
-                     "refine_seconds": result.seconds,
+    metadata.update({"refine_epochs": epochs, "refine_epochs_run": len(result.losses),
+                     "refine_losses": list(map(float, result.losses)),
+                     "refine_seconds": result.seconds, "refine_probe": bool(refine_probe),
                      "method": (metadata.get("method", "flat start") + " + physics refinement")})
+    if refine_probe:
+        metadata["probe_change"] = probe_change(scan.probe, result.probe)
+        get_logger("refinement").info(
+            "probe retrieved: moved %.1f%% from the guess (relative L2 after a global complex "
+            "scale)", 100 * metadata["probe_change"])
     base = recon or Reconstruction(object=result.object, offset_px=np.asarray(result.offset_px),
                                    positions_px=scan.positions_px, illumination=result.illumination,
                                    probe=result.probe)

@@ -30,6 +30,11 @@ def add_parser(sub) -> None:
                         "default none)")
     p.add_argument("--refine-epochs", type=nonneg_int, default=0,
                    help="physics refinement epochs on the scan's own likelihood after the network (default 0)")
+    p.add_argument("--refine-probe", choices=["auto", "on", "off"], default="auto",
+                   help="retrieve the probe jointly during refinement: auto = unless the scan's "
+                        "probe is known to be the true one (scans made by ptychopinn simulate, or "
+                        "metadata probe_known); the refined probe is written with the "
+                        "reconstruction (default auto)")
     p.add_argument("--seed", type=int, default=0, help="seed for grouping (default 0)")
     p.add_argument("--product-output", action="store_true",
                    help=f"also write OUTPUT_DIR/{PRODUCT_FILE} (Ptychodus product: the object on the "
@@ -59,9 +64,10 @@ def run(args: argparse.Namespace) -> int:
              or bundle.training_config.batch_size)
     recon = reconstruct(bundle, scan, batch_size=batch, seed=args.seed, quiet=args.quiet)
     if args.refine_epochs:
-        from ptychopinn.workflows import refine_reconstruction
+        from ptychopinn.workflows import refine_reconstruction, resolve_probe_refinement
         recon = refine_reconstruction(recon, scan, args.refine_epochs, quiet=args.quiet, seed=args.seed,
-                                      prior_sigma=args.refine_prior_sigma)
+                                      prior_sigma=args.refine_prior_sigma,
+                                      refine_probe=resolve_probe_refinement(args.refine_probe, scan))
     product = _product_object(recon, scan) if product_path is not None else None
     paths = write_reconstruction_outputs(recon, args.output_dir, overwrite=args.overwrite)
     if product is not None:
