@@ -36,6 +36,8 @@ README = ROOT / "README.md"
 EXTERNAL_FLAGS = {"--no-deps", "--logdir", "--backend-store-uri", "--output-directory"}
 #: Flags of the benchmark scripts quoted on the performance page (checked against their source).
 BENCHMARK_FLAGS = {"--train-positions", "--test-positions", "--max-epochs", "--patch-size", "--output"}
+#: Flags of benchmarks/scenario_suite.py and benchmarks/scenarios.py quoted in the docs.
+SCENARIO_FLAGS = {"--output", "--only", "--threads", "--output-dir"}
 
 #: Options added (or replaced) per subcommand so that documented commands run in seconds.
 TINY_ADD = {
@@ -166,8 +168,15 @@ def test_benchmark_flags_exist():
         assert f'"{name}"' in source, name
 
 
+def test_scenario_benchmark_flags_exist():
+    source = "".join((DOCS.parent / "benchmarks" / name).read_text()
+                     for name in ("scenario_suite.py", "scenarios.py"))
+    for name in SCENARIO_FLAGS:
+        assert f'"{name}"' in source, name
+
+
 def test_documented_flags_exist():
-    known = all_option_strings() | EXTERNAL_FLAGS | BENCHMARK_FLAGS
+    known = all_option_strings() | EXTERNAL_FLAGS | BENCHMARK_FLAGS | SCENARIO_FLAGS
     flag = re.compile(r"(?<![\w-])--[A-Za-z][A-Za-z0-9_-]*")
     unknown = {}
     for page in all_pages():
