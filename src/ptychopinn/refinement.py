@@ -57,9 +57,9 @@ SCHEDULES = ("plateau", "constant")
 DEFAULT_OPTIMIZER = {"flat": "pgd", "object": "adam"}
 #: Plateau-test window (epochs) by start: long from flat (slow low-frequency convergence hides
 #: in minibatch noise over short windows), short from a good start.
-DEFAULT_PATIENCE = {"flat": 20, "object": 5}
+DEFAULT_PATIENCE = {"flat": 20, "object": 3}
 #: Shortest window (epochs) of the plateau test.
-PLATEAU_MIN_WINDOW = 5
+PLATEAU_MIN_WINDOW = 3
 #: ``refine`` stops early once the plateau schedule has cut the step below this fraction of its
 #: start (about 6 halvings: quality had stopped changing by then in every benchmark case).
 CONVERGED_LR_FRACTION = 0.02
@@ -491,9 +491,9 @@ def refine(scan, initial_object: np.ndarray | None = None, offset_px=None, *, ep
             start, adam from a given object). lr: Adam learning rate or PGD step (defaults in
             ``DEFAULT_LR``).
         schedule: ``"plateau"`` halves the step when the mean loss of the last ``patience``
-            epochs (at least 5) is not lower than that of the window before by more than its
+            epochs (at least 3) is not lower than that of the window before by more than its
             noise; ``"constant"`` keeps it. patience: None = ``DEFAULT_PATIENCE`` (20 from a flat
-            start, 5 from a given object).
+            start, 3 from a given object).
         refine_probe: also refine the probe from epoch ``probe_start_epoch`` on (epochs count
             from 0), by ``probe_optimizer`` ``"pgd"`` (gradient preconditioned by the object
             windows' intensity, like ePIE; step ``probe_lr``) or ``"adam"`` (lr ``probe_lr`` for a
