@@ -10,9 +10,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.trainer.states import TrainerStatus
 import numpy as np
 import torch
+from lightning.pytorch.trainer.states import TrainerStatus
 
 from ptychopinn.config import DataConfig, ExecutionConfig, ModelConfig, TrainingConfig
 from ptychopinn.config_factory import (SOURCE_DATA, SOURCE_DEFAULT, RunConfig, check_run,
