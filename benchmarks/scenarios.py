@@ -107,15 +107,10 @@ def make_probe(s: Scenario, rng) -> np.ndarray:
         base = np.exp(-(r2 / (0.5 * d) ** 2) ** 2) * np.exp(1j * 0.01 * r2)
         modes = [base, base * (x / d) * 2, base * (y / d) * 2]
         weights = np.array([1.0, 0.5, 0.3])
-        probe = np.stack([w * m for w, m in zip(weights, modes)])
+        probe = np.stack([w * m for w, m in zip(weights, modes, strict=True)])
     else:
         raise SystemExit(f"unknown probe {s.probe!r}")
-    probe = np.atleast_3d(probe) if probe.ndim == 2 else probe
-    if probe.ndim == 2:
-        probe = probe[None]
-    if probe.shape[0] != 1 and probe.shape[-1] != n:
-        probe = np.moveaxis(probe, -1, 0)
-    probe = probe.reshape(-1, n, n)
+    probe = probe[None] if probe.ndim == 2 else probe  # (K, N, N)
     return probe * np.sqrt(s.photons / np.sum(np.abs(probe) ** 2))
 
 

@@ -300,7 +300,7 @@ def test_plateau_rule_does_not_cut_while_a_noisy_loss_still_trends_down(scan):
                 old_cuts, bad = old_cuts + 1, 0
     assert old_cuts > 10  # it cut the step on noise again and again (35 times here)
     assert r.lr == lr0
-    for e in range(100):
+    for _ in range(100):
         loss = -0.4 + rng.normal(0, 0.01)  # converged: noise only
         r.losses.append(loss)
         r._schedule_step(loss)  # noqa: SLF001

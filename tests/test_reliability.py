@@ -281,7 +281,7 @@ def test_fit_without_output_dir_writes_nothing_and_leaves_global_state(tmp_path,
     assert result.bundle_path is None and result.bundle.state_dict
     assert list(tmp_path.iterdir()) == []
     assert torch.equal(torch.get_rng_state(), torch_state)
-    assert all(np.array_equal(a, b) for a, b in zip(np.random.get_state(), np_state))
+    assert all(np.array_equal(a, b) for a, b in zip(np.random.get_state(), np_state, strict=True))
     assert dict(os.environ) == env
     assert {n: logging.getLogger(n).level for n in loggers} == levels
     assert list(warnings.filters) == filters

@@ -96,6 +96,11 @@ def exchange(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     return _renameat2(a, b, _RENAME_EXCHANGE)
 
 
+def _written_meanwhile(dst) -> PtychoPINNError:
+    return PtychoPINNError(f"{dst}: output already exists (written by another run meanwhile); "
+                           "choose another path or pass --overwrite")
+
+
 def rename_new(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     """Move ``src`` to ``dst`` only if ``dst`` does not exist, atomically (RENAME_NOREPLACE; a
     hard link for files where that is unsupported): a concurrent writer of the same output makes
@@ -103,20 +108,14 @@ def rename_new(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     try:
         if _renameat2(src, dst, _RENAME_NOREPLACE):
             return
-    except FileExistsError:
-        raise PtychoPINNError(f"{dst}: output already exists (written by another run meanwhile); "
-                              "choose another path or pass --overwrite") from None
-    if Path(src).is_dir():
-        if Path(dst).exists():
-            raise PtychoPINNError(f"{dst}: output already exists (written by another run "
-                                  "meanwhile); choose another path or pass --overwrite")
-        os.replace(src, dst)
-        return
-    try:
+        if Path(src).is_dir():
+            if Path(dst).exists():
+                raise _written_meanwhile(dst)
+            os.replace(src, dst)
+            return
         os.link(src, dst)
     except FileExistsError:
-        raise PtychoPINNError(f"{dst}: output already exists (written by another run meanwhile); "
-                              "choose another path or pass --overwrite") from None
+        raise _written_meanwhile(dst) from None
     os.unlink(src)
 
 
