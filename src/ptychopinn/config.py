@@ -124,6 +124,9 @@ def from_dict(cls, data: dict):
 # --- ExecutionConfig ------------------------------------------------------------------------
 # One set of names for CLI, config file and Python API. Scheduler semantics: training/optim.py;
 # building configs with precedence and an audit trail: config_factory.py.
+#: ``--refine-probe`` / ``refine_probe`` choices: ``auto`` retrieves the probe unless the scan
+#: says its probe is the true one (``ptychopinn.workflows.probe_is_known``).
+PROBE_REFINEMENT = ("auto", "on", "off")
 SCHEDULER_NAMES = ("Default", "Exponential", "MultiStage", "Adaptive", "WarmupCosine")
 SCHEDULER_ALIASES = {"ReduceLROnPlateau": "Adaptive"}
 OPTIMIZER_NAMES = ("adam", "adamw", "sgd")

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from ptychopinn.data.scan import ScanData
-from ptychopinn.errors import DataError
+from ptychopinn.config import PROBE_REFINEMENT
+from ptychopinn.errors import ConfigError, DataError
 from ptychopinn.inference import Reconstruction
 from ptychopinn.io.atomic import check_new_output
 
@@ -34,11 +35,6 @@ def write_reconstruction_outputs(recon: Reconstruction, output_dir: str | Path,
     return targets
 
 
-#: ``refine_probe`` choices of the CLI: ``auto`` refines the probe unless the scan says its probe
-#: is the true one (``probe_is_known``).
-PROBE_REFINEMENT = ("auto", "on", "off")
-
-
 def probe_is_known(scan: ScanData) -> bool:
     """Whether the scan's probe is the true probe rather than a guess: a ``probe_known`` entry in
     its metadata decides; scans made by ``ptychopinn simulate`` (``simulation`` metadata) carry
@@ -52,8 +48,6 @@ def probe_is_known(scan: ScanData) -> bool:
 
 def resolve_probe_refinement(choice: str, scan: ScanData) -> bool:
     if choice not in PROBE_REFINEMENT:
-        from ptychopinn.errors import ConfigError
-
         raise ConfigError(f"refine_probe: invalid value {choice!r}; expected one of "
                           f"{list(PROBE_REFINEMENT)}")
     return choice == "on" or (choice == "auto" and not probe_is_known(scan))

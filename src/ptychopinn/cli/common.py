@@ -41,6 +41,15 @@ def add_units_flag(parser: argparse.ArgumentParser) -> None:
                              "'diffraction_units' entry, else detects (default: auto)")
 
 
+def add_refine_probe_flag(parser: argparse.ArgumentParser, extra: str = "") -> None:
+    from ptychopinn.config import PROBE_REFINEMENT
+
+    parser.add_argument("--refine-probe", choices=list(PROBE_REFINEMENT), default="auto",
+                        help="retrieve the probe jointly during refinement: auto = unless the "
+                             "scan's probe is known to be the true one (scans made by ptychopinn "
+                             f"simulate, or metadata probe_known){extra} (default auto)")
+
+
 def add_quiet_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true",
                         help="only warnings and errors; no progress bars")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ptychopinn.cli.common import (add_quiet_flag, positive_float, add_scan_input_flags, add_units_flag, nonneg_int,
+from ptychopinn.cli.common import (add_quiet_flag, add_refine_probe_flag, positive_float, add_scan_input_flags, add_units_flag, nonneg_int,
                                    positive_int)
 
 PRODUCT_FILE = "product.h5"
@@ -30,11 +30,7 @@ def add_parser(sub) -> None:
                         "default none)")
     p.add_argument("--refine-epochs", type=nonneg_int, default=0,
                    help="physics refinement epochs on the scan's own likelihood after the network (default 0)")
-    p.add_argument("--refine-probe", choices=["auto", "on", "off"], default="auto",
-                   help="retrieve the probe jointly during refinement: auto = unless the scan's "
-                        "probe is known to be the true one (scans made by ptychopinn simulate, or "
-                        "metadata probe_known); the refined probe is written with the "
-                        "reconstruction (default auto)")
+    add_refine_probe_flag(p, "; the refined probe is written with the reconstruction")
     p.add_argument("--seed", type=int, default=0, help="seed for grouping (default 0)")
     p.add_argument("--product-output", action="store_true",
                    help=f"also write OUTPUT_DIR/{PRODUCT_FILE} (Ptychodus product: the object on the "

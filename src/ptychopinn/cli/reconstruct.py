@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ptychopinn.cli.common import add_quiet_flag, add_units_flag, nonneg_int, positive_int
+from ptychopinn.cli.common import (add_quiet_flag, add_refine_probe_flag, add_units_flag, nonneg_int,
+                                   positive_int)
 
 #: ``--refine-only`` epochs when ``--refine-epochs`` is not given: enough for the slowly
 #: converging low spatial frequencies of independently simulated scans (measured: 300 epochs of
@@ -41,10 +42,7 @@ def add_parser(sub) -> None:
                         "differentiation iterative reconstruction); --refine-epochs defaults to "
                         f"{REFINE_ONLY_EPOCHS}, and it stops earlier once the step has decayed "
                         "(converged)")
-    p.add_argument("--refine-probe", choices=["auto", "on", "off"], default="auto",
-                   help="retrieve the probe jointly during refinement: auto = unless the scan's "
-                        "probe is known to be the true one (scans made by ptychopinn simulate, or "
-                        "metadata probe_known) (default auto)")
+    add_refine_probe_flag(p)
     p.add_argument("--learning-rate", type=float, default=1e-3, help="learning rate (default 1e-3)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ptychopinn.data.limits import check_allocation
-from ptychopinn.data.scan import ScanData
+from ptychopinn.data.scan import ScanData, is_real_array
 from ptychopinn.errors import DataError
 from ptychopinn.io.atomic import atomic_path
 from ptychopinn.log import get_logger
@@ -97,7 +97,7 @@ def _read_members(path: Path, src: str) -> dict[str, np.ndarray]:
 
 def _real_vector(arrays: dict, src: str, key: str) -> np.ndarray:
     arr = np.asarray(arrays[key])
-    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr) or arr.dtype == np.bool_:
+    if not is_real_array(arr):
         raise DataError(src, key, f"expected real numbers, got dtype {arr.dtype}")
     return arr.astype(np.float64).reshape(-1)
 
@@ -139,7 +139,7 @@ def read_npz(path: str | Path, diffraction_units: str = "auto") -> ScanData:
         raise DataError(src, key, "empty scan: 0 diffraction patterns")
     if diff.shape[1] != diff.shape[2]:
         raise DataError(src, key, f"patterns must be square (N, N), got {diff.shape[1]} x {diff.shape[2]}")
-    if not np.issubdtype(diff.dtype, np.number) or np.iscomplexobj(diff):
+    if not is_real_array(diff):
         raise DataError(src, key, f"expected real numbers, got dtype {diff.dtype}")
     if not np.isfinite(diff).all():
         raise DataError(src, key, f"{int((~np.isfinite(diff)).sum())} NaN/inf values")

@@ -11,6 +11,11 @@ from ptychopinn.data.limits import memory_bytes
 from ptychopinn.errors import DataError
 
 
+def is_real_array(arr: np.ndarray) -> bool:
+    """Real numbers: integer or floating dtype (booleans, complex, strings and objects are not)."""
+    return np.issubdtype(arr.dtype, np.number) and not np.iscomplexobj(arr)
+
+
 @dataclass(frozen=True, eq=False)
 class ScanData:
     """A scan: diffraction counts, positions, probe and optional extras.
@@ -45,7 +50,7 @@ class ScanData:
             raise DataError(src, "diffraction", "empty scan: 0 diffraction patterns")
         if h != w:
             raise DataError(src, "diffraction", f"patterns must be square (N, N), got {h} x {w}")
-        if not np.issubdtype(d.dtype, np.number) or np.iscomplexobj(d):
+        if not is_real_array(d):
             raise DataError(src, "diffraction", f"expected real numbers, got dtype {d.dtype}")
         d = d.astype(np.float32, copy=False)
         if not np.isfinite(d).all():
@@ -54,7 +59,7 @@ class ScanData:
             raise DataError(src, "diffraction", f"negative counts (min {float(d.min()):g}); "
                             "expected photon counts >= 0")
         pos = np.asarray(self.positions_px)
-        if not np.issubdtype(pos.dtype, np.number) or np.iscomplexobj(pos) or pos.dtype == np.bool_:
+        if not is_real_array(pos):
             raise DataError(src, "positions", f"expected real numbers, got dtype {pos.dtype}")
         pos = pos.astype(np.float64, copy=False)
         if pos.ndim != 2 or pos.shape[1] != 2:
@@ -82,7 +87,7 @@ class ScanData:
         obj = self.object_truth
         if obj is not None:
             obj = np.asarray(obj)
-            if not np.issubdtype(obj.dtype, np.number) or obj.dtype == np.bool_:
+            if not np.issubdtype(obj.dtype, np.number):
                 raise DataError(src, "object", f"expected complex numbers, got dtype {obj.dtype}")
             if obj.ndim != 2:
                 raise DataError(src, "object", f"expected a 2-D (H, W) array, got shape {obj.shape}")

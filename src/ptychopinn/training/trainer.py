@@ -232,11 +232,12 @@ class FiniteGuard(L.Callback):
 def build_callbacks(execution: ExecutionConfig, monitor: str, output_dir: Path | None) -> list:
     """FiniteGuard, ModelCheckpoint (top-k by ``monitor`` plus ``last.ckpt``; only with an output
     directory) and EarlyStopping, both on the same resolved ``monitor`` and mode."""
-    ckpt_dir = output_dir / CHECKPOINT_DIR if output_dir is not None else None
-    callbacks: list = [FiniteGuard(ckpt_dir if execution.enable_checkpointing else None)]
-    if execution.enable_checkpointing and output_dir is not None:
+    checkpointing = execution.enable_checkpointing and output_dir is not None
+    ckpt_dir = output_dir / CHECKPOINT_DIR if checkpointing else None
+    callbacks: list = [FiniteGuard(ckpt_dir)]
+    if checkpointing:
         callbacks.append(ModelCheckpoint(
-            dirpath=str(output_dir / CHECKPOINT_DIR), filename=checkpoint_filename(monitor),
+            dirpath=str(ckpt_dir), filename=checkpoint_filename(monitor),
             auto_insert_metric_name=False, monitor=monitor, mode=execution.checkpoint_mode,
             save_top_k=execution.checkpoint_save_top_k, save_last=True))
     if execution.early_stopping:
