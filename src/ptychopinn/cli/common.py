@@ -36,9 +36,16 @@ def positive_float(text: str) -> float:
 
 
 def add_units_flag(parser: argparse.ArgumentParser) -> None:
+    """``--diffraction-units`` and ``--data-format`` (how to read the input scan files)."""
+    from ptychopinn.data.readers import READERS, formats
+
     parser.add_argument("--diffraction-units", choices=["auto", "counts", "amplitude"], default="auto",
                         help="units of the diffraction arrays in NPZ inputs; auto honours the file's "
                              "'diffraction_units' entry, else detects (default: auto)")
+    parser.add_argument("--data-format", choices=list(formats()), default="auto",
+                        help="format of a single-file scan: " + "; ".join(
+                            f"{r.name} = {r.description}" for r in READERS.values())
+                        + "; auto detects it from the file's contents (default: auto)")
 
 
 def add_refine_probe_flag(parser: argparse.ArgumentParser, extra: str = "") -> None:
@@ -48,6 +55,13 @@ def add_refine_probe_flag(parser: argparse.ArgumentParser, extra: str = "") -> N
                         help="retrieve the probe jointly during refinement: auto = unless the "
                              "scan's probe is known to be the true one (scans made by ptychopinn "
                              f"simulate, or metadata probe_known){extra} (default auto)")
+
+
+def add_patterns_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--patterns", choices=["all", "even", "odd"], default="all",
+                        help="reconstruct all patterns, or only the even (0, 2, 4, ...) or odd ones: "
+                             "two independent halves for 'evaluate --reference' (half-scan FRC); "
+                             "recorded in the reconstruction's metadata (default all)")
 
 
 def add_quiet_flag(parser: argparse.ArgumentParser) -> None:
@@ -70,7 +84,7 @@ def add_scan_input_flags(parser: argparse.ArgumentParser, name: str = "data", wh
 
     npz, product, diffraction = _scan_flag_names(name)
     parser.add_argument(f"--{npz}", type=Path, metavar="F", default=None,
-                        help=f"{what} as a PtychoPINN NPZ file")
+                        help=f"{what} as one file: PtychoPINN NPZ, tike NPZ or CXI (see --data-format where offered)")
     parser.add_argument(f"--{product}", type=Path, metavar="P", default=None,
                         help=f"{what} as Ptychodus files: product.h5 (positions, probe, object grid); "
                              f"use with --{diffraction}, instead of --{npz}")
@@ -104,4 +118,5 @@ def load_scan_from_args(args: argparse.Namespace, name: str = "data"):
         given, missing = (product, diffraction) if diff is None else (diffraction, product)
         raise PtychoPINNError(f"--{given} needs --{missing} (Ptychodus scans are a product + diffraction pair)")
     units = getattr(args, "diffraction_units", "auto")
-    return load_scan(path, units, product=prod, diffraction=diff)
+    return load_scan(path, units, product=prod, diffraction=diff,
+                     format=getattr(args, "data_format", "auto"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ptychopinn.cli.common import (add_quiet_flag, add_refine_probe_flag, positive_float, add_scan_input_flags, add_units_flag, nonneg_int,
+from ptychopinn.cli.common import (add_patterns_flag, add_quiet_flag, add_refine_probe_flag, positive_float, add_scan_input_flags, add_units_flag, nonneg_int,
                                    positive_int)
 
 PRODUCT_FILE = "product.h5"
@@ -31,6 +31,7 @@ def add_parser(sub) -> None:
     p.add_argument("--refine-epochs", type=nonneg_int, default=0,
                    help="physics refinement epochs on the scan's own likelihood after the network (default 0)")
     add_refine_probe_flag(p, "; the refined probe is written with the reconstruction")
+    add_patterns_flag(p)
     p.add_argument("--seed", type=int, default=0, help="seed for grouping (default 0)")
     p.add_argument("--product-output", action="store_true",
                    help=f"also write OUTPUT_DIR/{PRODUCT_FILE} (Ptychodus product: the object on the "
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     product_path = args.output_dir / PRODUCT_FILE if args.product_output else None
     if product_path is not None:
         check_new_output(product_path, args.overwrite)  # refuse before any work
-    scan = load_scan_from_args(args, "data")
+    scan = load_scan_from_args(args, "data").patterns(args.patterns)
     batch = (args.inference_batch_size or bundle.execution.get("inference_batch_size")
              or bundle.training_config.batch_size)
     recon = reconstruct(bundle, scan, batch_size=batch, seed=args.seed, quiet=args.quiet)
@@ -64,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         recon = refine_reconstruction(recon, scan, args.refine_epochs, quiet=args.quiet, seed=args.seed,
                                       prior_sigma=args.refine_prior_sigma,
                                       refine_probe=resolve_probe_refinement(args.refine_probe, scan))
+    recon.metadata["patterns"] = args.patterns
     product = _product_object(recon, scan) if product_path is not None else None
     paths = write_reconstruction_outputs(recon, args.output_dir, overwrite=args.overwrite)
     if product is not None:

@@ -1,4 +1,5 @@
-"""Data: ScanData, NPZ (and Ptychodus HDF5) readers/writers, grouping, simulation."""
+"""Data: ScanData, readers (PtychoPINN NPZ, tike NPZ, CXI, Ptychodus HDF5), writers, grouping,
+simulation."""
 
 from ptychopinn.data.grouping import PatchGroups, group_positions
 from ptychopinn.data.npz import read_npz, write_npz
@@ -8,8 +9,10 @@ __all__ = ["PatchGroups", "group_positions", "read_npz", "write_npz", "ScanData"
 
 
 def load_scan(path=None, diffraction_units: str = "auto", *, product=None,
-              diffraction=None) -> ScanData:
-    """Load a scan: a PtychoPINN NPZ ``path``, or a Ptychodus ``product`` + ``diffraction`` pair.
+              diffraction=None, format: str = "auto") -> ScanData:
+    """Load a scan: one file ``path`` (PtychoPINN NPZ, tike NPZ, CXI; ``format`` 'auto' detects
+    it from the file's bytes, see ``ptychopinn.data.readers``), or a Ptychodus ``product`` +
+    ``diffraction`` pair.
 
     Give exactly one of the two forms. ``diffraction_units`` applies to both (see ``read_npz`` and
     ``ptychodus_h5.read_ptychodus``; Ptychodus files hold counts).
@@ -28,4 +31,6 @@ def load_scan(path=None, diffraction_units: str = "auto", *, product=None,
         return read_ptychodus(product, diffraction, diffraction_units=diffraction_units)
     if path is None:
         raise PtychoPINNError("no scan given: need an NPZ file or a Ptychodus product + diffraction pair")
-    return read_npz(path, diffraction_units=diffraction_units)
+    from ptychopinn.data.readers import read_scan
+
+    return read_scan(path, diffraction_units=diffraction_units, format=format)

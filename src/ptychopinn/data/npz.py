@@ -47,7 +47,7 @@ _PARSE_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, 
                  TypeError)
 
 
-def _read_members(path: Path, src: str) -> dict[str, np.ndarray]:
+def read_members(path: Path, src: str) -> dict[str, np.ndarray]:
     """Every ``.npy`` member of the archive, never unpickling and never allocating more than a
     member's header can justify: a header that claims more bytes than the member holds (a
     truncated or corrupt file) or than this machine's memory is refused before reading."""
@@ -114,7 +114,7 @@ def read_npz(path: str | Path, diffraction_units: str = "auto") -> ScanData:
         raise DataError(src, "diffraction_units", f"unknown value {diffraction_units!r}; expected one of {list(UNITS)}")
     if not path.exists():
         raise DataError(src, "file", "no such file")
-    arrays = _read_members(path, src)
+    arrays = read_members(path, src)
 
     key = "diff3d" if "diff3d" in arrays else "diffraction" if "diffraction" in arrays else None
     if key is None:

@@ -16,6 +16,10 @@ def is_real_array(arr: np.ndarray) -> bool:
     return np.issubdtype(arr.dtype, np.number) and not np.iscomplexobj(arr)
 
 
+#: pattern subsets of :meth:`ScanData.patterns`
+PATTERN_SUBSETS = ("all", "even", "odd")
+
+
 @dataclass(frozen=True, eq=False)
 class ScanData:
     """A scan: diffraction counts, positions, probe and optional extras.
@@ -151,6 +155,20 @@ class ScanData:
         return replace(self, diffraction=self.diffraction[indices],
                        positions_px=self.positions_px[indices],
                        scan_index=None if self.scan_index is None else self.scan_index[indices])
+
+    def patterns(self, which: str) -> "ScanData":
+        """``"all"`` (this scan), ``"even"`` (patterns 0, 2, 4, ...) or ``"odd"`` (1, 3, 5, ...):
+        two disjoint halves for half-scan FRC. The half records ``patterns`` in its metadata."""
+        if which == "all":
+            return self
+        if which not in PATTERN_SUBSETS:
+            raise DataError(self.source, "patterns", f"unknown subset {which!r}; expected one of "
+                            f"{list(PATTERN_SUBSETS)}")
+        if self.n_patterns < 4:
+            raise DataError(self.source, "patterns", f"halving needs at least 4 patterns, the "
+                            f"scan has {self.n_patterns}")
+        half = self.subset(np.arange(0 if which == "even" else 1, self.n_patterns, 2))
+        return replace(half, metadata={**self.metadata, "patterns": which})
 
     def amplitude_scale(self) -> float:
         """The dataset-level normalisation a0 (PHYSICS.md section 4).

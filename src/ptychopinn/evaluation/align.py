@@ -201,12 +201,14 @@ def _parabolic_peak(values: np.ndarray, i: int) -> float:
 
 
 def register_translation(moving: np.ndarray, reference: np.ndarray, weight: np.ndarray | None = None,
-                         upsample: int = 20) -> np.ndarray:
+                         upsample: int = 20, max_shift_px: float | None = None) -> np.ndarray:
     """Sub-pixel (dx, dy) such that ``moving(x) ~ reference(x - (dx, dy))``.
 
     Undo it with ``fourier_shift(moving, -shift)``. Both (H, W), real or complex; ``weight``
     (H, W) >= 0 windows them after their weighted means are removed (otherwise the constant
-    background of a transmission object flattens the correlation peak).
+    background of a transmission object flattens the correlation peak). ``max_shift_px`` limits
+    the search to shifts of at most that many pixels per axis (two reconstructions in one frame
+    can correlate at a whole scan step through periodic artefacts).
     """
     a = np.asarray(moving, dtype=np.complex128)
     b = np.asarray(reference, dtype=np.complex128)
@@ -220,8 +222,12 @@ def register_translation(moving: np.ndarray, reference: np.ndarray, weight: np.n
     cc = np.abs(np.fft.ifft2(cross))
     if not np.isfinite(cc).all() or cc.max() <= 0:
         return np.zeros(2)
-    iy, ix = np.unravel_index(int(np.argmax(cc)), cc.shape)
     h, w_ = cc.shape
+    if max_shift_px is not None:
+        fy = np.abs(np.fft.fftfreq(h) * h)[:, None] <= max_shift_px
+        fx = np.abs(np.fft.fftfreq(w_) * w_)[None, :] <= max_shift_px
+        cc = np.where(fy & fx, cc, 0.0)
+    iy, ix = np.unravel_index(int(np.argmax(cc)), cc.shape)
     coarse = np.array([ix if ix <= w_ // 2 else ix - w_, iy if iy <= h // 2 else iy - h], float)
     xs, ys, fine = _upsampled_cc(cross, coarse, upsample, 1.0)
     jy, jx = np.unravel_index(int(np.argmax(fine)), fine.shape)
@@ -312,7 +318,8 @@ def align_to_truth(recon_object: np.ndarray, ground_truth: np.ndarray, *,
                    illumination: np.ndarray | None = None, positions_px=None,
                    radius_px: float | None = None, probe: np.ndarray | None = None,
                    illumination_fraction: float = ILLUMINATION_FRACTION, shrink_px: int = SHRINK_PX,
-                   remove=AMBIGUITIES, upsample: int = 20) -> AlignedPair:
+                   remove=AMBIGUITIES, upsample: int = 20,
+                   max_shift_px: float | None = None) -> AlignedPair:
     """Put ``recon_object`` on the ground-truth frame and remove the ambiguities in ``remove``.
 
     Args:
@@ -329,6 +336,7 @@ def align_to_truth(recon_object: np.ndarray, ground_truth: np.ndarray, *,
         shrink_px: erosion of the illumination region (and of the fallback whole frame).
         remove: subset of ("translation", "phase_offset", "phase_ramp", "scale").
         upsample: sub-pixel registration grid (1/upsample px before the parabolic refinement).
+        max_shift_px: largest translation searched per axis (None: any).
 
     Raises PtychoPINNError when the arrays share no pixels or the region is too small.
     """
@@ -394,7 +402,7 @@ def align_to_truth(recon_object: np.ndarray, ground_truth: np.ndarray, *,
         # the window stays on the truth's frame while the content moves, which biases one
         # estimate towards zero shift; re-registering the shifted result removes the bias
         for _ in range(REGISTRATION_PASSES):
-            step = register_translation(work, gt, window, upsample)
+            step = register_translation(work, gt, window, upsample, max_shift_px)
             shift = shift + step
             work = fourier_shift(ramped, -shift)
             if np.max(np.abs(step)) < 1e-3:

@@ -126,7 +126,7 @@ def save_comparison_png(recon: np.ndarray, gt: np.ndarray, path: str | Path, mas
 
 def save_frc_png(freq: np.ndarray, frc: np.ndarray, threshold: np.ndarray, path: str | Path,
                  resolution_cycles_per_px: float | None = None, title: str = "Fourier ring correlation",
-                 overwrite: bool = False) -> Path:
+                 overwrite: bool = False, label: str = "FRC (reconstruction vs truth)") -> Path:
     """FRC curve and the 1/2-bit threshold against spatial frequency (cycles/px), DC ring omitted;
     a vertical line marks ``resolution_cycles_per_px`` when given."""
     from matplotlib.figure import Figure
@@ -141,7 +141,7 @@ def save_frc_png(freq: np.ndarray, frc: np.ndarray, threshold: np.ndarray, path:
     fig = Figure(figsize=(6.0, 4.0))
     fig.subplots_adjust(left=0.11, right=0.97, bottom=0.13, top=0.91)
     ax = fig.subplots()
-    ax.plot(f[1:], c[1:], label="FRC (reconstruction vs truth)", color="C0")
+    ax.plot(f[1:], c[1:], label=label, color="C0")
     ax.plot(f[1:], t[1:], label="1/2-bit threshold", color="C3", linestyle="--")
     if resolution_cycles_per_px is not None and np.isfinite(resolution_cycles_per_px):
         ax.axvline(resolution_cycles_per_px, color="0.4", linestyle=":",
@@ -153,5 +153,30 @@ def save_frc_png(freq: np.ndarray, frc: np.ndarray, threshold: np.ndarray, path:
     ax.set_ylabel("FRC")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path, overwrite)
+
+
+def save_residual_png(positions_px: np.ndarray, per_pattern: np.ndarray, path: str | Path,
+                      title: str = "data residual", overwrite: bool = False) -> Path:
+    """Scan positions coloured by each pattern's Poisson deviance per pixel (where the model fails
+    to explain the counts), y downwards like the object images."""
+    from matplotlib.figure import Figure
+
+    pos = np.asarray(positions_px, dtype=np.float64)
+    val = np.asarray(per_pattern, dtype=np.float64)
+    if pos.ndim != 2 or pos.shape != (val.size, 2):
+        from ptychopinn.errors import PtychoPINNError
+        raise PtychoPINNError(f"residual plot: {val.size} values for positions of shape {pos.shape}")
+    fig = Figure(figsize=(6.0, 5.0))
+    ax = fig.subplots()
+    hi = float(np.percentile(val, 99)) if val.size else 1.0
+    sc = ax.scatter(pos[:, 0], pos[:, 1], c=val, s=max(4.0, 4000.0 / max(val.size, 1)),
+                    cmap="magma", vmin=float(val.min()), vmax=max(hi, float(val.min()) + 1e-12))
+    ax.invert_yaxis()
+    ax.set_aspect("equal")
+    ax.set_xlabel("x (px)")
+    ax.set_ylabel("y (px)")
+    fig.colorbar(sc, ax=ax, label="Poisson deviance per pixel")
     ax.set_title(title, fontsize=10)
     return _save(fig, path, overwrite)
