@@ -8,6 +8,10 @@ on data this package did not make.
 Conventions written into the files (docs/data-formats.md): positions in object pixels, the
 probe centre pixel (N//2, N//2) at (x, y); far field = fftshift(fft2(O*P, ortho)); counts.
 The photon number is the expected total count of a pattern for a unit object.
+
+The file's ``probeGuess`` is a *guess*, as a user would have: the same kind of probe modelled
+with a 15% larger diameter (and defocus) and no offset (``probe_guess``); the probe that made
+the data is stored as ``probeTrue``.
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ SCENARIOS = {s.name: s for s in [
     Scenario("modes-textured", probe="modes", photons=1e6, seed=3),
     Scenario("zoneplate-textured-1e4", photons=1e4, seed=4),
     Scenario("zoneplate-textured-1e3", photons=1e3, seed=5),
+    Scenario("large-probe-smooth", probe_diameter_px=44.0, obj="smooth", phase_pp_rad=2.5,
+             scan="random", step_px=8.0, seed=6),  # probe large relative to N
+    Scenario("zoneplate-textured-n128", n=128, probe_diameter_px=56.0, step_px=10.0, seed=7),
 ]}
 
 
@@ -175,11 +182,28 @@ def simulate(s: Scenario):
     return counts, xy, probe, obj
 
 
+#: the guess models the probe with this factor on its diameter (and defocus), centred
+GUESS_DIAMETER_FACTOR = 1.15
+
+
+def probe_guess(s: Scenario) -> np.ndarray:
+    """What a user would start from: the scenario's kind of probe, mis-modelled (module doc)."""
+    from dataclasses import replace
+
+    g = replace(s, probe_diameter_px=s.probe_diameter_px * GUESS_DIAMETER_FACTOR,
+                probe_offset_px=(0.0, 0.0))
+    return make_probe(g, np.random.default_rng(s.seed + 1000))
+
+
+def _stack(probe):
+    return (probe[0] if probe.shape[0] == 1 else probe).astype(np.complex64)
+
+
 def write(s: Scenario, path: Path) -> Path:
     counts, xy, probe, obj = simulate(s)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, diff3d=counts, xcoords=xy[:, 0], ycoords=xy[:, 1],
-                        probeGuess=(probe[0] if probe.shape[0] == 1 else probe).astype(np.complex64),
+                        probeGuess=_stack(probe_guess(s)), probeTrue=_stack(probe),
                         objectGuess=obj, diffraction_units=np.array("counts"),
                         metadata=np.array(json.dumps({"scenario": asdict(s),
                                                       "simulator": "benchmarks/scenarios.py"})))

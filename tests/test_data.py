@@ -326,11 +326,28 @@ def test_grouping_members_among_k_nearest_neighbours():
         kth = np.sort(d2[seed])[k - 1]  # distance of the k-th nearest (the seed itself is first)
         assert len(set(row.tolist())) == 4  # distinct members
         assert all(d2[seed, j] <= kth + 1e-12 for j in row)
-    # the brute-force neighbour list agrees with a full sort
+    # the KD-tree neighbour list agrees with a brute-force full sort
     nn = nearest_neighbors(pos, k)
     assert (nn[:, 0] == np.arange(len(pos))).all()
     for i in range(len(pos)):
         np.testing.assert_allclose(np.sort(d2[i, nn[i]]), np.sort(d2[i])[:k])
+
+
+def test_kdtree_neighbours_equal_brute_force_on_random_and_duplicate_positions():
+    from ptychopinn.data.grouping import nearest_neighbor_spacing
+
+    rng = np.random.default_rng(4)
+    pos = rng.uniform(0, 200, (700, 2))
+    pos[10] = pos[11]  # a duplicate: each keeps itself first
+    k = 9
+    nn = nearest_neighbors(pos, k)
+    d = np.sqrt(((pos[:, None] - pos[None]) ** 2).sum(-1))  # brute force, small M only
+    assert (nn[:, 0] == np.arange(len(pos))).all()
+    assert nn[10, 1] == 11 and nn[11, 1] == 10
+    np.testing.assert_allclose(np.take_along_axis(d, nn, axis=1), np.sort(d, axis=1)[:, :k])
+    off_diag = d + np.diag(np.full(len(pos), np.inf))
+    assert nearest_neighbor_spacing(pos) == pytest.approx(np.median(off_diag.min(axis=1)))
+    assert nearest_neighbors(pos[:3], 5).shape == (3, 3)  # k larger than the scan
 
 
 def test_grouping_offsets_relative_to_centroid():

@@ -194,8 +194,8 @@ def test_training_is_reproducible_for_a_seed(scans):
 def test_reconstruct_command_self_supervised(tmp_path, scans):
     d, _, _ = scans
     out = tmp_path / "rec"
-    assert main(["reconstruct", "--data", str(d / "test.npz"), "--output-dir", str(out), "--max-epochs", "1",
-                 "--refine-epochs", "2", "--quiet"]) == 0
+    assert main(["reconstruct", "--data", str(d / "test.npz"), "--output-dir", str(out), "--network",
+                 "--max-epochs", "1", "--refine-epochs", "2", "--quiet"]) == 0
     recon = load_reconstruction(out / "reconstruction.npz")
     assert np.isfinite(recon.object).all()
     assert recon.metadata["refine_epochs"] == 2
@@ -239,13 +239,27 @@ def test_training_ignores_bad_pixels(scans):
 
 def test_reconstruct_refine_only_from_flat(tmp_path, scans):
     d, _, test = scans
-    out = tmp_path / "flat"
-    assert main(["reconstruct", "--data", str(d / "test.npz"), "--output-dir", str(out), "--refine-only",
-                 "--refine-epochs", "3", "--quiet"]) == 0
-    recon = load_reconstruction(out / "reconstruction.npz")
-    assert recon.metadata["refine_epochs"] == 3 and not (out / BUNDLE_NAME).exists()
-    losses = recon.metadata["refine_losses"]
-    assert losses[-1] < losses[0]
+    for flags, name in ((["--refine-only"], "flat"), ([], "default")):  # the default is the same
+        out = tmp_path / name
+        assert main(["reconstruct", "--data", str(d / "test.npz"), "--output-dir", str(out), *flags,
+                     "--refine-epochs", "3", "--quiet"]) == 0
+        recon = load_reconstruction(out / "reconstruction.npz")
+        assert recon.metadata["refine_epochs"] == 3 and not (out / BUNDLE_NAME).exists()
+        losses = recon.metadata["refine_losses"]
+        assert losses[-1] < losses[0]
+    a = load_reconstruction(tmp_path / "flat" / "reconstruction.npz").object
+    np.testing.assert_array_equal(a, load_reconstruction(tmp_path / "default" / "reconstruction.npz").object)
+
+
+def test_reconstruct_network_options_need_network(tmp_path, scans, capsys):
+    d, _, _ = scans
+    code = main(["reconstruct", "--data", str(d / "test.npz"), "--output-dir", str(tmp_path / "o"),
+                 "--max-epochs", "3", "--gridsize", "1", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--gridsize, --max-epochs apply to the network path" in err[0]
+    assert main(["reconstruct", "--data", str(d / "test.npz"), "--output-dir", str(tmp_path / "o"),
+                 "--network", "--refine-only"]) == 2
+    assert not (tmp_path / "o").exists()
 
 
 def test_covering_groups_take_every_pattern_once_with_fewer_groups():

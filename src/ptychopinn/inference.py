@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ptychopinn.data.grouping import group_positions
+from ptychopinn.data.grouping import group_positions, nearest_neighbor_spacing
 from ptychopinn.data.scan import ScanData
 from ptychopinn.errors import PtychoPINNError
 from ptychopinn.io.atomic import atomic_path
@@ -82,9 +82,7 @@ def _rings(positions_px: np.ndarray) -> list[np.ndarray]:
     order = np.argsort(dist, kind="stable")
     if len(pos) < 3:
         return [order[:1], order[1:]] if len(pos) > 1 else [order]
-    d2 = ((pos[:, None] - pos[None]) ** 2).sum(-1)
-    np.fill_diagonal(d2, np.inf)
-    spacing = max(float(np.median(np.sqrt(d2.min(axis=1)))), 1e-6)
+    spacing = max(nearest_neighbor_spacing(pos), 1e-6)  # KD-tree: no M x M distances
     ring = np.floor((dist[order] - dist[order[0]]) / spacing).astype(int)
     rings = [order[:1]]
     rest = order[1:]

@@ -85,20 +85,31 @@ def refine_reconstruction(recon: Reconstruction | None, scan: ScanData, epochs: 
         get_logger("refinement").info(
             "probe retrieved: moved %.1f%% from the guess (relative L2 after a global complex "
             "scale)", 100 * metadata["probe_change"])
+    positions = scan.positions_px
+    if result.positions_px is not None:
+        positions = result.positions_px
+        moved = positions - scan.positions_px
+        metadata["position_correction_rms_px"] = float(np.sqrt((moved ** 2).sum(1).mean()))
+        metadata["positions_corrected"] = True
+        get_logger("refinement").info("positions corrected: moved %.2f px rms",
+                                      metadata["position_correction_rms_px"])
     base = recon or Reconstruction(object=result.object, offset_px=np.asarray(result.offset_px),
-                                   positions_px=scan.positions_px, illumination=result.illumination,
+                                   positions_px=positions, illumination=result.illumination,
                                    probe=result.probe)
     return replace(base, object=result.object, offset_px=np.asarray(result.offset_px),
-                   illumination=result.illumination, probe=result.probe, metadata=metadata)
+                   illumination=result.illumination, probe=result.probe, positions_px=positions,
+                   metadata=metadata)
 
 
 def self_supervised_reconstruction(scan: ScanData, output_dir: str | Path | None, *,
                                    model_config=None, data_config=None, training_config=None,
                                    execution_config=None, refine_epochs: int = 0,
-                                   overwrite: bool = False, refine_kwargs: dict | None = None):
+                                   overwrite: bool = False, refine_kwargs: dict | None = None,
+                                   device: str = "cpu"):
     """Train on the scan itself (no labels), reconstruct it, optionally refine.
 
-    Returns (Reconstruction, TrainResult). The bundle is written to ``output_dir`` when given.
+    Returns (Reconstruction, TrainResult). The bundle is written to ``output_dir`` when given;
+    the single pass runs on ``device`` (training on the execution config's accelerator).
     """
     from ptychopinn.config import DataConfig, ExecutionConfig, ModelConfig, TrainingConfig
     from ptychopinn.inference import reconstruct
@@ -111,7 +122,7 @@ def self_supervised_reconstruction(scan: ScanData, output_dir: str | Path | None
                  execution_config=execution_config, output_dir=output_dir, overwrite=overwrite)
     batch = execution_config.inference_batch_size or result.bundle.training_config.batch_size
     recon = reconstruct(result.bundle, scan, batch_size=batch, seed=execution_config.seed,
-                        quiet=execution_config.quiet)
+                        quiet=execution_config.quiet, device=device)
     recon.metadata["method"] = "ptychopinn self-supervised network"
     if refine_epochs:
         recon = refine_reconstruction(recon, scan, refine_epochs, quiet=execution_config.quiet,

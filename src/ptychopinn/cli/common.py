@@ -64,6 +64,65 @@ def add_patterns_flag(parser: argparse.ArgumentParser) -> None:
                              "recorded in the reconstruction's metadata (default all)")
 
 
+def add_position_flags(parser: argparse.ArgumentParser) -> None:
+    from ptychopinn.refinement import POSITION_START_EPOCH, POSITION_STEP_PX
+
+    parser.add_argument("--correct-positions", action="store_true",
+                        help="correct each pattern's scan position during refinement (affine "
+                             "first, then per pattern; the corrected positions are written with "
+                             "the reconstruction)")
+    parser.add_argument("--position-start-epoch", type=nonneg_int, default=POSITION_START_EPOCH,
+                        help="refinement epoch (from 0) at which position correction starts "
+                             f"(default {POSITION_START_EPOCH})")
+    parser.add_argument("--position-step-px", type=positive_float, default=POSITION_STEP_PX,
+                        help="position change per pattern per epoch, pixels (at most twice "
+                             f"this per axis; default {POSITION_STEP_PX})")
+
+
+def position_kwargs(args: argparse.Namespace) -> dict:
+    return {"correct_positions": args.correct_positions,
+            "position_start_epoch": args.position_start_epoch,
+            "position_step_px": args.position_step_px}
+
+
+def add_device_flags(parser: argparse.ArgumentParser) -> None:
+    """``--accelerator`` and ``--devices`` (Lightning's names) for single-process commands."""
+    parser.add_argument("--accelerator", choices=["auto", "cpu", "gpu", "cuda", "mps"], default="auto",
+                        help="where the network pass and refinement run: auto = a CUDA GPU when "
+                             "one is available (else Apple MPS, else the CPU); gpu = cuda "
+                             "(default auto)")
+    parser.add_argument("--devices", default="1", metavar="N",
+                        help="devices to use: this command runs on one ('1' or 'auto'; several "
+                             "devices are for 'train' through DDP) (default 1)")
+
+
+def torch_device(args: argparse.Namespace) -> str:
+    """The torch device named by ``--accelerator``/``--devices`` (ConfigError when unusable)."""
+    import torch
+
+    from ptychopinn.errors import ConfigError
+
+    devices = str(getattr(args, "devices", "1")).strip()
+    if devices not in ("1", "auto"):
+        raise ConfigError(f"--devices {devices}: this command runs on one device; use 1 (several "
+                          "devices are for 'train', through DDP)")
+    choice = getattr(args, "accelerator", "auto")
+    cuda = torch.cuda.is_available()
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if choice == "auto":
+        return "cuda" if cuda else "mps" if mps else "cpu"
+    if choice in ("gpu", "cuda"):
+        if not cuda:
+            raise ConfigError(f"--accelerator {choice}: no CUDA device is available on this machine "
+                              "(use --accelerator cpu or auto)")
+        return "cuda"
+    if choice == "mps":
+        if not mps:
+            raise ConfigError("--accelerator mps: Apple MPS is not available on this machine")
+        return "mps"
+    return "cpu"
+
+
 def add_quiet_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true",
                         help="only warnings and errors; no progress bars")

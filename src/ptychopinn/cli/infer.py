@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ptychopinn.cli.common import (add_patterns_flag, add_quiet_flag, add_refine_probe_flag, positive_float, add_scan_input_flags, add_units_flag, nonneg_int,
+from ptychopinn.cli.common import (add_device_flags, add_patterns_flag, add_position_flags, add_quiet_flag, add_refine_probe_flag, positive_float, add_scan_input_flags, add_units_flag, nonneg_int,
                                    positive_int)
 
 PRODUCT_FILE = "product.h5"
@@ -31,7 +31,9 @@ def add_parser(sub) -> None:
     p.add_argument("--refine-epochs", type=nonneg_int, default=0,
                    help="physics refinement epochs on the scan's own likelihood after the network (default 0)")
     add_refine_probe_flag(p, "; the refined probe is written with the reconstruction")
+    add_position_flags(p)
     add_patterns_flag(p)
+    add_device_flags(p)
     p.add_argument("--seed", type=int, default=0, help="seed for grouping (default 0)")
     p.add_argument("--product-output", action="store_true",
                    help=f"also write OUTPUT_DIR/{PRODUCT_FILE} (Ptychodus product: the object on the "
@@ -59,13 +61,27 @@ def run(args: argparse.Namespace) -> int:
     scan = load_scan_from_args(args, "data").patterns(args.patterns)
     batch = (args.inference_batch_size or bundle.execution.get("inference_batch_size")
              or bundle.training_config.batch_size)
-    recon = reconstruct(bundle, scan, batch_size=batch, seed=args.seed, quiet=args.quiet)
+    from ptychopinn.cli.common import position_kwargs, torch_device
+
+    device = torch_device(args)
+    if args.correct_positions and not args.refine_epochs:
+        from ptychopinn.errors import ConfigError
+
+        raise ConfigError("--correct-positions corrects positions during refinement: give "
+                          "--refine-epochs N as well")
+    recon = reconstruct(bundle, scan, batch_size=batch, seed=args.seed, quiet=args.quiet,
+                        device=device)
     if args.refine_epochs:
         from ptychopinn.workflows import refine_reconstruction, resolve_probe_refinement
         recon = refine_reconstruction(recon, scan, args.refine_epochs, quiet=args.quiet, seed=args.seed,
-                                      prior_sigma=args.refine_prior_sigma,
+                                      prior_sigma=args.refine_prior_sigma, device=device,
+                                      **position_kwargs(args),
                                       refine_probe=resolve_probe_refinement(args.refine_probe, scan))
     recon.metadata["patterns"] = args.patterns
+    if recon.metadata.get("positions_corrected"):
+        from dataclasses import replace
+
+        scan = replace(scan, positions_px=recon.positions_px)  # the product gets the corrected ones
     product = _product_object(recon, scan) if product_path is not None else None
     paths = write_reconstruction_outputs(recon, args.output_dir, overwrite=args.overwrite)
     if product is not None:

@@ -33,18 +33,43 @@ class PatchGroups:
         return PatchGroups(self.indices[rows], self.offsets_px[rows], self.centers_px[rows])
 
 
-def nearest_neighbors(positions: np.ndarray, k: int, chunk: int = 2048) -> np.ndarray:
-    """(M, k) indices of the k nearest positions of each position, itself first."""
+def nearest_neighbors(positions: np.ndarray, k: int) -> np.ndarray:
+    """(M, k) indices of the k nearest positions of each position, itself first, nearest next.
+
+    A KD-tree (scipy's cKDTree): O(M log M) time and O(M k) memory, never an M x M array.
+    Among positions at equal distance the order is the tree's; a duplicate of a position never
+    displaces the position itself from column 0.
+    """
+    from scipy.spatial import cKDTree
+
     pos = np.asarray(positions, dtype=np.float64)
     m = pos.shape[0]
-    out = np.empty((m, k), dtype=np.int64)
-    for s in range(0, m, chunk):
-        d2 = ((pos[s:s + chunk, None, :] - pos[None, :, :]) ** 2).sum(-1)
-        d2[np.arange(d2.shape[0]), np.arange(s, s + d2.shape[0])] = -1.0  # self first
-        part = np.argpartition(d2, k - 1, axis=1)[:, :k] if k < m else np.tile(np.arange(m), (d2.shape[0], 1))
-        order = np.take_along_axis(d2, part, axis=1).argsort(axis=1, kind="stable")
-        out[s:s + chunk] = np.take_along_axis(part, order, axis=1)
-    return out
+    k = min(int(k), m)
+    _, idx = cKDTree(pos).query(pos, k=k)
+    idx = np.asarray(idx, dtype=np.int64).reshape(m, k)
+    own = np.arange(m)
+    misplaced = idx[:, 0] != own
+    if misplaced.any():  # a duplicate position came first: swap the position itself to column 0
+        rows = np.flatnonzero(misplaced)
+        for r in rows:
+            hit = np.flatnonzero(idx[r] == r)
+            if hit.size:
+                idx[r, hit[0]] = idx[r, 0]
+            else:
+                idx[r, -1] = idx[r, 0]
+            idx[r, 0] = r
+    return idx
+
+
+def nearest_neighbor_spacing(positions: np.ndarray) -> float:
+    """Median distance from each position to its nearest other position (KD-tree, O(M log M))."""
+    pos = np.asarray(positions, dtype=np.float64)
+    if pos.shape[0] < 2:
+        return 0.0
+    from scipy.spatial import cKDTree
+
+    dist, _ = cKDTree(pos).query(pos, k=2)
+    return float(np.median(dist[:, 1]))
 
 
 def group_positions(positions: np.ndarray, gridsize: int = 1, neighbors: int = 4,

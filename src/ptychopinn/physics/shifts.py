@@ -45,8 +45,9 @@ def _axis_ramp(n: int, shift: torch.Tensor, device) -> torch.Tensor:
     k = torch.fft.fftfreq(n, device=device, dtype=shift.dtype)
     phase = -2.0 * math.pi * shift[..., None] * k
     ramp = torch.polar(torch.ones_like(phase), phase)
-    if n % 2 == 0:
-        ramp[..., n // 2] = torch.cos(math.pi * shift).to(ramp.dtype)
+    if n % 2 == 0:  # out of place, so the shift stays differentiable (position correction)
+        nyquist = torch.arange(n, device=device) == n // 2
+        ramp = torch.where(nyquist, torch.cos(math.pi * shift)[..., None].to(ramp.dtype), ramp)
     return ramp
 
 

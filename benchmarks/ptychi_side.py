@@ -1,0 +1,65 @@
+"""Run pty-chi from a benchmark: a ScanData in, a reconstruction in ptychopinn's frame out.
+
+pty-chi runs in its own environment (``--ptychi-python``) through ``ptychi_runner.py`` with the
+``ptychi_shim`` stand-in for torchvision on its PYTHONPATH; this module only needs numpy and
+ptychopinn. The object buffer is ptychopinn's canvas for the scan (``canvas_geometry``), so
+pixel = position + offset in both.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+SHIM = HERE / "ptychi_shim"
+
+
+class PtychiResult:
+    """A pty-chi reconstruction in the shape ``half_scan_frc``/``data_residual`` expect."""
+
+    def __init__(self, obj, probe, offset_px, illumination, seconds, epochs):
+        self.object, self.probe, self.offset_px = obj, probe, np.asarray(offset_px, float)
+        self.illumination, self.seconds, self.epochs = illumination, seconds, epochs
+
+
+def illumination(shape, positions, offset, probe):
+    import torch
+
+    from ptychopinn.physics.shifts import place_patches
+
+    inten = torch.as_tensor((np.abs(probe) ** 2).sum(0), dtype=torch.complex64)
+    pos = torch.as_tensor(positions + offset)
+    total = place_patches(inten.expand(len(positions), -1, -1).contiguous(), pos, shape,
+                          kernel="bilinear")
+    return total.real.numpy().astype(np.float32)
+
+
+def run_ptychi(python: str, scan, algorithm: str, epochs: int, seed: int, threads: int,
+               time_limit_s: float | None = None, canvas=None) -> PtychiResult:
+    from ptychopinn.physics.shifts import canvas_geometry
+
+    shape, offset = canvas if canvas is not None else canvas_geometry(scan.positions_px,
+                                                                      scan.patch_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        inp, out = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
+        np.savez(inp, counts=scan.diffraction, positions_xy=scan.positions_px, probe=scan.probe,
+                 canvas_hw=np.asarray(shape), origin_xy=np.asarray(offset))
+        cmd = [python, str(HERE / "ptychi_runner.py"), str(inp), str(out), "--algorithm",
+               algorithm, "--epochs", str(epochs), "--refine-probe", "--seed", str(seed),
+               "--threads", str(threads)]
+        if time_limit_s is not None:
+            cmd += ["--time-limit-s", f"{time_limit_s:.3f}"]
+        env = {**os.environ, "PYTHONPATH": str(SHIM)}
+        subprocess.run(cmd, check=True, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        with np.load(out) as z:
+            obj, probe = z["object"], z["probe"]
+            seconds, n_epochs = float(z["seconds"]), int(len(z["epoch_seconds"]))
+    ill = illumination(obj.shape, scan.positions_px, offset, probe)
+    return PtychiResult(obj, probe, offset, ill, seconds, n_epochs)
+
+
