@@ -70,11 +70,15 @@ def _row(name, probe, method, res_object, offset, illumination, scan, seconds, e
 def run_ptychi_rows(name, scan, python, epochs, threads, ours_seconds, true_probe) -> list[dict]:
     from ptychi_side import run_ptychi
 
+    from ptychopinn.physics.shifts import canvas_geometry
+
+    # the truth's frame, as ptychopinn's refinement uses, so both are scored on the same pixels
+    canvas = canvas_geometry(scan.positions_px, scan.patch_size, object_shape=scan.object_truth.shape)
     rows = []
     for algorithm, label, n_epochs, limit in (("lsqml", "converged", epochs, None),
                                               ("lsqml", "equal time", 100_000, ours_seconds),
                                               ("epie", "converged", epochs, None)):
-        res = run_ptychi(python, scan, algorithm, n_epochs, 0, threads, limit)
+        res = run_ptychi(python, scan, algorithm, n_epochs, 0, threads, limit, canvas)
         method = f"pty-chi {'LSQML' if algorithm == 'lsqml' else 'ePIE'} ({label})"
         rows.append(_row(name, "retrieved", method, res.object, res.offset_px, res.illumination,
                          scan, res.seconds, res.epochs))

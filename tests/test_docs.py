@@ -33,7 +33,7 @@ DOCS = ROOT / "docs"
 README = ROOT / "README.md"
 
 #: Flags of other programs that the docs mention (pip, tensorboard, mlflow, ptychodus).
-EXTERNAL_FLAGS = {"--no-deps", "--logdir", "--backend-store-uri", "--output-directory"}
+EXTERNAL_FLAGS = {"--no-deps", "--no-binary", "--logdir", "--backend-store-uri", "--output-directory"}
 #: Flags of the benchmark scripts quoted on the performance page (checked against their source).
 BENCHMARK_FLAGS = {"--train-positions", "--test-positions", "--max-epochs", "--patch-size", "--output"}
 #: Flags of benchmarks/scenario_suite.py and benchmarks/scenarios.py quoted in the docs.
@@ -179,8 +179,16 @@ def test_scenario_benchmark_flags_exist():
         assert f'"{name}"' in source, name
 
 
+def _benchmark_flags() -> set[str]:
+    """Every ``"--flag"`` string the benchmark scripts define (which script a documented command
+    names is checked by test_documented_benchmark_commands_use_flags_the_scripts_define)."""
+    text = "".join(p.read_text() for p in (DOCS.parent / "benchmarks").glob("*.py"))
+    return set(re.findall(r'"(--[a-z][a-z0-9-]*)"', text))
+
+
 def test_documented_flags_exist():
-    known = all_option_strings() | EXTERNAL_FLAGS | BENCHMARK_FLAGS | SCENARIO_FLAGS
+    known = (all_option_strings() | EXTERNAL_FLAGS | BENCHMARK_FLAGS | SCENARIO_FLAGS
+             | _benchmark_flags())
     flag = re.compile(r"(?<![\w-])--[A-Za-z][A-Za-z0-9_-]*")
     unknown = {}
     for page in all_pages():
@@ -525,3 +533,16 @@ def test_runner_really_fails_on_a_broken_command(tmp_path, monkeypatch):
     page.write_text("<!-- not-run: demo -->\n```bash\nptychopinn train --no-such-flag\n```\n")
     with pytest.raises(pytest.fail.Exception, match="does not parse"):
         _run_page_blocks(page)
+
+
+def test_documented_benchmark_commands_use_flags_the_scripts_define():
+    """Every ``python benchmarks/NAME.py --flag`` in the docs names a flag NAME.py defines."""
+    pattern = re.compile(r"python benchmarks/(\w+)\.py([^`\n]*)")
+    seen = 0
+    for page in [*all_pages(), DOCS.parent / "tests" / "data" / "README.md"]:
+        for script, rest in pattern.findall(page.read_text()):
+            source = (DOCS.parent / "benchmarks" / f"{script}.py").read_text()
+            for flag in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", rest):
+                assert f'"{flag}"' in source, f"{page.name}: {script}.py has no {flag}"
+                seen += 1
+    assert seen >= 5

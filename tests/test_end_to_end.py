@@ -275,3 +275,21 @@ def test_covering_groups_take_every_pattern_once_with_fewer_groups():
     single = group_positions(pos, 1, 7, n_groups=300, seed=1)
     rows1, take1 = covering_groups(single.indices)
     assert len(rows1) == 300 and take1.all()
+
+
+def test_reconstruct_refuses_unusable_devices(tmp_path, scans, capsys):
+    d, _, _ = scans
+    out = tmp_path / "o"
+    code = main(["reconstruct", "--data", str(d / "test.npz"), "--output-dir", str(out),
+                 "--devices", "2", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--devices 2: this command runs on one device" in err[0]
+    if not torch.cuda.is_available():
+        code = main(["reconstruct", "--data", str(d / "test.npz"), "--output-dir", str(out),
+                     "--accelerator", "cuda", "--quiet"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and "no CUDA device is available" in err[0]
+    assert not out.exists()
+    # the CPU is always usable
+    assert main(["reconstruct", "--data", str(d / "test.npz"), "--output-dir", str(out),
+                 "--refine-epochs", "2", "--accelerator", "cpu", "--quiet"]) == 0

@@ -238,3 +238,31 @@ def test_reader_registry_refuses_duplicates_and_unknown_names(tiny_scan_file):
 
     with pytest.raises(ConfigError, match="unknown value 'xyz'"):
         load_scan(tiny_scan_file, format="xyz")
+
+
+def test_simulate_with_the_probe_and_positions_of_a_measured_scan(tmp_path, crop):
+    """The experiment's own probe and scan in training data: simulate --probe-from/--positions-from
+    with the measured crop (its probe guess, its positions) and with a reconstruction file."""
+    out = tmp_path / "sim.npz"
+    assert main(["simulate", "--output", str(out), "--patch-size", "128", "--probe-from", str(CROP),
+                 "--positions-from", str(CROP), "--object", "natural", "--photons", "1e5",
+                 "--quiet"]) == 0
+    sim = load_scan(out)
+    assert sim.n_patterns == crop.n_patterns
+    shift = sim.positions_px - crop.positions_px
+    np.testing.assert_allclose(shift, shift[:1].repeat(len(shift), 0), atol=1e-9)  # same scan
+    c = np.vdot(sim.probe.ravel(), crop.probe.ravel()) / np.vdot(sim.probe.ravel(), sim.probe.ravel())
+    np.testing.assert_allclose(c * sim.probe, crop.probe, atol=1e-5 * np.abs(crop.probe).max())
+    assert np.sum(np.abs(sim.probe) ** 2) == pytest.approx(1e5, rel=1e-4)
+    assert sim.metadata["probe_from"] == str(CROP) and sim.metadata["simulation"]["n_positions"] == 64
+    # from a reconstruction: its (retrieved) probe and (corrected) positions
+    rec = tmp_path / "rec"
+    assert main(["reconstruct", "--data", str(CROP), "--output-dir", str(rec), "--refine-epochs", "3",
+                 "--quiet"]) == 0
+    out2 = tmp_path / "sim2.npz"
+    assert main(["simulate", "--output", str(out2), "--patch-size", "128", "--probe-from",
+                 str(rec / "reconstruction.npz"), "--positions-from", str(rec / "reconstruction.npz"),
+                 "--quiet"]) == 0
+    assert load_scan(out2).n_patterns == 64
+    code = main(["simulate", "--output", str(tmp_path / "x.npz"), "--probe-from", str(CROP), "--quiet"])
+    assert code == 2  # a 128 x 128 probe for the default --patch-size 64

@@ -56,7 +56,7 @@ def model_dir(tmp_path_factory, tiny_scan):
 def test_an_internal_valueerror_is_a_bug_not_bad_input(monkeypatch, tmp_path, capsys):
     import ptychopinn.data.simulate as simulate
 
-    def broken(config):
+    def broken(config, **kwargs):
         raise ValueError("an internal inconsistency")
 
     monkeypatch.setattr(simulate, "simulate_scan", broken)

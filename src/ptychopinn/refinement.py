@@ -20,9 +20,12 @@ maximum-likelihood gain for the current object, ``sum I / sum S``), the Poisson 
 (``ptychopinn.physics.losses.poisson_nll``, bad pixels excluded) and an update of the object by
 Adam on its real and imaginary parts or by a preconditioned gradient step (the gradient divided by
 the minibatch's probe illumination, like (r)PIE). The probe can be refined too (after a couple of
-epochs, by a step preconditioned by the object's intensity, like ePIE, or Adam). Optionally a
-Gaussian prior centred on the start turns the fit into a MAP estimate that keeps a good start
-where the data are noisy. Pixels lit below ~1% of the peak illumination are reset to their starting
+epochs, by a step preconditioned by the object's intensity, like ePIE, or Adam; after every epoch
+the two ambiguities of joint retrieval, a phase ramp and a translation traded between object and
+probe, are pinned without changing any modelled intensity). Scan positions can be corrected too
+(``correct_positions``: each pattern's shift is differentiated through the Fourier-shifted probe;
+affine first, then per pattern). Optionally a Gaussian prior centred on the start turns the fit
+into a MAP estimate that keeps a good start where the data are noisy. Pixels lit below ~1% of the peak illumination are reset to their starting
 values before returning, because nothing constrains them.
 
 Pure torch; no Lightning. ``refine`` is the one entry point; ``Refiner`` exposes the per-epoch loop
@@ -287,8 +290,9 @@ class Refiner:
         n = self.n
         h, w = self.shape
         pos_c = np.asarray(pos_c, dtype=np.float64).copy()
-        pos_c[:, 0] = np.clip(pos_c[:, 0], n // 2, w - n + n // 2 - 1e-6)
-        pos_c[:, 1] = np.clip(pos_c[:, 1], n // 2, h - n + n // 2 - 1e-6)
+        # window corner floor(p) - n//2 must lie in [0, size - n]
+        pos_c[:, 0] = np.clip(pos_c[:, 0], n // 2, w - n + n // 2 + 1 - 1e-9)
+        pos_c[:, 1] = np.clip(pos_c[:, 1], n // 2, h - n + n // 2 + 1 - 1e-9)
         self.positions_c = pos_c
         floor = np.floor(pos_c)
         frac = pos_c - floor

@@ -37,6 +37,13 @@ def add_parser(sub) -> None:
                    help="number of scans, each with its own object; >1 writes OUTPUT_STEM_<i>.npz (default 1)")
     p.add_argument("--test-images", action="store_true",
                    help="with --object natural: draw from the held-out test images (camera, moon)")
+    p.add_argument("--probe-from", type=Path, default=None, metavar="F",
+                   help="use the probe of F instead of --probe: a reconstruction.npz (e.g. the "
+                        "probe retrieved from a measured scan) or any scan file; scaled to "
+                        "--photons; its size must equal --patch-size")
+    p.add_argument("--positions-from", type=Path, default=None, metavar="F",
+                   help="use the scan positions of F (a reconstruction.npz, e.g. with corrected "
+                        "positions, or any scan file) instead of --scan/--n-positions/--step")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     add_quiet_flag(p)
@@ -55,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
         args.output.with_name(f"{args.output.stem}_{i}{args.output.suffix or '.npz'}") for i in range(args.n_scans)]
     for out in outputs:
         check_new_output(out, args.overwrite)
+    probe = _probe_from(args.probe_from, args.patch_size) if args.probe_from else None
+    positions = _positions_from(args.positions_from) if args.positions_from else None
     for i, out in enumerate(outputs):
         config = SimulationConfig(
             patch_size=args.patch_size, n_positions=args.n_positions, object_kind=args.object,
@@ -63,9 +72,60 @@ def run(args: argparse.Namespace) -> int:
             probe_modes=args.probe_modes, probe_soft_mask=not args.no_probe_mask, scan_kind=args.scan,
             step=args.step, overlap=args.overlap, jitter=args.jitter, photons=args.photons,
             noise=not args.noiseless, test_split=args.test_images, seed=args.seed + i)
-        scan = simulate_scan(config)
+        scan = simulate_scan(config, probe=probe, positions=positions)
+        if args.probe_from:
+            scan.metadata["probe_from"] = str(args.probe_from)
+        if args.positions_from:
+            scan.metadata["positions_from"] = str(args.positions_from)
         write_npz(scan, out, overwrite=args.overwrite)
         log.info("wrote %s: %d patterns %dx%d, object %dx%d, %.3g mean counts/pattern",
                  out, scan.n_patterns, scan.patch_size, scan.patch_size, *scan.object_truth.shape,
                  scan.mean_counts)
     return 0
+
+
+def _is_reconstruction(path: Path) -> bool:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = {n.removesuffix(".npy") for n in zf.namelist()}
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return "object" in names and "diff3d" not in names and "data" not in names
+
+
+def _probe_from(path: Path, n: int):
+    from ptychopinn.errors import DataError
+
+    if _is_reconstruction(path):
+        from ptychopinn.evaluation.io import load_reconstruction_file
+
+        probe = load_reconstruction_file(path).probe
+        if probe is None:
+            raise DataError(str(path), "probe", "missing or unusable; a reconstruction written "
+                            "by infer/reconstruct holds one")
+    else:
+        from ptychopinn.data import load_scan
+
+        probe = load_scan(path).probe
+    if probe.shape[-1] != n:
+        raise DataError(str(path), "probe", f"is {probe.shape[-2]} x {probe.shape[-1]} but "
+                        f"--patch-size is {n}; pass --patch-size {probe.shape[-1]}")
+    return probe
+
+
+def _positions_from(path: Path):
+    from ptychopinn.errors import DataError
+
+    if _is_reconstruction(path):
+        from ptychopinn.evaluation.io import load_reconstruction_file
+
+        positions = load_reconstruction_file(path).positions_px
+        if positions is None:
+            raise DataError(str(path), "positions_px", "missing; a reconstruction written by "
+                            "infer/reconstruct holds its positions")
+        return positions
+    from ptychopinn.data import load_scan
+
+    return load_scan(path).positions_px

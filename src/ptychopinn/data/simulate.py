@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -108,11 +108,27 @@ def scan_positions(kind: str, n: int, step: float, rng: np.random.Generator,
     return pos - pos.min(axis=0)
 
 
-def simulate_scan(config: SimulationConfig = SimulationConfig()) -> ScanData:
-    """Simulate one scan: object, probe, positions, counts (Poisson noise unless disabled)."""
+def simulate_scan(config: SimulationConfig = SimulationConfig(), *, probe: np.ndarray | None = None,
+                  positions: np.ndarray | None = None) -> ScanData:
+    """Simulate one scan: object, probe, positions, counts (Poisson noise unless disabled).
+
+    ``probe``: (N, N) or (K, N, N) complex, an experiment's own probe (e.g. retrieved from a
+    measured scan) instead of the analytic ``config.probe_kind``; it is scaled to
+    ``config.photons`` and must be ``config.patch_size`` wide. ``positions``: (M, 2) (x, y) pixel
+    positions of a real scan instead of ``config.scan_kind`` (their shape is kept, shifted onto
+    the object; ``config.n_positions`` is then M).
+    """
     rng = np.random.default_rng(config.seed)
     n = config.patch_size
-    pos = scan_positions(config.scan_kind, config.n_positions, config.step_px, rng, config.jitter)
+    probe_given = probe is not None
+    if positions is not None:
+        pos = np.asarray(positions, dtype=np.float64)
+        if pos.ndim != 2 or pos.shape[1] != 2 or len(pos) < 1 or not np.isfinite(pos).all():
+            raise ConfigError(f"positions: expected finite (M, 2) positions (x, y), got shape {pos.shape}")
+        pos = pos - pos.min(axis=0)
+        config = replace(config, n_positions=len(pos))
+    else:
+        pos = scan_positions(config.scan_kind, config.n_positions, config.step_px, rng, config.jitter)
     border = n // 2 + SHIFT_PAD + 2
     extent = np.ceil(pos.max(axis=0)).astype(int)
     needed = int(max(extent) + 2 * border + 1)
@@ -124,11 +140,21 @@ def simulate_scan(config: SimulationConfig = SimulationConfig()) -> ScanData:
     pos = pos + (size - extent) / 2.0
     obj = make_object(config.object_kind, (size, size), rng, config.amplitude_contrast,
                       config.phase_range, test_split=config.test_split)
-    probe = make_probe(config.probe_kind, n, config.diameter)
-    if config.probe_soft_mask:
-        probe = apply_soft_mask(probe)
-    probe = incoherent_modes(probe, config.probe_modes) if config.probe_modes > 1 else probe[None]
-    probe = scale_probe(probe, config.photons)
+    if probe is not None:
+        given = np.asarray(probe)
+        given = given[None] if given.ndim == 2 else given
+        if given.ndim != 3 or given.shape[-2:] != (n, n) or not np.iscomplexobj(given):
+            raise ConfigError(f"probe: expected a complex (N, N) or (K, N, N) probe with N = patch_size "
+                              f"= {n}, got {given.dtype} of shape {given.shape}")
+        if not np.isfinite(given).all() or not np.any(np.abs(given) > 0):
+            raise ConfigError("probe: expected finite values, not all zero")
+        probe = scale_probe(given.astype(np.complex128), config.photons)
+    else:
+        probe = make_probe(config.probe_kind, n, config.diameter)
+        if config.probe_soft_mask:
+            probe = apply_soft_mask(probe)
+        probe = incoherent_modes(probe, config.probe_modes) if config.probe_modes > 1 else probe[None]
+        probe = scale_probe(probe, config.photons)
 
     obj_t = torch.as_tensor(obj)
     probe_t = torch.as_tensor(probe)
@@ -147,6 +173,8 @@ def simulate_scan(config: SimulationConfig = SimulationConfig()) -> ScanData:
         "step_px": config.step_px,
         "probe_diameter_px": config.diameter,
         "mean_counts_per_pattern": float(counts.sum(axis=(1, 2)).mean()),
+        "probe_source": "given" if probe_given else config.probe_kind,
+        "positions_source": "given" if positions is not None else config.scan_kind,
     }
     return ScanData(diffraction=counts, positions_px=pos, probe=probe, object_truth=obj,
                     metadata=metadata, source=f"simulation(seed={config.seed})")

@@ -69,31 +69,36 @@ def data_residual(object_: np.ndarray, offset_px, probe: np.ndarray, scan,
     probe_t = torch.as_tensor(probe, dtype=torch.complex64)
     good = np.ones((n, n), bool) if scan.bad_pixels is None else ~scan.bad_pixels
     good_t = torch.as_tensor(good)
-    model_sum, count_sum = 0.0, 0.0
-    intensities = []
+    m = scan.n_patterns
+
+    def model(s):  # (B, N, N) modelled intensity without gain, patterns s .. s + batch
+        p = torch.as_tensor(canvas_pos[s:s + RESIDUAL_BATCH])
+        return diffraction_intensity(extract_patches(canvas, p, n), probe_t)
+
+    # two passes in batches (memory O(batch), not O(M)): the Poisson ML gain, then the measures
     with torch.no_grad():
-        for s in range(0, scan.n_patterns, RESIDUAL_BATCH):
-            p = torch.as_tensor(canvas_pos[s:s + RESIDUAL_BATCH])
-            inten = diffraction_intensity(extract_patches(canvas, p, n), probe_t)
-            intensities.append(inten)
-            model_sum += float((inten * good_t).sum())
-        counts = torch.as_tensor(scan.diffraction)
-        count_sum = float((counts * good_t).sum())
+        model_sum = sum(float((model(s) * good_t).sum()) for s in range(0, m, RESIDUAL_BATCH))
+        count_sum = float((scan.diffraction.sum(axis=0, dtype=np.float64) * good).sum())
         gain = count_sum / max(model_sum, 1e-30)
-        lam = torch.cat(intensities).double() * gain
-        i = counts.double()
-        eps = max(1e-6 * count_sum / (good.sum() * scan.n_patterns), 1e-12)
-        log_lam = torch.log(lam + eps)
-        nll = (lam - i * log_lam + torch.lgamma(i + 1)) * good_t
-        ratio = torch.where(i > 0, i * (torch.log(i.clamp_min(1e-300)) - log_lam), torch.zeros_like(i))
-        dev = 2.0 * (ratio - (i - lam)) * good_t
-        amp_diff = (lam.sqrt() - i.sqrt()).abs() * good_t
-        r_factor = float(amp_diff.sum()) / max(float((i.sqrt() * good_t).sum()), 1e-30)
+        eps = max(1e-6 * count_sum / (good.sum() * m), 1e-12)
+        nll_sum, amp_diff, amp_sum = 0.0, 0.0, 0.0
+        per_pattern_dev = torch.empty(m, dtype=torch.float64)
+        for s in range(0, m, RESIDUAL_BATCH):
+            lam = model(s).double() * gain
+            i = torch.as_tensor(scan.diffraction[s:s + RESIDUAL_BATCH]).double()
+            log_lam = torch.log(lam + eps)
+            nll_sum += float(((lam - i * log_lam + torch.lgamma(i + 1)) * good_t).sum())
+            ratio = torch.where(i > 0, i * (torch.log(i.clamp_min(1e-300)) - log_lam),
+                                torch.zeros_like(i))
+            per_pattern_dev[s:s + len(i)] = (2.0 * (ratio - (i - lam)) * good_t).sum(dim=(-2, -1))
+            amp_diff += float(((lam.sqrt() - i.sqrt()).abs() * good_t).sum())
+            amp_sum += float((i.sqrt() * good_t).sum())
+        r_factor = amp_diff / max(amp_sum, 1e-30)
     n_good = float(good.sum())
-    per_pattern_dev = dev.sum(dim=(-2, -1)) / n_good
+    per_pattern_dev = per_pattern_dev / n_good
     result = {
         "poisson_deviance_per_pixel": float(per_pattern_dev.mean()),
-        "poisson_nll_per_pattern": float(nll.sum(dim=(-2, -1)).mean()),
+        "poisson_nll_per_pattern": nll_sum / m,
         "r_factor": r_factor,
         "gain": gain,
         "n_patterns": int(scan.n_patterns),
