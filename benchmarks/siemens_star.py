@@ -216,7 +216,8 @@ def main() -> int:
         from ptychopinn.physics.shifts import canvas_geometry
 
         canvas = canvas_geometry(scan.positions_px, scan.patch_size)
-        budgets = [("converged", args.ptychi_epochs, None), ("equal time", 10_000, t_full)]
+        budgets = [(f"{args.ptychi_epochs} epochs", args.ptychi_epochs, None),
+                   ("equal time", 10_000, t_full)]
         for algorithm in ("lsqml", "epie"):
             for label, epochs, limit in budgets:
                 res = run_ptychi(args.ptychi_python, scan, algorithm, epochs, args.seed,
@@ -228,7 +229,7 @@ def main() -> int:
                 row = summarise(name, res, hres, scan, res.seconds, sum(h.seconds for h in hres),
                                 epochs=res.epochs, frame_search=True)
                 rows.append(row)
-                if label == "converged":
+                if limit is None:
                     pictures.append((name, res, row))
 
     picture(pictures, args.image)

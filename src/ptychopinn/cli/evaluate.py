@@ -10,7 +10,7 @@ from pathlib import Path
 from ptychopinn.cli.common import add_quiet_flag, nonneg_int, positive_float
 
 OUTPUT_FILES = ("metrics.json", "frc.png", "comparison.png")
-#: written instead of / beside OUTPUT_FILES without a ground truth
+#: written beside metrics.json when --reference / --data are given (with or without a ground truth)
 REFERENCE_FREE_FILES = {"reference": "frc_reference.png", "data": "residual.png"}
 
 
