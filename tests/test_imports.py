@@ -20,3 +20,12 @@ def test_import_ptychopinn_is_light():
 def test_cli_parser_is_light():
     # building the full CLI parser (every subcommand) must not pull in heavy libraries either
     assert _loaded_after("from ptychopinn.cli.main import build_parser; build_parser()") == []
+
+
+def test_cli_parser_does_not_import_torch():
+    # `ptychopinn --help` and every argument error answer without the 2 s torch import
+    code = ("import sys\nfrom ptychopinn.cli.main import build_parser\nbuild_parser()\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

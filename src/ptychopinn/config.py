@@ -131,6 +131,12 @@ SCHEDULER_NAMES = ("Default", "Exponential", "MultiStage", "Adaptive", "WarmupCo
 SCHEDULER_ALIASES = {"ReduceLROnPlateau": "Adaptive"}
 OPTIMIZER_NAMES = ("adam", "adamw", "sgd")
 LOGGER_NAMES = ("csv", "tensorboard", "mlflow", "none")
+#: Position correction in refinement (``correct_positions``): first epoch (counting from 0; the
+#: object needs a few epochs before its gradient says where a pattern belongs), step per epoch in
+#: pixels, and epochs of the affine-only phase before each pattern moves freely.
+POSITION_START_EPOCH = 10
+POSITION_STEP_PX = 0.25
+POSITION_AFFINE_EPOCHS = 10
 ACCELERATOR_NAMES = ("auto", "cpu", "gpu", "cuda", "mps")
 PRECISION_NAMES = ("32-true", "16-mixed", "bf16-mixed", "64-true")
 #: DDP variants only: the other Lightning strategies (deepspeed, fsdp, xla) are untested with the

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ptychopinn.config import POSITION_AFFINE_EPOCHS, POSITION_START_EPOCH, POSITION_STEP_PX
 from ptychopinn.errors import PtychoPINNError
 from ptychopinn.log import get_logger
 from ptychopinn.physics.losses import poisson_nll
@@ -77,12 +78,7 @@ DEFAULT_LR_FROM_OBJECT = {"adam": 1e-2, "pgd": 0.5}
 DEFAULT_PROBE_LR = {"adam": 3e-3, "pgd": 1.0}
 #: Pixels lit below this fraction of the peak illumination are reset before returning.
 LIT_FRACTION = 0.01
-#: Position correction (``correct_positions``): first epoch (counting from 0; the object needs
-#: a few epochs before its gradient says where a pattern belongs), step per epoch in pixels, and
-#: epochs of the affine-only phase before each pattern moves freely.
-POSITION_START_EPOCH = 10
-POSITION_STEP_PX = 0.25
-POSITION_AFFINE_EPOCHS = 10
+# Position-correction defaults live in ptychopinn.config (the CLI reads them without torch).
 #: Folded probes are cached for the whole scan when they take at most this many bytes;
 #: otherwise they are recomputed per minibatch (one extra FFT per pattern).
 FOLD_CACHE_BYTES = 512 * 2 ** 20

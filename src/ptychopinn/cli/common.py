@@ -65,7 +65,7 @@ def add_patterns_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def add_position_flags(parser: argparse.ArgumentParser) -> None:
-    from ptychopinn.refinement import POSITION_START_EPOCH, POSITION_STEP_PX
+    from ptychopinn.config import POSITION_START_EPOCH, POSITION_STEP_PX
 
     parser.add_argument("--correct-positions", action="store_true",
                         help="correct each pattern's scan position during refinement (affine "
