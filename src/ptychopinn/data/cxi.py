@@ -25,13 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ptychopinn.data.npz import detect_units
+from ptychopinn.data.npz import check_units, to_counts
 from ptychopinn.data.ptychodus_h5 import (_dataset, _open_h5, _read, far_field_pixel_size_m)
 from ptychopinn.data.scan import ScanData, is_real_array
 from ptychopinn.errors import DataError
-from ptychopinn.log import get_logger
 
-log = get_logger("data.cxi")
 
 SOURCE_FORMAT = "cxi"
 DATA_PATHS = ("entry_1/data_1/data", "entry_1/instrument_1/detector_1/data")
@@ -89,9 +87,7 @@ def read_cxi(path: str | Path, diffraction_units: str = "auto") -> ScanData:
     """Load a CXI 1.6 file into ScanData (module docstring for the paths and conventions)."""
     path = Path(path)
     src = str(path)
-    if diffraction_units not in ("auto", "counts", "amplitude"):
-        raise DataError(src, "diffraction_units", f"unknown value {diffraction_units!r}; "
-                        "expected 'auto', 'counts' or 'amplitude'")
+    check_units(src, diffraction_units)
     with _open_h5(path, src) as fh:
         if "entry_1" not in fh:
             raise DataError(src, "/entry_1", f"missing: not a CXI file (top-level groups "
@@ -130,13 +126,7 @@ def read_cxi(path: str | Path, diffraction_units: str = "auto") -> ScanData:
         bad = (mask.astype(np.int64) & PIXEL_INVALID) != 0
         if not bad.any():
             bad = None
-    units = diffraction_units
-    if units == "auto":
-        units, why = detect_units(data)
-        log.info("%s: diffraction units detected as '%s' (%s)", src, units, why)
-    counts = data.astype(np.float32)
-    if units == "amplitude":
-        counts = np.square(counts, dtype=np.float32)
+    counts, units = to_counts(data, diffraction_units, src, "/" + data_path)
     if bad is not None:
         counts = np.where(bad, np.float32(0), counts)
     t = translation.astype(np.float64)

@@ -36,6 +36,28 @@ def detect_units(diffraction: np.ndarray) -> tuple[str, str]:
     return "amplitude", f"values are not integer-valued (max {sample.max():g})"
 
 
+def check_units(src: str, diffraction_units: str) -> None:
+    """DataError unless ``diffraction_units`` is one of UNITS (every reader's one check)."""
+    if diffraction_units not in UNITS:
+        raise DataError(src, "diffraction_units", f"unknown value {diffraction_units!r}; "
+                        f"expected one of {list(UNITS)}")
+
+
+def to_counts(values: np.ndarray, units: str, src: str, key: str) -> tuple[np.ndarray, str]:
+    """(float32 counts, units read) from a reader's pattern array: 'auto' detects counts vs
+    amplitudes (and logs why), 'amplitude' refuses negative values and squares (in float64),
+    'counts' converts as is."""
+    if units == "auto":
+        units, why = detect_units(values)
+        log.info("%s: diffraction units detected as '%s' (%s); override with --diffraction-units",
+                 src, units, why)
+    if units == "amplitude":
+        if (values < 0).any():
+            raise DataError(src, key, f"negative amplitudes (min {float(values.min()):g})")
+        return np.square(values.astype(np.float64)).astype(np.float32), units
+    return values.astype(np.float32), units
+
+
 def _to_str(value) -> str:
     arr = np.asarray(value)
     return str(arr.item() if arr.shape == () else arr)
@@ -110,8 +132,7 @@ def read_npz(path: str | Path, diffraction_units: str = "auto") -> ScanData:
     """
     path = Path(path)
     src = str(path)
-    if diffraction_units not in UNITS:
-        raise DataError(src, "diffraction_units", f"unknown value {diffraction_units!r}; expected one of {list(UNITS)}")
+    check_units(src, diffraction_units)
     if not path.exists():
         raise DataError(src, "file", "no such file")
     arrays = read_members(path, src)
@@ -151,16 +172,7 @@ def read_npz(path: str | Path, diffraction_units: str = "auto") -> ScanData:
             if units not in ("counts", "amplitude"):
                 raise DataError(src, "diffraction_units", f"unknown value {units!r}; expected 'counts' or 'amplitude'")
             log.info("%s: diffraction units '%s' (recorded in the file)", src, units)
-        else:
-            units, why = detect_units(diff)
-            log.info("%s: diffraction units detected as '%s' (%s); override with --diffraction-units",
-                     src, units, why)
-    if units == "amplitude":
-        if (diff < 0).any():
-            raise DataError(src, key, f"negative amplitudes (min {float(diff.min()):g})")
-        counts = np.square(diff.astype(np.float64)).astype(np.float32)
-    else:
-        counts = diff.astype(np.float32)
+    counts, units = to_counts(diff, units, src, key)
 
     probe = arrays["probeGuess"]
     if not np.iscomplexobj(probe):

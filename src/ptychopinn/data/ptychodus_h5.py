@@ -30,6 +30,7 @@ import h5py
 import numpy as np
 
 from ptychopinn.data.limits import check_allocation
+from ptychopinn.data.npz import check_units, to_counts
 from ptychopinn.data.scan import ScanData
 from ptychopinn.errors import DataError, PtychoPINNError
 from ptychopinn.io.atomic import atomic_path
@@ -444,9 +445,7 @@ def read_ptychodus(product_path: str | Path, diffraction_path: str | Path, *,
     """
     product_path, diffraction_path = Path(product_path), Path(diffraction_path)
     psrc, dsrc = str(product_path), str(diffraction_path)
-    if diffraction_units not in ("auto", "counts", "amplitude"):
-        raise DataError(dsrc, "diffraction_units",
-                        f"unknown value {diffraction_units!r}; expected 'auto', 'counts' or 'amplitude'")
+    check_units(dsrc, diffraction_units)
 
     with _open_h5(product_path, psrc) as fh:
         attrs = _read_product_attrs(fh, psrc)
@@ -469,10 +468,9 @@ def read_ptychodus(product_path: str | Path, diffraction_path: str | Path, *,
         patterns = _read(pds, dsrc, "patterns", np.float32)
     if rows.size != n:
         patterns = patterns[rows]
-    if diffraction_units == "amplitude":
-        if (patterns < 0).any():
-            raise DataError(dsrc, "patterns", f"negative amplitudes (min {float(patterns.min()):g})")
-        patterns = np.square(patterns.astype(np.float64)).astype(np.float32)
+    # Ptychodus files hold counts: 'auto' reads them as counts, 'amplitude' squares them
+    patterns, _ = to_counts(patterns, "amplitude" if diffraction_units == "amplitude" else "counts",
+                            dsrc, "patterns")
     if bad is not None and bad.any():
         patterns[:, bad] = 0  # no information there; also clears detector fill values / NaN
 

@@ -28,12 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from ptychopinn.data.limits import memory_bytes
-from ptychopinn.data.npz import detect_units, read_members
+from ptychopinn.data.readers import BZIP2_MAGIC
+from ptychopinn.data.npz import check_units, read_members, to_counts
 from ptychopinn.data.scan import ScanData, is_real_array
 from ptychopinn.errors import DataError
-from ptychopinn.log import get_logger
 
-log = get_logger("data.tike")
 
 SOURCE_FORMAT = "tike"
 _CHUNK = 1 << 22
@@ -77,13 +76,11 @@ def read_tike(path: str | Path, diffraction_units: str = "auto") -> ScanData:
     """
     path = Path(path)
     src = str(path)
-    if diffraction_units not in ("auto", "counts", "amplitude"):
-        raise DataError(src, "diffraction_units", f"unknown value {diffraction_units!r}; "
-                        "expected 'auto', 'counts' or 'amplitude'")
+    check_units(src, diffraction_units)
     if not path.exists():
         raise DataError(src, "file", "no such file")
     with open(path, "rb") as fh:
-        compressed = fh.read(3) == b"BZh"
+        compressed = fh.read(len(BZIP2_MAGIC)) == BZIP2_MAGIC
     arrays = _decompressed_members(path, src) if compressed else read_members(path, src)
     for key in ("data", "scan", "probe"):
         if key not in arrays:
@@ -116,15 +113,8 @@ def read_tike(path: str | Path, diffraction_units: str = "auto") -> ScanData:
                         f"(no eigen-probes or per-position probes), got {probe.shape}")
     probe = probe.reshape(-1, h, w)
 
-    units = diffraction_units
-    if units == "auto":
-        units, why = detect_units(data)
-        log.info("%s: diffraction units detected as '%s' (%s)", src, units, why)
-    counts = np.fft.fftshift(data.astype(np.float32), axes=(-2, -1))
-    if units == "amplitude":
-        if (counts < 0).any():
-            raise DataError(src, "data", f"negative amplitudes (min {float(counts.min()):g})")
-        counts = np.square(counts, dtype=np.float32)
+    counts, units = to_counts(data, diffraction_units, src, "data")
+    counts = np.fft.fftshift(counts, axes=(-2, -1))
     scan = scan.astype(np.float64)
     positions = np.stack([scan[:, 1] + h // 2, scan[:, 0] + h // 2], axis=1)
     metadata = {"source_format": SOURCE_FORMAT, "probe_known": False,
