@@ -218,7 +218,7 @@ def run_demo(output_dir: str | Path, settings: DemoSettings = DemoSettings(),
 
     from ptychopinn.config import DataConfig, ExecutionConfig, ModelConfig, TrainingConfig
     from ptychopinn.data.npz import write_npz
-    from ptychopinn.evaluation import save_comparison_png, save_frc_png
+    from ptychopinn.evaluation import save_comparison_png, save_frc_metrics_png
     from ptychopinn.inference import reconstruct
     from ptychopinn.io.atomic import atomic_dir
     from ptychopinn.log import get_logger
@@ -279,13 +279,7 @@ def run_demo(output_dir: str | Path, settings: DemoSettings = DemoSettings(),
                 continue  # baseline: metrics only
             pictures.append(save_comparison_png(pair.recon, pair.truth, out / f"comparison_{tag}.png",
                                                 mask=pair.mask, title=name))
-            curve = m["frc_curve"]
-            pictures.append(save_frc_png(np.asarray(curve["frequency_cycles_per_px"]),
-                                         np.asarray(curve["frc"]), np.asarray(curve["threshold_half_bit"]),
-                                         out / f"frc_{tag}.png",
-                                         resolution_cycles_per_px=(m.get("frc_resolution_cycles_per_px")
-                                                                   if m.get("frc_crossed_threshold") else None),
-                                         title=f"FRC: {name}"))
+            pictures.append(save_frc_metrics_png(m, out / f"frc_{tag}.png", title=f"FRC: {name}"))
         summary = {"settings": {k: getattr(s, k) for k in s.__dataclass_fields__},
                    "seconds": seconds, "metrics": metrics}
         (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))

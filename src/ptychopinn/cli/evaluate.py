@@ -122,7 +122,7 @@ def _reference_free(args, recon, pixel_size_m, log) -> tuple[dict, list]:
         plots.append(("data", lambda target: _residual_png(pos, per_pattern, res, target, args.overwrite)))
     if args.reference is not None:
         from ptychopinn.evaluation.io import load_reconstruction_file
-        from ptychopinn.evaluation.plots import save_frc_png
+        from ptychopinn.evaluation.plots import save_frc_metrics_png
         from ptychopinn.evaluation.reference_free import half_scan_frc
 
         other = load_reconstruction_file(args.reference)
@@ -134,12 +134,8 @@ def _reference_free(args, recon, pixel_size_m, log) -> tuple[dict, list]:
                             illumination_fraction=args.illumination_fraction, shrink_px=args.shrink_px)
         out["reference"] = str(args.reference)
         metrics["reference_frc"] = out
-        curve = out["frc_curve"]
-        plots.append(("reference", lambda target: save_frc_png(
-            curve["frequency_cycles_per_px"], curve["frc"], curve["threshold_half_bit"], target,
-            resolution_cycles_per_px=(out["frc_resolution_cycles_per_px"]
-                                      if out["frc_crossed_threshold"] else None),
-            title="FRC between independent reconstructions", overwrite=args.overwrite,
+        plots.append(("reference", lambda target: save_frc_metrics_png(
+            out, target, title="FRC between independent reconstructions", overwrite=args.overwrite,
             label="FRC (reconstruction vs reference)")))
     return metrics, plots
 
@@ -249,13 +245,9 @@ def _against_truth(args, recon, log):
 
 
 def _truth_plots(args, metrics, pair, targets):
-    from ptychopinn.evaluation.plots import save_comparison_png, save_frc_png
+    from ptychopinn.evaluation.plots import save_comparison_png, save_frc_metrics_png
 
-    curve = metrics["frc_curve"]
-    save_frc_png(curve["frequency_cycles_per_px"], curve["frc"], curve["threshold_half_bit"], targets[1],
-                 resolution_cycles_per_px=(metrics["frc_resolution_cycles_per_px"]
-                                           if metrics["frc_crossed_threshold"] else None),
-                 overwrite=args.overwrite)
+    save_frc_metrics_png(metrics, targets[1], overwrite=args.overwrite)
     rows, cols = pair.bbox(margin=4)
     save_comparison_png(pair.recon[rows, cols], pair.truth[rows, cols], targets[2],
                         mask=pair.mask[rows, cols], title="aligned reconstruction vs ground truth",

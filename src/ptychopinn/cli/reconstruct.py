@@ -173,16 +173,12 @@ def run(args: argparse.Namespace) -> int:
         recon.metadata["half_scan_frc_px"] = frc_out["frc_resolution_px"]
     paths = write_reconstruction_outputs(recon, args.output_dir, overwrite=args.overwrite)
     if frc_out is not None:
-        from ptychopinn.evaluation.plots import save_frc_png
+        from ptychopinn.evaluation.plots import save_frc_metrics_png
 
         with atomic_path(extra[0], overwrite=args.overwrite) as tmp:
             tmp.write_text(json.dumps(frc_out, indent=2, allow_nan=False) + "\n")
-        curve = frc_out["frc_curve"]
-        save_frc_png(curve["frequency_cycles_per_px"], curve["frc"], curve["threshold_half_bit"],
-                     extra[1], resolution_cycles_per_px=(frc_out["frc_resolution_cycles_per_px"]
-                                                         if frc_out["frc_crossed_threshold"] else None),
-                     title="half-scan FRC (even vs odd patterns)", overwrite=args.overwrite,
-                     label="FRC (even half vs odd half)")
+        save_frc_metrics_png(frc_out, extra[1], title="half-scan FRC (even vs odd patterns)",
+                             overwrite=args.overwrite, label="FRC (even half vs odd half)")
         paths += extra
     for path in paths:
         print(path)

@@ -187,6 +187,14 @@ class FRCResult:
     def resolution_px(self) -> float:
         return 1.0 / self.resolution_cycles_per_px if self.resolution_cycles_per_px > 0 else math.inf
 
+    def curve_dict(self) -> dict:
+        """The curve as JSON lists: frequency_cycles_per_px, frc, threshold_half_bit, ring_pixels
+        (the ``frc_curve`` entry of metrics.json)."""
+        return {"frequency_cycles_per_px": [float(v) for v in self.frequency_cycles_per_px],
+                "frc": [float(v) for v in self.frc],
+                "threshold_half_bit": [float(v) for v in self.threshold],
+                "ring_pixels": [int(v) for v in self.ring_pixels]}
+
 
 def frc_resolution(frequency: np.ndarray, frc_curve: np.ndarray, threshold: np.ndarray) -> tuple[float, bool]:
     """First frequency (cycles/px, linear interpolation) where ``frc`` drops below ``threshold``,
@@ -289,12 +297,7 @@ def metrics_from_alignment(pair: AlignedPair, pixel_size_m: float | None = None,
     out = {k: (_finite_or_none(v) if isinstance(v, float) else v) for k, v in out.items()}
     out.update(pair.params)
     if with_curve:
-        out["frc_curve"] = {
-            "frequency_cycles_per_px": [float(v) for v in curve.frequency_cycles_per_px],
-            "frc": [float(v) for v in curve.frc],
-            "threshold_half_bit": [float(v) for v in curve.threshold],
-            "ring_pixels": [int(v) for v in curve.ring_pixels],
-        }
+        out["frc_curve"] = curve.curve_dict()
     return out
 
 

@@ -157,6 +157,20 @@ def save_frc_png(freq: np.ndarray, frc: np.ndarray, threshold: np.ndarray, path:
     return _save(fig, path, overwrite)
 
 
+def save_frc_metrics_png(metrics: dict, path: str | Path, title: str = "Fourier ring correlation",
+                         overwrite: bool = False, label: str = "FRC (reconstruction vs truth)") -> Path:
+    """``save_frc_png`` of a metrics dict as ``evaluate`` and ``half_scan_frc`` write it
+    (``frc_curve``, ``frc_resolution_cycles_per_px``, ``frc_crossed_threshold``): the resolution
+    line is drawn only when the curve crossed the threshold."""
+    curve = metrics["frc_curve"]
+    crossed = metrics.get("frc_crossed_threshold")
+    return save_frc_png(np.asarray(curve["frequency_cycles_per_px"]), np.asarray(curve["frc"]),
+                        np.asarray(curve["threshold_half_bit"]), path,
+                        resolution_cycles_per_px=(metrics.get("frc_resolution_cycles_per_px")
+                                                  if crossed else None),
+                        title=title, overwrite=overwrite, label=label)
+
+
 def save_residual_png(positions_px: np.ndarray, per_pattern: np.ndarray, path: str | Path,
                       title: str = "data residual", overwrite: bool = False) -> Path:
     """Scan positions coloured by each pattern's Poisson deviance per pixel (where the model fails

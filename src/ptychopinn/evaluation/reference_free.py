@@ -162,12 +162,7 @@ def half_scan_frc(recon_a, recon_b, *, pixel_size_m: float | None = None,
         "frc_resolution_m": float(res_px * pixel_size_m) if pixel_size_m else None,
         "frc_crossed_threshold": bool(curve.crossed),
         "region_pixels": int(pair.mask.sum()),
-        "frc_curve": {
-            "frequency_cycles_per_px": [float(v) for v in curve.frequency_cycles_per_px],
-            "frc": [float(v) for v in curve.frc],
-            "threshold_half_bit": [float(v) for v in curve.threshold],
-            "ring_pixels": [int(v) for v in curve.ring_pixels],
-        },
+        "frc_curve": curve.curve_dict(),
         "alignment": {k: v for k, v in pair.params.items()
                       if k in ("shift_x_px", "shift_y_px", "phase_offset_rad",
                                "phase_ramp_x_rad_per_px", "phase_ramp_y_rad_per_px",
