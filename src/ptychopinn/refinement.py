@@ -147,6 +147,13 @@ def _canvas_from_initial(initial_object, offset_px, positions, n: int):
     return canvas, offset
 
 
+def intensity_centroid_xy(probe: torch.Tensor) -> torch.Tensor:
+    """(x, y) pixel centroid of the total intensity of a (K, N, N) probe."""
+    inten = probe.abs().square().sum(0)
+    ar = torch.arange(inten.shape[-1], device=inten.device, dtype=inten.dtype)
+    return torch.stack([(inten.sum(0) * ar).sum(), (inten.sum(1) * ar).sum()]) / inten.sum()
+
+
 class Refiner:
     """The refinement loop, one epoch at a time (``refine`` wraps it).
 
@@ -248,9 +255,7 @@ class Refiner:
         self.probe_energy = float(self.probe.abs().square().sum())
         self.fix_gauge = bool(fix_gauge)
         self._lit = None
-        ar = torch.arange(n, device=dev, dtype=torch.float32)
-        inten0 = self.probe.abs().square().sum(0)
-        self.probe_centroid = torch.stack([(inten0.sum(0) * ar).sum(), (inten0.sum(1) * ar).sum()]) / inten0.sum()
+        self.probe_centroid = intensity_centroid_xy(self.probe)
         self.k = self.probe.shape[0]
         fold_bytes = self.m * self.k * n * n * 8
         self.folded = None
@@ -490,6 +495,15 @@ class Refiner:
             self._lit = (illum >= 0.1 * illum.max()).float()
         return self._lit
 
+    def object_phase_gradient(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gx, gy) rad/px: the object's mean phase gradient over the region lit above 10% of the
+        peak (the angle of the lit-weighted sum of neighbour products along x and along y)."""
+        with torch.no_grad():
+            obj, lit = self.obj.detach(), self._lit_weight()
+            gx = torch.angle((obj[:, 1:] * obj[:, :-1].conj() * lit[:, 1:] * lit[:, :-1]).sum())
+            gy = torch.angle((obj[1:, :] * obj[:-1, :].conj() * lit[1:, :] * lit[:-1, :]).sum())
+        return gx, gy
+
     def _fix_gauge(self):
         """Remove the two ambiguities joint object + probe refinement leaves free, without
         changing any modelled intensity (PHYSICS.md section 5):
@@ -505,9 +519,8 @@ class Refiner:
         after removing a ramp and shift did not without (measured: phase SSIM after a global
         complex scale only 0.49 on independently simulated scans)."""
         with torch.no_grad():
-            obj, lit = self.obj.data, self._lit_weight()
-            gx = torch.angle((obj[:, 1:] * obj[:, :-1].conj() * lit[:, 1:] * lit[:, :-1]).sum())
-            gy = torch.angle((obj[1:, :] * obj[:-1, :].conj() * lit[1:, :] * lit[:-1, :]).sum())
+            obj = self.obj.data
+            gx, gy = self.object_phase_gradient()
             h, w = self.shape
             yy = torch.arange(h, device=self.device, dtype=torch.float32)[:, None]
             xx = torch.arange(w, device=self.device, dtype=torch.float32)[None, :]
@@ -516,9 +529,8 @@ class Refiner:
             ar = torch.arange(n, device=self.device, dtype=torch.float32)
             self.probe.data.mul_(torch.polar(torch.ones((), device=self.device),
                                              gx * ar[None, :] + gy * ar[:, None]))
-            inten = self.probe.data.abs().square().sum(0)
-            centroid = torch.stack([(inten.sum(0) * ar).sum(), (inten.sum(1) * ar).sum()]) / inten.sum()
-            dx, dy = (int(v) for v in torch.round(centroid - self.probe_centroid).tolist())
+            drift = intensity_centroid_xy(self.probe.data) - self.probe_centroid
+            dx, dy = (int(v) for v in torch.round(drift).tolist())
             if dx or dy:
                 self.probe.data.copy_(torch.roll(self.probe.data, shifts=(-dy, -dx), dims=(-2, -1)))
                 obj.copy_(torch.roll(obj, shifts=(-dy, -dx), dims=(0, 1)))
