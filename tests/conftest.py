@@ -1,5 +1,6 @@
 """Shared fixtures: seeded tiny simulated scans."""
 
+import contextlib
 import logging
 
 import numpy as np
@@ -12,6 +13,22 @@ from ptychopinn.data.simulate import SimulationConfig, simulate_scan
 # Tiny tensors: one thread avoids oversubscription on small, shared machines (measured 10-100x
 # slower epochs with 2 threads under load) and costs nothing on this data size.
 torch.set_num_threads(1)
+
+
+@contextlib.contextmanager
+def _threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def torch_threads():
+    """``with torch_threads(n):`` runs a block with n intra-op threads and restores the count."""
+    return _threads
 
 
 @pytest.fixture(autouse=True)

@@ -494,14 +494,10 @@ def _scenarios() -> dict[str, list[Path]]:
 
 
 @pytest.fixture
-def one_thread():
+def one_thread(torch_threads):
     """Tiny tensors: one intra-op thread is faster, and avoids OpenMP spinning on shared cores."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 @pytest.mark.parametrize("name", sorted(_scenarios()))

@@ -14,7 +14,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import torch
 
 from ptychopinn.cli.main import main
 from ptychopinn.data import load_scan
@@ -27,12 +26,10 @@ CROP = Path(__file__).parent / "data" / "siemens-star-crop.npz.bz2"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _two_threads():
+def _two_threads(torch_threads):
     """128 x 128 FFT batches use both cores; restore the suite's one thread afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(2):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -25,13 +25,11 @@ def nrmse(obj, truth, region) -> float:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
+def _one_thread(torch_threads):
     """Tiny FFT batches gain nothing from a second thread, and on a shared 2-core machine an
     oversubscribed OpenMP pool made these epochs 10-100x slower (measured); restore afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
