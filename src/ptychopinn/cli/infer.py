@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ptychopinn.cli.common import (add_device_flags, add_patterns_flag, add_position_flags, add_quiet_flag, add_refine_probe_flag, positive_float, add_scan_input_flags, add_units_flag, nonneg_int,
-                                   positive_int)
+from ptychopinn.cli.common import (add_device_flags, add_patterns_flag, add_position_flags,
+                                   add_quiet_flag, add_refine_probe_flag, add_scan_input_flags,
+                                   add_units_flag, nonneg_int, position_kwargs, positive_float,
+                                   positive_int, torch_device)
 
 PRODUCT_FILE = "product.h5"
 
@@ -61,8 +63,6 @@ def run(args: argparse.Namespace) -> int:
     scan = load_scan_from_args(args, "data").patterns(args.patterns)
     batch = (args.inference_batch_size or bundle.execution.get("inference_batch_size")
              or bundle.training_config.batch_size)
-    from ptychopinn.cli.common import position_kwargs, torch_device
-
     device = torch_device(args)
     if args.correct_positions and not args.refine_epochs:
         from ptychopinn.errors import ConfigError

@@ -12,13 +12,14 @@ import argparse
 from pathlib import Path
 
 from ptychopinn.cli.common import (add_device_flags, add_patterns_flag, add_position_flags,
-                                   add_quiet_flag, add_refine_probe_flag,
-                                   add_units_flag, nonneg_int, positive_float, positive_int)
+                                   add_quiet_flag, add_refine_probe_flag, add_units_flag,
+                                   nonneg_int, position_kwargs, positive_float, positive_int,
+                                   torch_device)
 
 #: Refinement epochs of the default (flat-start) reconstruction when ``--refine-epochs`` is not
-#: given: enough for the slowly
-#: converging low spatial frequencies of independently simulated scans (measured: 300 epochs of
-#: 451 patterns, N=64, ~25 s on 2 CPU cores); the plateau rule stops earlier where it can.
+#: given: enough for the slowly converging low spatial frequencies of independently simulated
+#: scans (measured: 300 epochs of 451 patterns, N=64, ~25 s on 2 CPU cores); the plateau rule
+#: stops earlier where it can.
 REFINE_ONLY_EPOCHS = 300
 #: written by --half-scan-frc
 HALF_SCAN_FILES = ("half_scan_frc.json", "half_scan_frc.png")
@@ -82,10 +83,9 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def _reconstruct(scan, args, output_dir):
-    """The reconstruction ``args`` ask for, of ``scan``; the model goes to ``output_dir`` (None:
-    not written)."""
-    from ptychopinn.cli.common import position_kwargs, torch_device
+def _reconstruct(scan, args, output_dir, device: str):
+    """The reconstruction ``args`` ask for, of ``scan``, on torch ``device``; the model goes to
+    ``output_dir`` (None: not written)."""
     from ptychopinn.config import DataConfig, ExecutionConfig, ModelConfig, TrainingConfig
     from ptychopinn.workflows import resolve_probe_refinement, self_supervised_reconstruction
 
@@ -95,7 +95,7 @@ def _reconstruct(scan, args, output_dir):
 
         epochs = REFINE_ONLY_EPOCHS if args.refine_epochs is None else args.refine_epochs
         return refine_reconstruction(None, scan, epochs, quiet=args.quiet, seed=args.seed,
-                                     refine_probe=refine_probe, device=torch_device(args),
+                                     refine_probe=refine_probe, device=device,
                                      **position_kwargs(args))
     net = {k: (NETWORK_DEFAULTS[k] if getattr(args, k) is None else getattr(args, k))
            for k in NETWORK_DEFAULTS}
@@ -111,8 +111,8 @@ def _reconstruct(scan, args, output_dir):
                                          accelerator=args.accelerator, devices=1),
         refine_epochs=args.refine_epochs or 0, overwrite=args.overwrite,
         refine_kwargs={"prior_sigma": net["refine_prior_sigma"], "refine_probe": refine_probe,
-                       "device": torch_device(args), **position_kwargs(args)},
-        device=torch_device(args))
+                       "device": device, **position_kwargs(args)},
+        device=device)
     return recon
 
 
@@ -132,7 +132,7 @@ def check_mode_options(args) -> None:
                               "refinement from a flat object)")
 
 
-def _half_scan_frc(scan, args, log) -> dict:
+def _half_scan_frc(scan, args, device, log) -> dict:
     from ptychopinn.evaluation.metrics import pixel_size_from_metadata
     from ptychopinn.evaluation.reference_free import half_scan_frc, split_halves
 
@@ -140,7 +140,7 @@ def _half_scan_frc(scan, args, log) -> dict:
     for half in split_halves(scan):
         log.info("half-scan FRC: reconstructing the %s patterns (%d)", half.metadata["patterns"],
                  half.n_patterns)
-        halves.append(_reconstruct(half, args, None))
+        halves.append(_reconstruct(half, args, None, device))
     out = half_scan_frc(*halves, pixel_size_m=pixel_size_from_metadata(scan.metadata))
     log.info("half-scan FRC resolution: %.3g px%s", out["frc_resolution_px"],
              "" if out["frc_crossed_threshold"] else " (never below the 1/2-bit threshold)")
@@ -157,19 +157,17 @@ def run(args: argparse.Namespace) -> int:
 
     configure_cli_logging(args.quiet)
     check_mode_options(args)
-    from ptychopinn.cli.common import torch_device
-
-    torch_device(args)  # refuse an unusable accelerator before any work
+    device = torch_device(args)  # refuse an unusable accelerator before any work
     extra = [args.output_dir / name for name in HALF_SCAN_FILES] if args.half_scan_frc else []
     for path in [*(args.output_dir / name for name in RECONSTRUCTION_FILES), *extra]:
         check_new_output(path, args.overwrite)
     scan = load_scan(args.data, args.diffraction_units, format=args.data_format)
     scan = scan.patterns(args.patterns)
-    recon = _reconstruct(scan, args, args.output_dir)
+    recon = _reconstruct(scan, args, args.output_dir, device)
     recon.metadata["patterns"] = args.patterns
     frc_out = None
     if args.half_scan_frc:
-        frc_out = _half_scan_frc(scan, args, get_logger("reconstruct"))
+        frc_out = _half_scan_frc(scan, args, device, get_logger("reconstruct"))
         recon.metadata["half_scan_frc_px"] = frc_out["frc_resolution_px"]
     paths = write_reconstruction_outputs(recon, args.output_dir, overwrite=args.overwrite)
     if frc_out is not None:
