@@ -1,11 +1,22 @@
-"""Refuse arrays that cannot fit in memory before allocating them."""
+"""Refuse inputs before reading them: a path that is not a file, arrays that cannot fit in
+memory."""
 
 from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 from ptychopinn.errors import DataError
+
+
+def require_file(path: Path, src: str, expected: str) -> None:
+    """DataError unless ``path`` is an existing file (``expected`` names what it should be, e.g.
+    'an NPZ file'): every reader's one existence check."""
+    if not path.exists():
+        raise DataError(src, "file", "no such file")
+    if path.is_dir():
+        raise DataError(src, "file", f"is a directory, expected {expected}")
 
 
 def memory_bytes() -> int:

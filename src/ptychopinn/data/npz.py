@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ptychopinn.data.limits import check_allocation
+from ptychopinn.data.limits import check_allocation, require_file
 from ptychopinn.data.scan import ScanData, is_real_array
 from ptychopinn.errors import DataError
 from ptychopinn.io.atomic import atomic_path
@@ -73,8 +73,6 @@ def read_members(path: Path, src: str) -> dict[str, np.ndarray]:
     """Every ``.npy`` member of the archive, never unpickling and never allocating more than a
     member's header can justify: a header that claims more bytes than the member holds (a
     truncated or corrupt file) or than this machine's memory is refused before reading."""
-    if path.is_dir():
-        raise DataError(src, "file", "is a directory, expected an NPZ file")
     arrays: dict[str, np.ndarray] = {}
     member = "file"
     try:
@@ -133,8 +131,7 @@ def read_npz(path: str | Path, diffraction_units: str = "auto") -> ScanData:
     path = Path(path)
     src = str(path)
     check_units(src, diffraction_units)
-    if not path.exists():
-        raise DataError(src, "file", "no such file")
+    require_file(path, src, "an NPZ file")
     arrays = read_members(path, src)
 
     key = "diff3d" if "diff3d" in arrays else "diffraction" if "diffraction" in arrays else None

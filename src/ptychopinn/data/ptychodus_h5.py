@@ -29,7 +29,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ptychopinn.data.limits import check_allocation
+from ptychopinn.data.limits import check_allocation, require_file
 from ptychopinn.data.npz import check_units, to_counts
 from ptychopinn.data.scan import ScanData
 from ptychopinn.errors import DataError, PtychoPINNError
@@ -166,10 +166,7 @@ def far_field_pixel_size_m(photon_energy_eV: float, detector_object_distance_m: 
 
 @contextlib.contextmanager
 def _open_h5(path: Path, src: str):
-    if not path.exists():
-        raise DataError(src, "file", "no such file")
-    if path.is_dir():
-        raise DataError(src, "file", "is a directory, expected an HDF5 file")
+    require_file(path, src, "an HDF5 file")
     try:
         fh = h5py.File(path, "r")
     except OSError as exc:

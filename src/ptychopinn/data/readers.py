@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ptychopinn.data.limits import require_file
 from ptychopinn.errors import ConfigError, DataError
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -105,10 +106,7 @@ def detect_format(path: str | Path) -> str:
     """The registered format whose reader claims ``path`` (DataError when none does)."""
     path = Path(path)
     src = str(path)
-    if not path.exists():
-        raise DataError(src, "file", "no such file")
-    if path.is_dir():
-        raise DataError(src, "file", "is a directory, expected a scan file")
+    require_file(path, src, "a scan file")
     with open(path, "rb") as fh:
         head = fh.read(16)
     for reader in READERS.values():

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ptychopinn.data.limits import memory_bytes
+from ptychopinn.data.limits import memory_bytes, require_file
 from ptychopinn.data.readers import BZIP2_MAGIC
 from ptychopinn.data.npz import check_units, read_members, to_counts
 from ptychopinn.data.scan import ScanData, is_real_array
@@ -77,8 +77,7 @@ def read_tike(path: str | Path, diffraction_units: str = "auto") -> ScanData:
     path = Path(path)
     src = str(path)
     check_units(src, diffraction_units)
-    if not path.exists():
-        raise DataError(src, "file", "no such file")
+    require_file(path, src, "a tike NPZ file")
     with open(path, "rb") as fh:
         compressed = fh.read(len(BZIP2_MAGIC)) == BZIP2_MAGIC
     arrays = _decompressed_members(path, src) if compressed else read_members(path, src)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ptychopinn.data.limits import require_file
 from ptychopinn.errors import DataError
 
 
@@ -34,10 +35,7 @@ class ReconstructionFile:
 def _load_arrays(path: str | Path) -> tuple[str, dict]:
     path = Path(path)
     src = str(path)
-    if not path.exists():
-        raise DataError(src, "file", "no such file")
-    if path.is_dir():
-        raise DataError(src, "file", "is a directory; expected an NPZ file")
+    require_file(path, src, "an NPZ file")
     try:
         with np.load(path, allow_pickle=False) as z:
             if not hasattr(z, "files"):
