@@ -15,6 +15,7 @@ from ptychopinn.data.scan import ScanData
 from ptychopinn.errors import PtychoPINNError
 from ptychopinn.io.atomic import atomic_path
 from ptychopinn.io.bundle import ModelBundle, load_bundle
+from ptychopinn.io.spill import SPILL_BYTES, SpillArray
 from ptychopinn.log import get_logger
 from ptychopinn.physics.forward import init_gain, probe_weight
 from ptychopinn.predictor import predict_group_patches
@@ -66,65 +67,90 @@ def load_reconstruction(path: str | Path) -> Reconstruction:
         metadata=f.metadata)
 
 
-def _rotate_to(patches, reference, weight):
-    """Multiply each patch by the unit phase factor that best matches ``reference``."""
-    c = (weight * reference * patches.conj()).sum(dim=(-2, -1), keepdim=True)
-    return patches * torch.polar(torch.ones_like(c.real), torch.angle(c))
+#: Patterns per piece when stitching reads and places patches (memory per piece, not per scan).
+STITCH_CHUNK = 4096
+
+
+def _phase_to(patches, reference, weight) -> torch.Tensor:
+    """(M,) unit phase factors that best match each patch to ``reference`` (weighted)."""
+    c = (weight * reference * patches.conj()).sum(dim=(-2, -1))
+    return torch.polar(torch.ones_like(c.real), torch.angle(c))
 
 
 def _rings(positions_px: np.ndarray) -> list[np.ndarray]:
     """Pattern indices grouped in rings of growing distance from the scan centre.
 
     The innermost patch comes alone; ring width is the median nearest-neighbour spacing.
+    O(M log M): one sort and a KD-tree spacing, no M x M distances.
     """
     pos = np.asarray(positions_px, dtype=np.float64)
     dist = np.linalg.norm(pos - pos.mean(axis=0), axis=1)
     order = np.argsort(dist, kind="stable")
     if len(pos) < 3:
         return [order[:1], order[1:]] if len(pos) > 1 else [order]
-    spacing = max(nearest_neighbor_spacing(pos), 1e-6)  # KD-tree: no M x M distances
-    ring = np.floor((dist[order] - dist[order[0]]) / spacing).astype(int)
-    rings = [order[:1]]
-    rest = order[1:]
-    for r in np.unique(ring[1:]):
-        rings.append(rest[ring[1:] == r])
-    return rings
+    spacing = max(nearest_neighbor_spacing(pos), 1e-6)
+    ring = np.floor((dist[order[1:]] - dist[order[0]]) / spacing).astype(np.int64)
+    bounds = np.flatnonzero(np.diff(ring)) + 1  # ``ring`` is sorted: rings are runs of ``rest``
+    return [order[:1], *np.split(order[1:], bounds)]
 
 
-def stitch(patches: torch.Tensor, positions_px: np.ndarray, probe: np.ndarray,
-           object_shape: tuple[int, int] | None = None, phase_sync_iterations: int = 10):
+def stitch(patches, positions_px: np.ndarray, probe: np.ndarray,
+           object_shape: tuple[int, int] | None = None, phase_sync_iterations: int = 10,
+           chunk_size: int = STITCH_CHUNK):
     """Probe-intensity-weighted average of patches (M, N, N) at their positions (M, 2).
 
-    Uses ``place_patches`` with the bilinear kernel (the operator of the training overlap
-    constraint). Each patch carries a free global phase that the far-field likelihood cannot see,
-    so phases are synchronised before averaging: (1) a growing-ring pass from the scan centre
-    aligns each ring of patches to the canvas of the rings inside it (a global, consistent start
-    in one sweep), then (2) ``phase_sync_iterations`` rounds rotate every patch to the current
-    stitched estimate (measured: phase SSIM of a 196-pattern scan 0.54 -> 0.85 with 20 rounds
-    from a cold start; the ring pass reaches that level with few rounds).
+    ``patches``: a tensor/array or a ``SpillArray`` (M, N, N). Uses ``place_patches`` with the bilinear
+    kernel (the operator of the training overlap constraint). Each patch carries a free global
+    phase that the far-field likelihood cannot see, so phases are synchronised before averaging:
+    (1) a growing-ring pass from the scan centre aligns each ring of patches to the canvas of the
+    rings inside it (a global, consistent start in one sweep), then (2) ``phase_sync_iterations``
+    rounds rotate every patch to the current stitched estimate (measured: phase SSIM of a
+    196-pattern scan 0.54 -> 0.85 with 20 rounds from a cold start; the ring pass reaches that
+    level with few rounds).
+
+    Cost is linear in M: only a phase factor per patch is kept; patches are read, placed into
+    the canvas in place and re-extracted ``chunk_size`` (or one ring) at a time; a ring is
+    aligned to the canvas sampled at its own patches, never to a whole-canvas division.
     Returns (object, illumination, offset_px).
     """
-    n = patches.shape[-1]
+    store = SpillArray.of(patches)
+    m, n = len(store), store.shape[-1]
     shape, offset = canvas_geometry(positions_px, n, object_shape)
     pos = torch.as_tensor(positions_px + offset, dtype=torch.float64)
     w = probe_weight(torch.as_tensor(probe), floor=0.0).to(torch.float32)
     wc = w.to(torch.complex64)
-    den = place_patches(wc.expand(patches.shape), pos, shape, kernel="bilinear").real
+    pieces = [slice(s, min(s + chunk_size, m)) for s in range(0, m, chunk_size)]
+
+    def place_all(scaled: bool) -> torch.Tensor:
+        canvas = torch.zeros(shape, dtype=torch.complex64)
+        for sl in pieces:
+            values = store.read(sl) * phase[sl, None, None] * wc if scaled else wc.expand(sl.stop - sl.start, n, n)
+            place_patches(values, pos[sl], shape, kernel="bilinear", out=canvas)
+        return canvas
+
+    phase = torch.ones(m, dtype=torch.complex64)
+    den = place_all(scaled=False).real
     norm = den + 1e-3 * den.max()
-    patches = patches.to(torch.complex64).clone()
     num = torch.zeros(shape, dtype=torch.complex64)
-    cover = torch.zeros(shape, dtype=torch.float32)
-    for ring in _rings(positions_px):
+    cover = torch.zeros(shape, dtype=torch.complex64)
+    reached = 0.0  # the highest coverage sampled so far (regularises the ring reference)
+    for k, ring in enumerate(_rings(positions_px)):
         idx = torch.as_tensor(ring)
-        if cover.max() > 0:
-            ref = extract_patches(num / (cover + 1e-3 * cover.max()), pos[idx], n, kernel="bilinear")
-            patches[idx] = _rotate_to(patches[idx], ref, w)
-        num = num + place_patches(patches[idx] * wc, pos[idx], shape, kernel="bilinear")
-        cover = cover + place_patches(wc.expand(len(idx), n, n), pos[idx], shape, kernel="bilinear").real
+        p = store.read(ring)
+        if k > 0:
+            ref = (extract_patches(num, pos[idx], n, kernel="bilinear")
+                   / (extract_patches(cover, pos[idx], n, kernel="bilinear").real + 1e-3 * reached))
+            phase[idx] = _phase_to(p, ref, w)
+        place_patches(p * phase[idx, None, None] * wc, pos[idx], shape, kernel="bilinear", out=num)
+        place_patches(wc.expand(len(idx), n, n), pos[idx], shape, kernel="bilinear", out=cover)
+        reached = max(reached, float(extract_patches(cover, pos[idx], n, kernel="bilinear").real.max()))
+    del num, cover
     for _ in range(phase_sync_iterations):
-        canvas = place_patches(patches * wc, pos, shape, kernel="bilinear") / norm
-        patches = _rotate_to(patches, extract_patches(canvas, pos, n, kernel="bilinear"), w)
-    canvas = place_patches(patches * wc, pos, shape, kernel="bilinear") / norm
+        canvas = place_all(scaled=True) / norm
+        for sl in pieces:
+            p = store.read(sl) * phase[sl, None, None]
+            phase[sl] = phase[sl] * _phase_to(p, extract_patches(canvas, pos[sl], n, kernel="bilinear"), w)
+    canvas = place_all(scaled=True) / norm
     # one global phase: make the weighted mean phase zero
     c = (den * canvas).sum()
     canvas = canvas * torch.polar(torch.ones(()), -torch.angle(c))
@@ -154,14 +180,25 @@ def covering_groups(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def predict_patches(bundle: ModelBundle, scan: ScanData, batch_size: int = 64, seed: int = 0,
                     quiet: bool = True, generator: torch.nn.Module | None = None,
-                    device: str | torch.device = "cpu"):
-    """Network patches for every pattern: (M, N, N) complex64 (and the pattern indices).
+                    device: str | torch.device = "cpu") -> torch.Tensor:
+    """Network patches for every pattern: (M, N, N) complex64, in memory.
 
     With gridsize > 1 the scan is grouped like training (one group seeded at every position),
     a covering subset of the groups is run (``covering_groups``), the group's patches are
     overlap-constrained as in training, and each position's patch is taken from the first kept
     group that holds it.
     """
+    return predict_patch_store(bundle, scan, batch_size=batch_size, seed=seed, quiet=quiet,
+                               generator=generator, device=device,
+                               memory_bytes=float("inf")).tensor()
+
+
+def predict_patch_store(bundle: ModelBundle, scan: ScanData, batch_size: int = 64, seed: int = 0,
+                        quiet: bool = True, generator: torch.nn.Module | None = None,
+                        device: str | torch.device = "cpu",
+                        memory_bytes: float = SPILL_BYTES) -> SpillArray:
+    """``predict_patches`` into a ``SpillArray`` (a temporary file past ``memory_bytes``); the
+    counts are read one batch at a time (bad pixels zeroed per batch, never a copy of the scan)."""
     mc = bundle.model_config
     if scan.patch_size != mc.n:
         raise PtychoPINNError(f"{scan.source}: diffraction: patterns are {scan.patch_size}x{scan.patch_size} "
@@ -173,15 +210,13 @@ def predict_patches(bundle: ModelBundle, scan: ScanData, batch_size: int = 64, s
     groups = group_positions(scan.positions_px, mc.gridsize, bundle.data_config.neighbors,
                              n_groups=scan.n_patterns, seed=seed)
     a0 = scan.amplitude_scale()
-    counts = torch.as_tensor(scan.diffraction)
     bad = None
     if scan.bad_pixels is not None:  # as in training: no input, no constraint at bad pixels
         bad = torch.as_tensor(scan.bad_pixels).to(device)
-        counts = counts.masked_fill(torch.as_tensor(scan.bad_pixels), 0.0)
     probe = torch.as_tensor(scan.probe).to(device)
     weight = probe_weight(probe)
     gain = init_gain(scan.mean_counts, scan.probe)  # as for the training estimates
-    out = torch.empty((scan.n_patterns, mc.n, mc.n), dtype=torch.complex64)
+    out = SpillArray((scan.n_patterns, mc.n, mc.n), np.complex64, memory_bytes=memory_bytes)
     order, take = covering_groups(groups.indices)
     progress = None
     if not quiet:
@@ -190,12 +225,15 @@ def predict_patches(bundle: ModelBundle, scan: ScanData, batch_size: int = 64, s
     with torch.inference_mode():
         for s in range(0, len(order), batch_size):
             rows = order[s:s + batch_size]
-            idx = torch.as_tensor(groups.indices[rows])
+            idx = groups.indices[rows]
             offsets = torch.as_tensor(groups.offsets_px[rows]).to(device)
-            patches = predict_group_patches(net, mc, counts[idx].to(device), a0, offsets, probe,
+            counts = torch.as_tensor(scan.diffraction[idx]).to(device)
+            if bad is not None:
+                counts = counts.masked_fill(bad, 0.0)
+            patches = predict_group_patches(net, mc, counts, a0, offsets, probe,
                                             weight, gain, bad_pixels=bad)
-            keep = torch.as_tensor(take[s:s + batch_size])
-            out[idx[keep]] = patches[keep].cpu()
+            keep = take[s:s + batch_size]
+            out.write(idx[keep], patches[torch.as_tensor(keep)].cpu())
             if progress is not None:
                 progress.update(len(rows))
     if progress is not None:
@@ -212,10 +250,14 @@ def reconstruct(model: ModelBundle | str | Path, scan: ScanData, *, batch_size: 
     """
     bundle = model if isinstance(model, ModelBundle) else load_bundle(model)
     t0 = time.perf_counter()
-    patches = predict_patches(bundle, scan, batch_size=batch_size, seed=seed, quiet=quiet, device=device)
+    patches = predict_patch_store(bundle, scan, batch_size=batch_size, seed=seed, quiet=quiet,
+                                  device=device)
     t_net = time.perf_counter() - t0
     shape = scan.object_truth.shape if scan.object_truth is not None else None
-    obj, illum, offset = stitch(patches, scan.positions_px, scan.probe, shape)
+    try:
+        obj, illum, offset = stitch(patches, scan.positions_px, scan.probe, shape)
+    finally:
+        patches.close()
     seconds = time.perf_counter() - t0
     log.info("reconstructed %d patterns in %.2f s (%.0f patterns/s network only)",
              scan.n_patterns, seconds, scan.n_patterns / max(t_net, 1e-9))

@@ -262,9 +262,9 @@ class Refiner:
         if not self.refine_probe and fold_bytes <= FOLD_CACHE_BYTES:
             self.folded = self._fold(self.probe, torch.arange(self.m, device=dev))
 
-        # Data in unshifted FFT order (saves an fftshift per step), bad pixels likewise.
-        counts = torch.as_tensor(np.asarray(scan.diffraction), dtype=torch.float32, device=dev)
-        self.counts = torch.fft.ifftshift(counts, dim=(-2, -1)).contiguous()
+        # The scan's counts as they are (centred; no copy on the CPU), shifted to FFT order one
+        # minibatch at a time; bad pixels in FFT order once.
+        self.counts = torch.as_tensor(np.asarray(scan.diffraction), dtype=torch.float32, device=dev)
         self.bad = None
         if scan.bad_pixels is not None and bool(np.any(scan.bad_pixels)):
             bad = torch.as_tensor(np.asarray(scan.bad_pixels), dtype=torch.bool, device=dev)
@@ -273,9 +273,12 @@ class Refiner:
         self.good = good
         self.n_good = float(good.sum())
         # PHYSICS.md eps: 1e-6 of the mean count over good pixels (a hot pixel must not set it)
-        mean_good = float((self.counts * good).sum()) / (self.n_good * self.m)
+        # (M,) good-pixel totals, a chunk at a time (no masked copy of the scan)
+        good_centred = torch.fft.fftshift(good, dim=(-2, -1))
+        self.pattern_counts = torch.cat([(c * good_centred).sum(dim=(-2, -1))
+                                         for c in self.counts.split(4096)])
+        mean_good = float(self.pattern_counts.sum()) / (self.n_good * self.m)
         self.eps = max(1e-6 * mean_good, 1e-12)
-        self.pattern_counts = (self.counts * good).sum(dim=(-2, -1))  # (M,) good-pixel totals
         self.gain = None  # internal gain for the normalised probe
 
         self.opt = None  # created on the first epoch (importing torch.optim costs seconds once)
@@ -372,7 +375,7 @@ class Refiner:
         total, count_sum, inten_sum = zero.clone(), zero.clone(), zero.clone()
         for s in range(0, self.m, self.batch_size):
             idx = order[s:s + self.batch_size]
-            counts = self.counts[idx]
+            counts = torch.fft.ifftshift(self.counts[idx], dim=(-2, -1))
             probes = self._probes(idx)
             win_idx = self._windows(idx)
             windows = torch.take(self.obj, win_idx)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ptychopinn.data.scan import ScanData
-from ptychopinn.config import PROBE_REFINEMENT
+from ptychopinn.config import INFERENCE_BATCH_SIZE, PROBE_REFINEMENT
 from ptychopinn.errors import ConfigError, DataError
 from ptychopinn.inference import Reconstruction
 from ptychopinn.io.atomic import check_new_output
@@ -120,7 +120,7 @@ def self_supervised_reconstruction(scan: ScanData, output_dir: str | Path | None
                  data_config=data_config or DataConfig(),
                  training_config=training_config or TrainingConfig(),
                  execution_config=execution_config, output_dir=output_dir, overwrite=overwrite)
-    batch = execution_config.inference_batch_size or result.bundle.training_config.batch_size
+    batch = execution_config.inference_batch_size or INFERENCE_BATCH_SIZE
     recon = reconstruct(result.bundle, scan, batch_size=batch, seed=execution_config.seed,
                         quiet=execution_config.quiet, device=device)
     recon.metadata["method"] = "ptychopinn self-supervised network"

@@ -16,7 +16,7 @@ from dataclasses import fields
 
 from ptychopinn.config import (ACCELERATOR_NAMES, CHECKPOINT_MODES, GRADIENT_CLIP_ALGORITHMS,
                                LOGGER_NAMES, OPTIMIZER_NAMES, PRECISION_NAMES, SCHEDULER_ALIASES,
-                               SCHEDULER_NAMES, STRATEGY_NAMES)
+                               INFERENCE_BATCH_SIZE, SCHEDULER_NAMES, STRATEGY_NAMES)
 from ptychopinn.config_factory import (SECTIONS, SOURCE_CLI, RunConfig, build_run_config,
                                        coerce_value, flag_name)
 
@@ -127,7 +127,7 @@ DEFAULT_TEXT = {
     "execution.gradient_clip_val": "no clipping",
     "execution.resume_from": "start fresh",
     "execution.mlflow_tracking_uri": "the file store OUTPUT_DIR/mlruns",
-    "execution.inference_batch_size": "the training batch size",
+    "execution.inference_batch_size": f"{INFERENCE_BATCH_SIZE}",
 }
 
 GROUP_TITLES = {

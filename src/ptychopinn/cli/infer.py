@@ -9,6 +9,7 @@ from ptychopinn.cli.common import (add_device_flags, add_patterns_flag, add_posi
                                    add_quiet_flag, add_refine_probe_flag, add_scan_input_flags,
                                    add_units_flag, nonneg_int, position_kwargs, positive_float,
                                    positive_int, torch_device)
+from ptychopinn.config import INFERENCE_BATCH_SIZE
 
 PRODUCT_FILE = "product.h5"
 
@@ -24,8 +25,8 @@ def add_parser(sub) -> None:
     add_scan_input_flags(p, "data", what="scan to reconstruct")
     p.add_argument("--output-dir", type=Path, required=True, help="output directory")
     p.add_argument("--inference-batch-size", type=positive_int, default=None,
-                   help="groups per inference batch (default: the value recorded with the model, else its "
-                        "training batch size)")
+                   help="groups per inference batch (default: the value recorded with the model, else "
+                        f"{INFERENCE_BATCH_SIZE})")
     p.add_argument("--refine-prior-sigma", type=positive_float, default=None,
                    help="keep refinement near the network output: Gaussian prior of this per-pixel "
                         "width (about the output's expected error, e.g. 0.01; recommended at low dose; "
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         check_new_output(product_path, args.overwrite)  # refuse before any work
     scan = load_scan_from_args(args, "data").patterns(args.patterns)
     batch = (args.inference_batch_size or bundle.execution.get("inference_batch_size")
-             or bundle.training_config.batch_size)
+             or INFERENCE_BATCH_SIZE)
     device = torch_device(args)
     if args.correct_positions and not args.refine_epochs:
         from ptychopinn.errors import ConfigError

@@ -55,7 +55,7 @@ def to_counts(values: np.ndarray, units: str, src: str, key: str) -> tuple[np.nd
         if (values < 0).any():
             raise DataError(src, key, f"negative amplitudes (min {float(values.min()):g})")
         return np.square(values.astype(np.float64)).astype(np.float32), units
-    return values.astype(np.float32), units
+    return values.astype(np.float32, copy=False), units
 
 
 def _to_str(value) -> str:

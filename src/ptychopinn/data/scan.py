@@ -146,9 +146,10 @@ class ScanData:
     def mean_counts(self) -> float:
         """Mean total counts per pattern (over good pixels)."""
         d = self.diffraction
-        if self.bad_pixels is not None:
-            d = d * (~self.bad_pixels)
-        return float(d.sum(axis=(1, 2)).mean())
+        if self.bad_pixels is None:
+            return float(d.sum(axis=(1, 2), dtype=np.float64).mean())
+        good = (~self.bad_pixels).astype(d.dtype)  # a weighted sum: no masked copy of the scan
+        return float(np.einsum("mij,ij->m", d, good, dtype=np.float64).mean())
 
     def subset(self, indices) -> "ScanData":
         indices = np.asarray(indices)

@@ -65,6 +65,7 @@ from ptychodus.api.settings import SettingsRegistry
 
 from ptychopinn.data.ptychodus_h5 import (ATTRS_KEY, GRID_KEY, SOURCE_FORMAT, ObjectGrid,
                                           canvas_to_grid)
+from ptychopinn.config import INFERENCE_BATCH_SIZE
 from ptychopinn.data.scan import ScanData
 from ptychopinn.errors import DataError, PtychoPINNError
 from ptychopinn.log import LOGGER_NAME, get_logger
@@ -503,11 +504,11 @@ class PtychoPINNReconstructor(TrainableReconstructor):
         epochs = rc.training.max_epochs if rc is not None else 0
         goal = epochs + 1 + refine_epochs
         if bundle is not None:
-            batch = bundle.execution.get("inference_batch_size") or bundle.training_config.batch_size
+            batch = bundle.execution.get("inference_batch_size") or INFERENCE_BATCH_SIZE
             log.info("%s %s: reconstructing %d patterns with the loaded model", LIBRARY_NAME,
                      self.name, scan.n_patterns)
         else:
-            batch = rc.execution.inference_batch_size or rc.training.batch_size
+            batch = rc.execution.inference_batch_size or INFERENCE_BATCH_SIZE
             log.info("%s %s: no model loaded; training on this scan (%d patterns, %d epochs), "
                      "then reconstructing", LIBRARY_NAME, self.name, scan.n_patterns, epochs)
 

@@ -49,29 +49,42 @@ def probe_weight(probe: torch.Tensor, floor: float = 1e-3) -> torch.Tensor:
     return (intensity / intensity.max() + floor) * edge_taper(n, dtype=intensity.dtype).to(intensity.device)
 
 
+class OverlapGeometry:
+    """What ``overlap_constrain`` needs of a batch's offsets and weight, computed once: the group
+    canvas size, the members' positions on it, the weight and its placed sum (regularised).
+    ``projection_estimate`` reuses one for all its iterations (the offsets do not change)."""
+
+    def __init__(self, offsets_xy: torch.Tensor, weight: torch.Tensor, n: int, dtype):
+        b, c = offsets_xy.shape[:2]
+        reach = int(math.ceil(float(offsets_xy.abs().max()))) if offsets_xy.numel() else 0
+        half = n // 2 + SHIFT_PAD + reach + 1
+        self.n = n
+        self.size = 2 * half + n
+        self.pos = offsets_xy + half + n // 2
+        self.w = weight.to(dtype).expand(b, c, n, n)
+        den = place_patches(self.w, self.pos, (self.size, self.size), kernel="bilinear").real
+        # Where no patch has weight (window borders) the regularised average falls back to a
+        # flat object (1) instead of amplifying ringing, which the sub-pixel re-extraction would
+        # pick up.
+        self.delta = 1e-6 * den.amax(dim=(-2, -1), keepdim=True)
+        self.den = den + self.delta
+
+
 def overlap_constrain(patches: torch.Tensor, offsets_xy: torch.Tensor,
-                      weight: torch.Tensor) -> torch.Tensor:
+                      weight: torch.Tensor, geometry: OverlapGeometry | None = None) -> torch.Tensor:
     """Make the C patches of each group mutually consistent (PHYSICS.md section 3).
 
     patches: (B, C, N, N) complex; offsets_xy: (B, C, 2) positions relative to the group centroid;
     weight: (N, N) real. The patches are placed on a small group canvas with ``place_patches``,
     averaged with ``weight`` where they overlap, and re-extracted with ``extract_patches``.
+    ``geometry``: a precomputed ``OverlapGeometry(offsets_xy, weight, N, patches.dtype)``.
     """
     b, c, n, _ = patches.shape
     if c == 1:
         return patches
-    reach = int(math.ceil(float(offsets_xy.abs().max()))) if offsets_xy.numel() else 0
-    half = n // 2 + SHIFT_PAD + reach + 1
-    size = 2 * half + n
-    pos = offsets_xy + half + n // 2
-    w = weight.to(patches.dtype).expand(b, c, n, n)
-    num = place_patches(patches * w, pos, (size, size), kernel="bilinear")
-    den = place_patches(w, pos, (size, size), kernel="bilinear").real
-    # Where no patch has weight (window borders) the regularised average falls back to a flat
-    # object (1) instead of amplifying ringing, which the sub-pixel re-extraction would pick up.
-    delta = 1e-6 * den.amax(dim=(-2, -1), keepdim=True)
-    canvas = (num + delta) / (den + delta)
-    return extract_patches(canvas, pos, n, kernel="bilinear")
+    g = geometry or OverlapGeometry(offsets_xy, weight, n, patches.dtype)
+    num = place_patches(patches * g.w, g.pos, (g.size, g.size), kernel="bilinear")
+    return extract_patches((num + g.delta) / g.den, g.pos, n, kernel="bilinear")
 
 
 class ForwardModel(nn.Module):
@@ -139,6 +152,8 @@ def projection_estimate(counts: torch.Tensor, probe: torch.Tensor, gain: torch.T
     measured = (counts.clamp_min(0) / g).sqrt()
     obj = torch.ones(counts.shape, dtype=torch.complex64, device=counts.device)
     step = modes.conj() / modes.abs().square().sum(dim=-3, keepdim=True).amax(dim=(-2, -1), keepdim=True)
+    constrain = offsets_xy is not None and obj.shape[1] > 1 and weight is not None
+    geometry = OverlapGeometry(offsets_xy, weight, obj.shape[-1], obj.dtype) if constrain else None
     for _ in range(iterations):
         psi = obj.unsqueeze(-3) * modes  # (B, C, K, N, N)
         far = far_field(psi)
@@ -149,6 +164,6 @@ def projection_estimate(counts: torch.Tensor, probe: torch.Tensor, gain: torch.T
         far = far * ratio
         new_psi = torch.fft.ifft2(torch.fft.ifftshift(far, dim=(-2, -1)), norm="ortho")
         obj = obj + (step * (new_psi - psi)).sum(dim=-3)
-        if offsets_xy is not None and obj.shape[1] > 1 and weight is not None:
-            obj = overlap_constrain(obj, offsets_xy, weight)
+        if constrain:
+            obj = overlap_constrain(obj, offsets_xy, weight, geometry)
     return obj

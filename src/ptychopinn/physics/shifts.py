@@ -77,19 +77,24 @@ def _split(positions_xy: torch.Tensor, n: int):
     return row0, col0, frac_yx
 
 
-def _window_index(canvas: torch.Tensor, row0, col0, size: int):
-    batch, height, width = canvas.shape
+def _window_index(canvas_shape, row0, col0, size: int, device) -> torch.Tensor:
+    """Flat indices (B, M, L, L) into a (B, H, W) canvas of each L x L window (corner row0, col0).
+
+    One flat index per pixel: gather is ``torch.take`` and scatter ``index_add``, measured 3x
+    faster on the CPU than advanced indexing with ``index_put(accumulate=True)``.
+    """
+    batch, height, width = canvas_shape
     if bool((row0 < 0).any() or (col0 < 0).any() or (row0 + size > height).any()
             or (col0 + size > width).any()):
         raise ValueError(
             f"patch windows fall outside the {height}x{width} canvas: positions must lie at "
             f"least N//2+{SHIFT_PAD} pixels inside it (see canvas_geometry)"
         )
-    ar = torch.arange(size, device=canvas.device)
+    ar = torch.arange(size, device=device)
     rows = (row0[..., None] + ar)[..., :, None]  # (B, M, L, 1)
     cols = (col0[..., None] + ar)[..., None, :]  # (B, M, 1, L)
-    b = torch.arange(batch, device=canvas.device).view(batch, 1, 1, 1)
-    return b, rows, cols
+    b = torch.arange(batch, device=device).view(batch, 1, 1, 1)
+    return (b * height + rows) * width + cols
 
 
 def _batched(canvas, positions_xy):
@@ -110,8 +115,7 @@ def extract_patches(canvas: torch.Tensor, positions_xy: torch.Tensor, n: int,
     canvas, positions_xy, squeeze = _batched(canvas, positions_xy)
     size = n + 2 * SHIFT_PAD
     row0, col0, frac_yx = _split(positions_xy, n)
-    b, rows, cols = _window_index(canvas, row0, col0, size)
-    windows = canvas[b, rows, cols]
+    windows = torch.take(canvas, _window_index(canvas.shape, row0, col0, size, canvas.device))
     if not torch.is_complex(windows):
         windows = windows.to(torch.complex64)
     if kernel == "fourier":
@@ -126,12 +130,15 @@ def extract_patches(canvas: torch.Tensor, positions_xy: torch.Tensor, n: int,
 
 
 def place_patches(patches: torch.Tensor, positions_xy: torch.Tensor,
-                  canvas_shape: tuple[int, int], kernel: str = "fourier") -> torch.Tensor:
+                  canvas_shape: tuple[int, int], kernel: str = "fourier",
+                  out: torch.Tensor | None = None) -> torch.Tensor:
     """Sum N x N patches into a zero canvas at sub-pixel positions (adjoint of extract_patches
     with the same kernel).
 
     patches: (M, N, N) or (B, M, N, N); positions_xy matching (M, 2) or (B, M, 2).
-    Returns the (H, W) or (B, H, W) complex canvas.
+    Returns the (H, W) or (B, H, W) complex canvas. ``out``: a contiguous complex canvas of that
+    shape to add into in place (no new canvas: stitching a scan in pieces costs the pieces, not
+    the canvas, per call); not for tensors that need gradients.
     """
     _check_kernel(kernel)
     squeeze = patches.dim() == 3
@@ -141,9 +148,9 @@ def place_patches(patches: torch.Tensor, positions_xy: torch.Tensor,
         patches = patches.to(torch.complex64)
     batch, _, n, _ = patches.shape
     size = n + 2 * SHIFT_PAD
-    canvas = torch.zeros((batch, *canvas_shape), dtype=patches.dtype, device=patches.device)
+    shape = (batch, *canvas_shape)
     row0, col0, frac_yx = _split(positions_xy, n)
-    b, rows, cols = _window_index(canvas, row0, col0, size)
+    flat = _window_index(shape, row0, col0, size, patches.device)
     if kernel == "fourier":
         windows = fourier_shift(torch.nn.functional.pad(patches, (SHIFT_PAD,) * 4), frac_yx)
     else:
@@ -156,8 +163,16 @@ def place_patches(patches: torch.Tensor, positions_xy: torch.Tensor,
         windows = patches.new_zeros((*patches.shape[:-2], size, size))
         windows[..., p:p + n, p:p + n + 1] += (1 - fy) * cols_spread
         windows[..., p + 1:p + n + 1, p:p + n + 1] += fy * cols_spread
-    idx = (b.expand(windows.shape), rows.expand(windows.shape), cols.expand(windows.shape))
-    canvas = canvas.index_put(idx, windows, accumulate=True)
+    flat, values = flat.expand(windows.shape).reshape(-1), windows.reshape(-1)
+    if out is not None:
+        if tuple(out.shape) != (tuple(canvas_shape) if squeeze else shape) or not out.is_contiguous():
+            raise ValueError(f"out: expected a contiguous canvas of shape {canvas_shape}, got "
+                             f"{tuple(out.shape)}")
+        out.view(-1).index_add_(0, flat, values.to(out.dtype))
+        return out
+    canvas = torch.zeros(batch * canvas_shape[0] * canvas_shape[1], dtype=patches.dtype,
+                         device=patches.device).index_add(0, flat, values)
+    canvas = canvas.view(shape)
     return canvas[0] if squeeze else canvas
 
 

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ptychopinn.data.grouping import PatchGroups, group_positions
 from ptychopinn.data.scan import ScanData
+from ptychopinn.io.spill import SPILL_BYTES, SpillArray
 from ptychopinn.physics.forward import init_gain, probe_weight, projection_estimate
 from ptychopinn.physics.shifts import extract_patches
 
@@ -55,7 +56,7 @@ class GroupDataset(Dataset):
     """
 
     def __init__(self, tensors: ScanTensors, groups: PatchGroups, scan_id: int = 0,
-                 estimates: torch.Tensor | None = None):
+                 estimates: SpillArray | None = None):
         self.t, self.groups, self.scan_id = tensors, groups, scan_id
         self.estimates = estimates
         n = tensors.counts.shape[-1]
@@ -83,21 +84,26 @@ class GroupDataset(Dataset):
         return item
 
 
-def group_estimates(scan: ScanData, groups: PatchGroups, iterations: int, chunk: int = 256) -> torch.Tensor:
+def group_estimates(scan: ScanData, groups: PatchGroups, iterations: int, chunk: int = 256,
+                    memory_bytes: float = SPILL_BYTES) -> SpillArray:
     """Physics estimates (G, C, N, N) complex64 of every group, computed once (they do not depend
-    on learned parameters: the gain is the scan's data-initialised one, as at inference)."""
+    on learned parameters: the gain is the scan's data-initialised one, as at inference), in a
+    ``SpillArray``: in memory up to ``memory_bytes``, else in a temporary file that data-loader
+    and DDP workers map by path (13 GB for 1e5 groups of 4 at N = 64)."""
     probe = torch.as_tensor(scan.probe)
     weight = probe_weight(probe)
     gain = init_gain(scan.mean_counts, scan.probe)
-    counts = torch.as_tensor(scan.diffraction)
     bad = None if scan.bad_pixels is None else torch.as_tensor(scan.bad_pixels)
-    out = []
+    c, n = groups.indices.shape[1], scan.patch_size
+    out = SpillArray((len(groups), c, n, n), np.complex64, memory_bytes=memory_bytes)
     with torch.no_grad():
         for s in range(0, len(groups), chunk):
-            idx = torch.as_tensor(groups.indices[s:s + chunk])
-            offsets = torch.as_tensor(groups.offsets_px[s:s + chunk]) if idx.shape[1] > 1 else None
-            out.append(projection_estimate(counts[idx], probe, gain, iterations, offsets, weight, bad))
-    return torch.cat(out)
+            idx = groups.indices[s:s + chunk]
+            offsets = torch.as_tensor(groups.offsets_px[s:s + chunk]) if c > 1 else None
+            counts = torch.as_tensor(scan.diffraction[idx])
+            out.write(slice(s, s + len(idx)),
+                      projection_estimate(counts, probe, gain, iterations, offsets, weight, bad))
+    return out
 
 
 def split_groups(groups: PatchGroups, val_fraction: float, seed: int) -> tuple[PatchGroups, PatchGroups | None]:

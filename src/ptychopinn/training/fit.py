@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from lightning.pytorch.trainer.states import TrainerStatus
 
-from ptychopinn.config import DataConfig, ExecutionConfig, ModelConfig, TrainingConfig
+from ptychopinn.config import (INFERENCE_BATCH_SIZE, DataConfig, ExecutionConfig, ModelConfig,
+                              TrainingConfig)
 from ptychopinn.config_factory import (SOURCE_DATA, SOURCE_DEFAULT, RunConfig, check_run,
                                        run_config_from_objects, write_audit)
 from ptychopinn.data.scan import ScanData
@@ -241,7 +242,7 @@ def _fit(train_scans, test_scan, rc: RunConfig, out: Path | None, overwrite: boo
         "val_groups": len(dm.val_set) if dm.val_set is not None else 0,
         "effective_batch_size": effective,
         "limit_train_batches": overrides.get("limit_train_batches"),
-        "inference_batch_size": e.inference_batch_size or t.batch_size,
+        "inference_batch_size": e.inference_batch_size or INFERENCE_BATCH_SIZE,
         "resume_checkpoint": str(resume) if resume else None,
         "log_dir": str(Path(trainer.logger.log_dir).resolve())
         if getattr(trainer.logger, "log_dir", None) else None,
