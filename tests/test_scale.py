@@ -194,3 +194,34 @@ def test_training_estimates_in_a_file_equal_estimates_in_memory(tiny_scan):
     flat = torch.ones_like(ram.tensor())
     assert (ram.tensor() - flat).abs().mean() > 0.01  # estimates, not the flat start
     disk.close()
+
+
+def _file_backed(a) -> bool:
+    import mmap
+
+    while a is not None:
+        if isinstance(a, (np.memmap, mmap.mmap)):
+            return True
+        a = getattr(a, "base", None)
+    return False
+
+
+def test_a_memory_mapped_npz_scan_reads_like_a_full_read(tmp_path, monkeypatch):
+    import ptychopinn.data.npz as npz
+
+    scan = simulate_scan(SimulationConfig(patch_size=16, n_positions=300, seed=5))
+    npz.write_npz(scan, tmp_path / "compressed.npz")
+    with np.load(tmp_path / "compressed.npz") as f:  # the same members, stored uncompressed
+        np.savez(tmp_path / "stored.npz", **{k: f[k] for k in f.files})
+    full = npz.read_npz(tmp_path / "compressed.npz")
+    assert not _file_backed(full.diffraction)  # a compressed member is read
+    monkeypatch.setattr(npz, "MMAP_BYTES", 1)  # every stored member is mapped
+    mapped = npz.read_npz(tmp_path / "stored.npz")
+    assert _file_backed(mapped.diffraction)  # float32 counts: mapped, no copy made
+    np.testing.assert_array_equal(mapped.diffraction, full.diffraction)
+    np.testing.assert_array_equal(mapped.positions_px, full.positions_px)
+    np.testing.assert_array_equal(mapped.probe, full.probe)
+    assert mapped.mean_counts == pytest.approx(full.mean_counts, rel=1e-6)
+    # copy-on-write: a change in memory never reaches the file
+    mapped.diffraction[0, 0, 0] += 1
+    assert npz.read_npz(tmp_path / "stored.npz").diffraction[0, 0, 0] == full.diffraction[0, 0, 0]

@@ -68,7 +68,9 @@ def load_reconstruction(path: str | Path) -> Reconstruction:
 
 
 #: Patterns per piece when stitching reads and places patches (memory per piece, not per scan).
-STITCH_CHUNK = 4096
+#: Measured, 16,000 patterns of N = 32 on this 2-core CPU: 4096 -> 15.4 s and +200 MB transient,
+#: 1024 -> 9.7 s, 256 -> 7.1 s and +63 MB (smaller pieces stay in cache).
+STITCH_CHUNK = 256
 
 
 def _phase_to(patches, reference, weight) -> torch.Tensor:
@@ -217,6 +219,7 @@ def predict_patch_store(bundle: ModelBundle, scan: ScanData, batch_size: int = 6
     weight = probe_weight(probe)
     gain = init_gain(scan.mean_counts, scan.probe)  # as for the training estimates
     out = SpillArray((scan.n_patterns, mc.n, mc.n), np.complex64, memory_bytes=memory_bytes)
+    cuda = torch.device(device).type == "cuda"
     order, take = covering_groups(groups.indices)
     progress = None
     if not quiet:
@@ -227,7 +230,10 @@ def predict_patch_store(bundle: ModelBundle, scan: ScanData, batch_size: int = 6
             rows = order[s:s + batch_size]
             idx = groups.indices[rows]
             offsets = torch.as_tensor(groups.offsets_px[rows]).to(device)
-            counts = torch.as_tensor(scan.diffraction[idx]).to(device)
+            counts = torch.as_tensor(scan.diffraction[idx])
+            if cuda:  # page-locked host batch: the copy to the GPU overlaps the work before it
+                counts = counts.pin_memory()
+            counts = counts.to(device, non_blocking=cuda)
             if bad is not None:
                 counts = counts.masked_fill(bad, 0.0)
             patches = predict_group_patches(net, mc, counts, a0, offsets, probe,

@@ -168,6 +168,10 @@ class DemoSettings:
     batch_size: int = 16
     seed: int = 0
     quiet: bool = False
+    #: torch device of the network pass and refinement ("cpu", "cuda", "mps"); training then runs
+    #: on the matching Lightning accelerator, one device. None: training on Lightning's "auto",
+    #: the network pass and refinement on the CPU
+    device: str | None = None
 
 
 @dataclass
@@ -246,18 +250,22 @@ def run_demo(output_dir: str | Path, settings: DemoSettings = DemoSettings(),
                                               skip_connections=True),
                      data_config=DataConfig(val_fraction=0.1),
                      training_config=TrainingConfig(max_epochs=s.max_epochs, batch_size=s.batch_size),
-                     execution_config=ExecutionConfig(seed=s.seed, quiet=s.quiet, early_stopping=False),
+                     execution_config=ExecutionConfig(seed=s.seed, quiet=s.quiet, early_stopping=False,
+                                                      accelerator=(s.device or "auto").split(":")[0],
+                                                      devices=1),
                      output_dir=out / "model")
         seconds["train"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        net = reconstruct(result.bundle, test, batch_size=64, seed=s.seed, quiet=s.quiet)
+        net = reconstruct(result.bundle, test, batch_size=64, seed=s.seed, quiet=s.quiet,
+                          device=s.device or "cpu")
         seconds["network"] = time.perf_counter() - t0
         write_reconstruction_outputs(net, out / "network", title="network (single pass)")
         recons = {"network (single pass)": net}
         if s.refine_epochs:
             t0 = time.perf_counter()
-            refined = refine_reconstruction(net, test, s.refine_epochs, quiet=s.quiet, seed=s.seed)
+            refined = refine_reconstruction(net, test, s.refine_epochs, quiet=s.quiet, seed=s.seed,
+                                            device=s.device or "cpu")
             seconds["network + refinement"] = seconds["network"] + time.perf_counter() - t0
             write_reconstruction_outputs(refined, out / "refined", title="network + refinement")
             recons["network + refinement"] = refined
@@ -265,7 +273,7 @@ def run_demo(output_dir: str | Path, settings: DemoSettings = DemoSettings(),
             t0 = time.perf_counter()
             recons["refinement from flat"] = refine_reconstruction(
                 None, test, 10_000, quiet=s.quiet, seed=s.seed,
-                time_limit_s=seconds["network + refinement"])
+                time_limit_s=seconds["network + refinement"], device=s.device or "cpu")
             seconds["refinement from flat"] = time.perf_counter() - t0
         seconds["network (single pass)"] = seconds.pop("network")
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ptychopinn.cli.common import add_quiet_flag, nonneg_int, positive_float, positive_int
+from ptychopinn.cli.common import (add_device_flags, add_quiet_flag, nonneg_int, positive_float,
+                                   positive_int, torch_device)
 
 
 def add_parser(sub) -> None:
@@ -33,6 +34,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing demo output")
     add_quiet_flag(p)
+    add_device_flags(p)
     p.set_defaults(run=run)
 
 
@@ -44,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     settings = DemoSettings(patch_size=args.patch_size, n_positions=args.n_positions,
                             n_train_scans=args.n_train_scans, test_positions=args.test_positions,
                             photons=args.photons, max_epochs=args.max_epochs,
-                            refine_epochs=args.refine_epochs, seed=args.seed, quiet=args.quiet)
+                            refine_epochs=args.refine_epochs, seed=args.seed, quiet=args.quiet,
+                            device=torch_device(args))
     result = run_demo(args.output_dir, settings, overwrite=args.overwrite)
     print(result.table())
     print("pictures:")

@@ -69,10 +69,40 @@ _PARSE_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, 
                  TypeError)
 
 
-def read_members(path: Path, src: str) -> dict[str, np.ndarray]:
+#: Uncompressed NPZ members at least this large (bytes) are memory-mapped, not read.
+MMAP_BYTES = 64 * 2**20
+
+
+def _mapped_member(path: Path, info: zipfile.ZipInfo) -> np.ndarray | None:
+    """A copy-on-write memory map of a stored (uncompressed) ``.npy`` member, or None when the
+    member is compressed (then it must be read)."""
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    with open(path, "rb") as fh:
+        fh.seek(info.header_offset)
+        local = fh.read(30)  # the local file header: name and extra-field lengths at 26 and 28
+        if len(local) != 30 or local[:4] != b"PK\x03\x04":
+            return None
+        name_len, extra_len = struct.unpack("<HH", local[26:30])
+        fh.seek(info.header_offset + 30 + name_len + extra_len)
+        version = np.lib.format.read_magic(fh)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = read_header(fh)
+        offset = fh.tell()
+    return np.memmap(path, dtype=dtype, mode="c", offset=offset, shape=shape,
+                     order="F" if fortran else "C")
+
+
+def read_members(path: Path, src: str, mmap_bytes: float | None = None) -> dict[str, np.ndarray]:
     """Every ``.npy`` member of the archive, never unpickling and never allocating more than a
     member's header can justify: a header that claims more bytes than the member holds (a
-    truncated or corrupt file) or than this machine's memory is refused before reading."""
+    truncated or corrupt file) or than this machine's memory is refused before reading.
+
+    An uncompressed member (``np.savez``) of at least ``mmap_bytes`` (default ``MMAP_BYTES``) is
+    memory-mapped copy-on-write instead of read: its pages are the file's (page cache), read
+    when used."""
+    mmap_bytes = MMAP_BYTES if mmap_bytes is None else mmap_bytes
     arrays: dict[str, np.ndarray] = {}
     member = "file"
     try:
@@ -101,6 +131,11 @@ def read_members(path: Path, src: str) -> dict[str, np.ndarray]:
                         raise DataError(src, key, f"header claims shape {shape} ({nbytes} bytes) but "
                                         f"the member holds {info.file_size - header} bytes "
                                         "(truncated or corrupt file)")
+                    if nbytes >= mmap_bytes:
+                        mapped = _mapped_member(path, info)
+                        if mapped is not None:
+                            arrays[key] = mapped
+                            continue
                     check_allocation(src, key, shape, dtype.itemsize)
                 with zf.open(info) as fh:
                     arrays[key] = np.lib.format.read_array(fh, allow_pickle=False)

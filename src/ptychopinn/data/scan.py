@@ -16,6 +16,33 @@ def is_real_array(arr: np.ndarray) -> bool:
     return np.issubdtype(arr.dtype, np.number) and not np.iscomplexobj(arr)
 
 
+#: Patterns per piece when validating counts (temporary masks per piece, not per scan).
+CHECK_CHUNK = 8192
+
+
+def _check_counts(d: np.ndarray, src: str) -> None:
+    """DataError for NaN/inf or negative counts, or a scan of zeros; a piece at a time, so a
+    memory-mapped scan is read once and no scan-sized mask is built."""
+    bad = 0
+    low = np.inf
+    nonzero = False
+    for s in range(0, d.shape[0], CHECK_CHUNK):
+        piece = d[s:s + CHECK_CHUNK]
+        finite = np.isfinite(piece)
+        if not finite.all():
+            bad += int((~finite).sum())
+            continue
+        low = min(low, float(piece.min()))
+        nonzero = nonzero or bool(piece.any())
+    if bad:
+        raise DataError(src, "diffraction", f"{bad} NaN/inf values")
+    if low < 0:
+        raise DataError(src, "diffraction", f"negative counts (min {low:g}); expected photon counts >= 0")
+    if not nonzero:
+        raise DataError(src, "diffraction", f"every count of all {d.shape[0]} patterns is zero: "
+                        "nothing was measured (detector off, wrong dataset or wrong units?)")
+
+
 #: pattern subsets of :meth:`ScanData.patterns`
 PATTERN_SUBSETS = ("all", "even", "odd")
 
@@ -56,12 +83,8 @@ class ScanData:
             raise DataError(src, "diffraction", f"patterns must be square (N, N), got {h} x {w}")
         if not is_real_array(d):
             raise DataError(src, "diffraction", f"expected real numbers, got dtype {d.dtype}")
-        d = d.astype(np.float32, copy=False)
-        if not np.isfinite(d).all():
-            raise DataError(src, "diffraction", f"{int((~np.isfinite(d)).sum())} NaN/inf values")
-        if (d < 0).any():
-            raise DataError(src, "diffraction", f"negative counts (min {float(d.min()):g}); "
-                            "expected photon counts >= 0")
+        d = d.astype(np.float32, copy=False)  # a float32 memory map stays one
+        _check_counts(d, src)
         pos = np.asarray(self.positions_px)
         if not is_real_array(pos):
             raise DataError(src, "positions", f"expected real numbers, got dtype {pos.dtype}")
@@ -108,9 +131,6 @@ class ScanData:
             bad = bad.astype(bool, copy=False)
             if bad.all():
                 raise DataError(src, "bad_pixels", "every pixel is marked bad")
-        if not d.any():
-            raise DataError(src, "diffraction", f"every count of all {m} patterns is zero: nothing "
-                            "was measured (detector off, wrong dataset or wrong units?)")
         idx = self.scan_index
         if idx is not None:
             idx = np.asarray(idx)

@@ -55,7 +55,7 @@ def _decompressed_members(path: Path, src: str) -> dict[str, np.ndarray]:
                         out.write(chunk)
             except (OSError, EOFError, ValueError) as exc:
                 raise DataError(src, "file", f"not a readable bzip2 file ({exc})") from None
-        return read_members(tmp, src)
+        return read_members(tmp, src, mmap_bytes=float("inf"))  # the file is removed next
     finally:
         tmp.unlink(missing_ok=True)
 
