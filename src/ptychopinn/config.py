@@ -131,12 +131,12 @@ SCHEDULER_NAMES = ("Default", "Exponential", "MultiStage", "Adaptive", "WarmupCo
 SCHEDULER_ALIASES = {"ReduceLROnPlateau": "Adaptive"}
 OPTIMIZER_NAMES = ("adam", "adamw", "sgd")
 LOGGER_NAMES = ("csv", "tensorboard", "mlflow", "none")
-#: Position correction in refinement (``correct_positions``): first epoch (counting from 0; the
-#: object needs a few epochs before its gradient says where a pattern belongs), step per epoch in
-#: pixels, and epochs of the affine-only phase before each pattern moves freely.
 #: Groups per inference batch when none is given or recorded (measured on this 2-core CPU,
 #: N = 32, gridsize 2: 16 -> 9.8 s, 32 -> 7.2 s, 64 -> 6.4 s, 128 -> 7.6 s for 2,000 patterns).
 INFERENCE_BATCH_SIZE = 64
+#: Position correction in refinement (``correct_positions``): first epoch (counting from 0; the
+#: object needs a few epochs before its gradient says where a pattern belongs), step per epoch in
+#: pixels, and epochs of the affine-only phase before each pattern moves freely.
 POSITION_START_EPOCH = 10
 POSITION_STEP_PX = 0.25
 POSITION_AFFINE_EPOCHS = 10
