@@ -50,7 +50,8 @@ HELP = {
     # data
     "data.neighbors": "K nearest neighbours a group is drawn from, >= gridsize^2",
     "data.n_groups": "number of training groups",
-    "data.val_fraction": "held-out fraction of groups for validation without --test-data; 0 allowed",
+    "data.val_fraction": "held-out fraction of patterns (a contiguous block, grouped apart from the "
+                         "training patterns) for validation without --test-data; 0 allowed",
     "data.diffraction_units": "units of the diffraction arrays in NPZ inputs; auto honours the "
                               "file's 'diffraction_units' entry, else detects",
     # training

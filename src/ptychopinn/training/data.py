@@ -18,7 +18,9 @@ from ptychopinn.physics.shifts import extract_patches
 
 @dataclass
 class ScanTensors:
-    """One scan as tensors: counts (M, N, N), positions (M, 2), a0, optional truth patches."""
+    """One scan as tensors: counts (M, N, N) (the scan's own array, not a copy), positions (M, 2),
+    a0, bad pixels, and the optional true object (H, W), whose patches items extract when asked
+    (an (M, N, N) array of true patches would be 3.3 GB at 1e5 patterns of N = 64)."""
 
     counts: torch.Tensor
     positions: torch.Tensor
@@ -30,12 +32,8 @@ class ScanTensors:
 def scan_tensors(scan: ScanData, a0: float | None = None, with_truth: bool = False) -> ScanTensors:
     truth = None
     if with_truth and scan.object_truth is not None:
-        with torch.no_grad():
-            truth = extract_patches(torch.as_tensor(scan.object_truth), torch.as_tensor(scan.positions_px),
-                                    scan.patch_size)
+        truth = torch.as_tensor(scan.object_truth)
     counts = torch.as_tensor(scan.diffraction)
-    if scan.bad_pixels is not None:  # bad pixels carry no information: not an input, not in the loss
-        counts = counts.masked_fill(torch.as_tensor(scan.bad_pixels), 0.0)
     return ScanTensors(
         counts=counts,
         positions=torch.as_tensor(scan.positions_px, dtype=torch.float64),
@@ -69,6 +67,8 @@ class GroupDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         idx = torch.as_tensor(self.groups.indices[i])
         counts = self.t.counts[idx]
+        if self.t.bad_pixels is not None:  # bad pixels carry no information: not an input, not in the loss
+            counts = counts.masked_fill(self.t.bad_pixels, 0.0)
         item = {
             "counts": counts,
             "bad_pixels": self.bad_pixels,
@@ -78,7 +78,8 @@ class GroupDataset(Dataset):
             "index": idx,
         }
         if self.t.truth is not None:
-            item["truth"] = self.t.truth[idx]
+            with torch.no_grad():
+                item["truth"] = extract_patches(self.t.truth, self.t.positions[idx], self.t.counts.shape[-1])
         if self.estimates is not None:
             item["estimate"] = self.estimates[i]
         return item
@@ -106,14 +107,32 @@ def group_estimates(scan: ScanData, groups: PatchGroups, iterations: int, chunk:
     return out
 
 
-def split_groups(groups: PatchGroups, val_fraction: float, seed: int) -> tuple[PatchGroups, PatchGroups | None]:
-    """Seeded held-out fraction of groups for validation (None when the fraction is 0)."""
-    if val_fraction <= 0 or len(groups) < 2:
-        return groups, None
+def split_patterns(positions: np.ndarray, val_fraction: float, seed: int,
+                   min_size: int = 1) -> tuple[np.ndarray, np.ndarray | None]:
+    """Seeded held-out patterns for validation: the ``val_fraction`` of the scan's patterns
+    nearest a randomly drawn scan position (a contiguous block, so groups can be formed inside
+    it), and the rest for training. Returns (train indices, validation indices), or (all, None)
+    when the fraction is 0 or either part would hold fewer than ``min_size`` patterns (a group)."""
+    m = len(positions)
+    if val_fraction <= 0:
+        return np.arange(m), None
+    n_val = max(min_size, int(round(val_fraction * m)))
+    if m - n_val < min_size:
+        return np.arange(m), None
+    from scipy.spatial import cKDTree
+
     rng = np.random.default_rng(seed + 7919)
-    order = rng.permutation(len(groups))
-    n_val = max(1, int(round(val_fraction * len(groups))))
-    return groups.subset(np.sort(order[n_val:])), groups.subset(np.sort(order[:n_val]))
+    centre = np.asarray(positions, dtype=np.float64)[rng.integers(m)]
+    _, near = cKDTree(positions).query(centre, k=n_val)
+    val = np.sort(np.atleast_1d(near).astype(np.int64))
+    return np.setdiff1d(np.arange(m), val), val
+
+
+def group_subset(positions: np.ndarray, indices: np.ndarray, gridsize: int, neighbors: int,
+                 n_groups: int | None, seed: int) -> PatchGroups:
+    """``group_positions`` among the patterns ``indices`` only, as scan pattern indices."""
+    g = group_positions(np.asarray(positions)[indices], gridsize, neighbors, n_groups, seed=seed)
+    return PatchGroups(indices[g.indices], g.offsets_px, g.centers_px)
 
 
 class PtychoDataModule(L.LightningDataModule):
@@ -140,12 +159,18 @@ class PtychoDataModule(L.LightningDataModule):
         train_sets, val_sets = [], []
         per_scan = None if n_groups is None else max(1, n_groups // len(train_scans))
         for i, scan in enumerate(train_scans):
-            groups = group_positions(scan.positions_px, gridsize, neighbors, per_scan, seed=seed + i)
             t = scan_tensors(scan, with_truth=with_truth)
-            if test_scan is None:
-                tr, va = split_groups(groups, val_fraction, seed + i)
-            else:
-                tr, va = groups, None
+            tr_idx, va_idx = (split_patterns(scan.positions_px, val_fraction, seed + i,
+                                             gridsize * gridsize)
+                              if test_scan is None else (np.arange(scan.n_patterns), None))
+            if va_idx is None:
+                tr = group_positions(scan.positions_px, gridsize, neighbors, per_scan, seed=seed + i)
+                va = None
+            else:  # validation groups share no pattern with training groups
+                n_va = None if per_scan is None else max(1, int(round(val_fraction * per_scan)))
+                n_tr = None if per_scan is None else max(1, per_scan - n_va)
+                tr = group_subset(scan.positions_px, tr_idx, gridsize, neighbors, n_tr, seed + i)
+                va = group_subset(scan.positions_px, va_idx, gridsize, neighbors, n_va, seed + i)
             est = (lambda g, sc=scan: group_estimates(sc, g, physics_iterations)) if physics_iterations else (lambda g: None)
             train_sets.append(GroupDataset(t, tr, i, est(tr)))
             if va is not None:

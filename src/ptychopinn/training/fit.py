@@ -23,6 +23,8 @@ from ptychopinn.errors import PtychoPINNError, TrainingDivergedError, TrainingIn
 from ptychopinn.io.bundle import BUNDLE_NAME, ModelBundle, save_bundle
 from ptychopinn.io.lock import output_lock
 from ptychopinn.log import get_logger
+from ptychopinn.training.check import (BEST_WEIGHTS_METRIC, best_weights_callback, network_check,
+                                       report)
 from ptychopinn.training.data import PtychoDataModule
 from ptychopinn.physics.forward import init_gain
 from ptychopinn.training.module import PtychoPINN
@@ -51,6 +53,9 @@ class TrainResult:
     run_config: RunConfig | None = None
     runtime: dict = field(default_factory=dict)
     audit_path: Path | None = None
+    #: the end-of-training check (``training.check.network_check``): network vs its physics-
+    #: estimate input vs a flat object on the validation groups; None without ground truth
+    network_check: dict | None = None
 
 
 def _stack_probes(scans: list[ScanData]) -> torch.Tensor:
@@ -227,6 +232,10 @@ def _fit(train_scans, test_scan, rc: RunConfig, out: Path | None, overwrite: boo
                  e.accumulate_grad_batches)
     if not dm.has_validation:
         overrides.setdefault("limit_val_batches", 0)  # no empty validation loop (and its warning)
+    best = None
+    if with_truth and dm.has_validation:  # select the bundled weights on real-space quality
+        best = best_weights_callback()
+        callbacks = [*(callbacks or []), best]
     trainer = build_trainer(e, monitor, out, t.max_epochs, callbacks=callbacks, **overrides)
     effective = t.batch_size * e.accumulate_grad_batches * trainer.num_devices * trainer.num_nodes
     runtime = {
@@ -282,6 +291,16 @@ def _fit(train_scans, test_scan, rc: RunConfig, out: Path | None, overwrite: boo
     if bad:
         raise TrainingDivergedError(f"training diverged: non-finite weights ({', '.join(bad[:3])}) "
                                     "at the end of training; no model bundle written")
+    bundled = {"weights": "last epoch", "epoch": int(trainer.current_epoch) - 1}
+    if best is not None and best.state is not None:
+        module.generator.load_state_dict(best.state)
+        bundled = {"weights": f"best {BEST_WEIGHTS_METRIC}", "epoch": best.epoch,
+                   BEST_WEIGHTS_METRIC: best.best}
+        log.info("bundling the weights of epoch %d (lowest %s %.4f), not the last epoch's",
+                 best.epoch, BEST_WEIGHTS_METRIC, best.best)
+    check = network_check(module, dm.val_set, t.batch_size) if with_truth else None
+    if launch_rank(trainer.num_devices) == 0:
+        report(check)
     a0s = [s.amplitude_scale() for s in train_scans]
     bundle = ModelBundle(
         model_config=m, data_config=d, training_config=t,
@@ -296,7 +315,7 @@ def _fit(train_scans, test_scan, rc: RunConfig, out: Path | None, overwrite: boo
                        # data-initialised gain by it (the physics estimate needs absolute scale)
                        "gain_ratio": float(module.log_gain.detach()[0].exp()) / gains[0],
                        "input_normalisation": "per-scan mean pattern energy (N/2)^2"},
-        execution=asdict(e),
+        execution={**asdict(e), "validation_check": check, "bundled_weights": bundled},
     )
     bundle_path = None
     if out is not None and trainer.is_global_zero:
@@ -305,4 +324,4 @@ def _fit(train_scans, test_scan, rc: RunConfig, out: Path | None, overwrite: boo
     return TrainResult(bundle=bundle, bundle_path=bundle_path, module=module, trainer=trainer,
                        monitor=monitor, metrics=metrics, seconds=seconds,
                        train_groups=len(dm.train_set), run_config=rc, runtime=runtime,
-                       audit_path=audit_path)
+                       audit_path=audit_path, network_check=check)

@@ -1,0 +1,108 @@
+"""The end-of-training check: is the network better than its own input and than a flat object?
+
+On the validation groups whose scans carry ground truth, three patch sets are compared with the
+true patches by ``patch_nrmse`` (probe-weighted complex NRMSE after removing each patch's global
+phase and amplitude scale): the network's output, the physics estimate it was given as input
+(``model.physics_iterations`` > 0) and a flat object. A network that does not beat its input adds
+nothing but time; ``fit`` warns and records the numbers in the bundle.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader
+
+from ptychopinn.log import get_logger
+from ptychopinn.training.module import patch_nrmse
+
+log = get_logger("training")
+
+
+def network_check(module, val_set, batch_size: int) -> dict | None:
+    """``{"network", "estimate", "flat", "groups"}`` mean patch NRMSE over the validation groups
+    (``estimate`` None without a physics estimate); None when there is no validation set or its
+    groups carry no ground truth."""
+    if val_set is None or len(val_set) == 0 or "truth" not in val_set[0]:
+        return None
+    device = module.device
+    sums = {"network": 0.0, "estimate": 0.0, "flat": 0.0}
+    groups = 0
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            for batch in DataLoader(val_set, batch_size=batch_size, shuffle=False):
+                batch = {k: v.to(device) for k, v in batch.items()}
+                truth = batch["truth"]
+                w = module.weights[batch["scan"]][:, None]
+                b = truth.shape[0]
+                patches = module(batch["counts"], batch["offsets"], batch["scan"], batch["a0"],
+                                 batch.get("estimate"))
+                sums["network"] += float(patch_nrmse(patches.to(truth.dtype), truth, w)) * b
+                if "estimate" in batch:
+                    sums["estimate"] += float(patch_nrmse(batch["estimate"], truth, w)) * b
+                sums["flat"] += float(patch_nrmse(torch.ones_like(truth), truth, w)) * b
+                groups += b
+    finally:
+        module.train(was_training)
+    has_estimate = "estimate" in val_set[0]
+    return {"network": sums["network"] / groups,
+            "estimate": sums["estimate"] / groups if has_estimate else None,
+            "flat": sums["flat"] / groups, "groups": groups,
+            "criterion": "patch NRMSE on validation groups (global phase and scale removed)"}
+
+
+def report(check: dict | None) -> None:
+    """Log the check; warn when the network is worse than its input or than a flat object."""
+    if check is None:
+        return
+    est = check["estimate"]
+    log.info("validation patch NRMSE (%d groups): network %.4f, physics estimate %s, flat %.4f",
+             check["groups"], check["network"], "n/a" if est is None else f"{est:.4f}", check["flat"])
+    if est is not None and check["network"] > est:
+        log.warning("the network is WORSE than its own physics-estimate input on the validation "
+                    "patterns (patch NRMSE %.4f > %.4f): it adds time, not quality; train longer or "
+                    "on more varied data, or reconstruct by refinement (ptychopinn reconstruct)",
+                    check["network"], est)
+    elif check["network"] > check["flat"]:
+        log.warning("the network is WORSE than a flat object on the validation patterns (patch "
+                    "NRMSE %.4f > %.4f)", check["network"], check["flat"])
+
+
+#: The real-space criterion that selects the bundled weights when validation has ground truth.
+BEST_WEIGHTS_METRIC = "val_patch_nrmse"
+
+
+def best_weights_callback(metric: str = BEST_WEIGHTS_METRIC):
+    """A Lightning callback keeping a CPU copy of the generator's weights at the epoch with the
+    lowest ``metric`` (validation patch NRMSE against ground truth; ``state``, ``epoch``,
+    ``best``): ``fit`` bundles those weights, not the last epoch's."""
+    import lightning as L
+
+    class _BestWeights(L.Callback):
+        def __init__(self):
+            self.metric = metric
+            self.best = None
+            self.epoch = None
+            self.state = None
+
+        def state_dict(self):  # kept in Lightning checkpoints: a resumed run remembers its best
+            return {"best": self.best, "epoch": self.epoch, "state": self.state}
+
+        def load_state_dict(self, state_dict):
+            self.best, self.epoch, self.state = (state_dict["best"], state_dict["epoch"],
+                                                 state_dict["state"])
+
+        def on_validation_end(self, trainer, pl_module):
+            if trainer.sanity_checking:
+                return
+            value = trainer.callback_metrics.get(self.metric)
+            if value is None or not bool(torch.isfinite(value)):
+                return
+            value = float(value)
+            if self.best is None or value < self.best:
+                self.best, self.epoch = value, int(trainer.current_epoch)
+                self.state = {k: v.detach().cpu().clone()
+                              for k, v in pl_module.generator.state_dict().items()}
+
+    return _BestWeights()

@@ -1,0 +1,66 @@
+"""The end-of-training check (issue 12): the network against its physics-estimate input and a flat
+object on validation patterns with ground truth, logged, warned about and kept in the bundle."""
+
+import json
+import logging
+import zipfile
+
+import pytest
+
+from ptychopinn.config import DataConfig, ExecutionConfig, ModelConfig, TrainingConfig
+from ptychopinn.data.simulate import SimulationConfig, simulate_scan
+from ptychopinn.io.bundle import load_bundle
+from ptychopinn.training.check import report
+from ptychopinn.training.fit import fit
+
+
+def _fit(train, test, tmp_path, epochs, **model):
+    return fit([train], test, model_config=ModelConfig(n=train.patch_size, **model),
+               data_config=DataConfig(), training_config=TrainingConfig(max_epochs=epochs),
+               execution_config=ExecutionConfig(logger="none", quiet=True, accelerator="cpu",
+                                                enable_checkpointing=False, seed=0),
+               output_dir=tmp_path / "model")
+
+
+def test_the_check_is_measured_and_kept_in_the_bundle(tmp_path, tiny_scan):
+    result = _fit(tiny_scan, None, tmp_path, 1)
+    check = result.network_check
+    assert check["groups"] >= 1 and check["estimate"] is not None
+    # the physics estimate (20 projections of the data) is far better than a flat object: the
+    # check measures real patches, not constants
+    assert check["estimate"] < 0.8 * check["flat"]
+    with zipfile.ZipFile(result.bundle_path) as zf:
+        stored = json.loads(zf.read("execution.json"))["validation_check"]
+    assert stored["network"] == pytest.approx(check["network"])
+    assert load_bundle(result.bundle_path).execution["validation_check"]["flat"] == pytest.approx(check["flat"])
+
+
+def test_no_ground_truth_no_check(tmp_path, tiny_scan):
+    from dataclasses import replace
+
+    result = _fit(replace(tiny_scan, object_truth=None), None, tmp_path, 1)
+    assert result.network_check is None
+    assert result.bundle.execution["validation_check"] is None
+
+
+def test_a_network_worse_than_its_input_is_warned_about(log_records):
+    report({"network": 0.30, "estimate": 0.20, "flat": 0.9, "groups": 5})
+    warned = [r for r in log_records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "WORSE than its own physics-estimate input" in warned[0].getMessage()
+    log_records.clear()
+    report({"network": 0.10, "estimate": 0.20, "flat": 0.9, "groups": 5})
+    assert not [r for r in log_records if r.levelno == logging.WARNING]
+    assert any("network 0.1000, physics estimate 0.2000" in r.getMessage() for r in log_records)
+
+
+@pytest.mark.slow
+def test_trained_network_is_not_worse_than_its_input_on_a_held_out_scan(tmp_path, torch_threads):
+    """A held-out scan (other object, same probe family, 1e6 photons, N = 32): after training the
+    network's patches are at least as close to the truth as its physics-estimate input."""
+    cfg = dict(patch_size=32, n_positions=400, object_kind="natural", photons=1e6)
+    train = simulate_scan(SimulationConfig(**cfg, seed=11))
+    test = simulate_scan(SimulationConfig(**{**cfg, "n_positions": 196}, seed=12))
+    with torch_threads(2):
+        result = _fit(train, test, tmp_path, 8)
+    check = result.network_check
+    assert check["network"] <= check["estimate"], check
