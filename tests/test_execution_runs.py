@@ -383,7 +383,9 @@ def test_cli_quiet_prints_only_the_bundle_path(tmp_path, tiny_scan_file, capfd, 
     captured = capfd.readouterr()
     assert code == 0
     assert captured.out.strip() == str(out / "model.ptpinn")
-    assert captured.err == ""
+    # warnings still show (the end-of-training check may say a 1-epoch network is worse than its
+    # input), nothing else does
+    assert all("WORSE than" in line for line in captured.err.splitlines()), captured.err
     for noise in ("GPU available", "litlogger", "training on", "Epoch", "Sanity", "Params"):
         assert noise not in captured.out + caplog.text, noise
     assert (out / AUDIT_NAME).exists()

@@ -20,9 +20,9 @@ def is_real_array(arr: np.ndarray) -> bool:
 CHECK_CHUNK = 8192
 
 
-def _check_counts(d: np.ndarray, src: str) -> None:
-    """DataError for NaN/inf or negative counts, or a scan of zeros; a piece at a time, so a
-    memory-mapped scan is read once and no scan-sized mask is built."""
+def _check_counts(d: np.ndarray, src: str) -> bool:
+    """DataError for NaN/inf or negative counts; a piece at a time, so a memory-mapped scan is
+    read once and no scan-sized mask is built. Returns whether any count is nonzero."""
     bad = 0
     low = np.inf
     nonzero = False
@@ -38,9 +38,7 @@ def _check_counts(d: np.ndarray, src: str) -> None:
         raise DataError(src, "diffraction", f"{bad} NaN/inf values")
     if low < 0:
         raise DataError(src, "diffraction", f"negative counts (min {low:g}); expected photon counts >= 0")
-    if not nonzero:
-        raise DataError(src, "diffraction", f"every count of all {d.shape[0]} patterns is zero: "
-                        "nothing was measured (detector off, wrong dataset or wrong units?)")
+    return nonzero
 
 
 #: pattern subsets of :meth:`ScanData.patterns`
@@ -84,7 +82,7 @@ class ScanData:
         if not is_real_array(d):
             raise DataError(src, "diffraction", f"expected real numbers, got dtype {d.dtype}")
         d = d.astype(np.float32, copy=False)  # a float32 memory map stays one
-        _check_counts(d, src)
+        measured = _check_counts(d, src)
         pos = np.asarray(self.positions_px)
         if not is_real_array(pos):
             raise DataError(src, "positions", f"expected real numbers, got dtype {pos.dtype}")
@@ -131,6 +129,9 @@ class ScanData:
             bad = bad.astype(bool, copy=False)
             if bad.all():
                 raise DataError(src, "bad_pixels", "every pixel is marked bad")
+        if not measured:
+            raise DataError(src, "diffraction", f"every count of all {m} patterns is zero: nothing "
+                            "was measured (detector off, wrong dataset or wrong units?)")
         idx = self.scan_index
         if idx is not None:
             idx = np.asarray(idx)

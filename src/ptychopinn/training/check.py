@@ -9,6 +9,7 @@ nothing but time; ``fit`` warns and records the numbers in the bundle.
 
 from __future__ import annotations
 
+import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
@@ -25,14 +26,18 @@ def network_check(module, val_set, batch_size: int) -> dict | None:
     if val_set is None or len(val_set) == 0 or "truth" not in val_set[0]:
         return None
     device = module.device
+    real = next(module.generator.parameters()).dtype  # float64 after 64-true training
     sums = {"network": 0.0, "estimate": 0.0, "flat": 0.0}
     groups = 0
     was_training = module.training
     module.eval()
     try:
         with torch.no_grad():
-            for batch in DataLoader(val_set, batch_size=batch_size, shuffle=False):
-                batch = {k: v.to(device) for k, v in batch.items()}
+            # its own generator: iterating must not draw from the global RNG
+            loader = DataLoader(val_set, batch_size=batch_size, shuffle=False,
+                                generator=torch.Generator().manual_seed(0))
+            for batch in loader:
+                batch = {k: _like(v.to(device), real) for k, v in batch.items()}
                 truth = batch["truth"]
                 w = module.weights[batch["scan"]][:, None]
                 b = truth.shape[0]
@@ -50,6 +55,13 @@ def network_check(module, val_set, batch_size: int) -> dict | None:
             "estimate": sums["estimate"] / groups if has_estimate else None,
             "flat": sums["flat"] / groups, "groups": groups,
             "criterion": "patch NRMSE on validation groups (global phase and scale removed)"}
+
+
+def _like(t: torch.Tensor, real: torch.dtype) -> torch.Tensor:
+    """Floating tensors in the module's precision (complex ones in the matching complex type)."""
+    if t.is_complex():
+        return t.to(torch.complex128 if real == torch.float64 else torch.complex64)
+    return t.to(real) if t.is_floating_point() else t
 
 
 def report(check: dict | None) -> None:
@@ -73,36 +85,33 @@ def report(check: dict | None) -> None:
 BEST_WEIGHTS_METRIC = "val_patch_nrmse"
 
 
-def best_weights_callback(metric: str = BEST_WEIGHTS_METRIC):
+class BestWeights(L.Callback):
     """A Lightning callback keeping a CPU copy of the generator's weights at the epoch with the
     lowest ``metric`` (validation patch NRMSE against ground truth; ``state``, ``epoch``,
-    ``best``): ``fit`` bundles those weights, not the last epoch's."""
-    import lightning as L
+    ``best``): ``fit`` bundles those weights, not the last epoch's. Its state is kept in
+    Lightning checkpoints, so a resumed run remembers its best epoch."""
 
-    class _BestWeights(L.Callback):
-        def __init__(self):
-            self.metric = metric
-            self.best = None
-            self.epoch = None
-            self.state = None
+    def __init__(self, metric: str = BEST_WEIGHTS_METRIC):
+        self.metric = metric
+        self.best = None
+        self.epoch = None
+        self.state = None
 
-        def state_dict(self):  # kept in Lightning checkpoints: a resumed run remembers its best
-            return {"best": self.best, "epoch": self.epoch, "state": self.state}
+    def state_dict(self):
+        return {"best": self.best, "epoch": self.epoch, "state": self.state}
 
-        def load_state_dict(self, state_dict):
-            self.best, self.epoch, self.state = (state_dict["best"], state_dict["epoch"],
-                                                 state_dict["state"])
+    def load_state_dict(self, state_dict):
+        self.best, self.epoch, self.state = (state_dict["best"], state_dict["epoch"],
+                                             state_dict["state"])
 
-        def on_validation_end(self, trainer, pl_module):
-            if trainer.sanity_checking:
-                return
-            value = trainer.callback_metrics.get(self.metric)
-            if value is None or not bool(torch.isfinite(value)):
-                return
-            value = float(value)
-            if self.best is None or value < self.best:
-                self.best, self.epoch = value, int(trainer.current_epoch)
-                self.state = {k: v.detach().cpu().clone()
-                              for k, v in pl_module.generator.state_dict().items()}
-
-    return _BestWeights()
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics.get(self.metric)
+        if value is None or not bool(torch.isfinite(value)):
+            return
+        value = float(value)
+        if self.best is None or value < self.best:
+            self.best, self.epoch = value, int(trainer.current_epoch)
+            self.state = {k: v.detach().cpu().clone()
+                          for k, v in pl_module.generator.state_dict().items()}

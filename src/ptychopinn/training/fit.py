@@ -23,8 +23,7 @@ from ptychopinn.errors import PtychoPINNError, TrainingDivergedError, TrainingIn
 from ptychopinn.io.bundle import BUNDLE_NAME, ModelBundle, save_bundle
 from ptychopinn.io.lock import output_lock
 from ptychopinn.log import get_logger
-from ptychopinn.training.check import (BEST_WEIGHTS_METRIC, best_weights_callback, network_check,
-                                       report)
+from ptychopinn.training.check import BEST_WEIGHTS_METRIC, BestWeights, network_check, report
 from ptychopinn.training.data import PtychoDataModule
 from ptychopinn.physics.forward import init_gain
 from ptychopinn.training.module import PtychoPINN
@@ -234,7 +233,7 @@ def _fit(train_scans, test_scan, rc: RunConfig, out: Path | None, overwrite: boo
         overrides.setdefault("limit_val_batches", 0)  # no empty validation loop (and its warning)
     best = None
     if with_truth and dm.has_validation:  # select the bundled weights on real-space quality
-        best = best_weights_callback()
+        best = BestWeights()
         callbacks = [*(callbacks or []), best]
     trainer = build_trainer(e, monitor, out, t.max_epochs, callbacks=callbacks, **overrides)
     effective = t.batch_size * e.accumulate_grad_batches * trainer.num_devices * trainer.num_nodes
