@@ -64,3 +64,23 @@ def test_trained_network_is_not_worse_than_its_input_on_a_held_out_scan(tmp_path
         result = _fit(train, test, tmp_path, 8)
     check = result.network_check
     assert check["network"] <= check["estimate"], check
+
+
+def test_validation_patterns_are_never_training_patterns(tiny_scan):
+    """The held-out fraction is of patterns: validation groups are formed among held-out
+    patterns only, so no validation group shares a pattern with a training group (a group
+    split let gridsize-2 validation groups reuse training patterns)."""
+    import numpy as np
+
+    from ptychopinn.training.data import PtychoDataModule
+
+    dm = PtychoDataModule([tiny_scan], gridsize=2, neighbors=4, val_fraction=0.25, seed=3)
+    train = {int(i) for d in dm.train_set.datasets for i in d.groups.indices.ravel()}
+    val = {int(i) for d in dm.val_set.datasets for i in d.groups.indices.ravel()}
+    assert val and train and not (train & val)
+    assert len(val) == round(0.25 * tiny_scan.n_patterns)
+    # a contiguous block: every held-out pattern's nearest held-out neighbour is close
+    pos = tiny_scan.positions_px[sorted(val)]
+    d = np.sqrt(((pos[:, None] - pos[None]) ** 2).sum(-1)) + np.eye(len(pos)) * 1e9
+    step = np.sqrt(((tiny_scan.positions_px[1:] - tiny_scan.positions_px[:-1]) ** 2).sum(-1)).min()
+    assert d.min(axis=1).max() < 3 * max(step, 1.0)
