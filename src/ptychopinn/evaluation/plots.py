@@ -14,6 +14,9 @@ import numpy as np
 from ptychopinn.io.atomic import atomic_path
 
 DPI = 110
+#: Images larger than this many pixels per side are shown strided (every k-th pixel): a panel is
+#: a few hundred pixels wide at DPI, and rendering a 3,615-pixel canvas in full cost 1.1 GB.
+MAX_DISPLAY_PX = 1200
 
 
 def _limits(values: np.ndarray, mask: np.ndarray | None) -> tuple[float, float]:
@@ -34,6 +37,10 @@ def _show(fig, ax, image, title, cmap, limits, mask=None, origin_px=(0, 0)):
     h, w = image.shape
     x0, y0 = origin_px
     extent = (x0 - 0.5, x0 + w - 0.5, y0 + h - 0.5, y0 - 0.5)  # pixel centres at integer coordinates
+    step = -(-max(h, w) // MAX_DISPLAY_PX)  # ceil: 1 for images up to MAX_DISPLAY_PX
+    if step > 1:  # the axes keep the full image's pixel coordinates
+        image = image[::step, ::step]
+        mask = None if mask is None else mask[::step, ::step]
     im = ax.imshow(image, cmap=cmap, vmin=limits[0], vmax=limits[1], interpolation="nearest",
                    extent=extent)
     if mask is not None and not np.all(mask):
@@ -74,7 +81,7 @@ def save_complex_png(obj: np.ndarray, path: str | Path, title: str = "", mask: n
     """
     from matplotlib.figure import Figure
 
-    a = _check_2d(obj, "object").astype(np.complex128)
+    a = _check_2d(obj, "object").astype(np.complex64, copy=False)
     m = None if mask is None else np.asarray(mask, dtype=bool)
     amp, phase = np.abs(a), np.angle(a)
     # fixed margins: constrained/tight layout costs about twice the rendering time
