@@ -17,7 +17,7 @@ from ptychopinn.io.atomic import atomic_path
 from ptychopinn.io.bundle import ModelBundle, load_bundle
 from ptychopinn.io.spill import SPILL_BYTES, SpillArray
 from ptychopinn.log import get_logger
-from ptychopinn.physics.forward import init_gain, probe_weight
+from ptychopinn.physics.forward import init_gain, phase_factors, probe_weight
 from ptychopinn.predictor import predict_group_patches
 from ptychopinn.physics.shifts import canvas_geometry, extract_patches, place_patches
 
@@ -71,12 +71,6 @@ def load_reconstruction(path: str | Path) -> Reconstruction:
 #: Measured, 16,000 patterns of N = 32 on this 2-core CPU: 4096 -> 15.4 s and +200 MB transient,
 #: 1024 -> 9.7 s, 256 -> 7.1 s and +63 MB (smaller pieces stay in cache).
 STITCH_CHUNK = 256
-
-
-def _phase_to(patches, reference, weight) -> torch.Tensor:
-    """(M,) unit phase factors that best match each patch to ``reference`` (weighted)."""
-    c = (weight * reference * patches.conj()).sum(dim=(-2, -1))
-    return torch.polar(torch.ones_like(c.real), torch.angle(c))
 
 
 def _rings(positions_px: np.ndarray) -> list[np.ndarray]:
@@ -142,7 +136,7 @@ def stitch(patches, positions_px: np.ndarray, probe: np.ndarray,
         if k > 0:
             ref = (extract_patches(num, pos[idx], n, kernel="bilinear")
                    / (extract_patches(cover, pos[idx], n, kernel="bilinear").real + 1e-3 * reached))
-            phase[idx] = _phase_to(p, ref, w)
+            phase[idx] = phase_factors(p, ref, w)
         place_patches(p * phase[idx, None, None] * wc, pos[idx], shape, kernel="bilinear", out=num)
         place_patches(wc.expand(len(idx), n, n), pos[idx], shape, kernel="bilinear", out=cover)
         reached = max(reached, float(extract_patches(cover, pos[idx], n, kernel="bilinear").real.max()))
@@ -151,7 +145,7 @@ def stitch(patches, positions_px: np.ndarray, probe: np.ndarray,
         canvas = place_all(scaled=True) / norm
         for sl in pieces:
             p = store.read(sl) * phase[sl, None, None]
-            phase[sl] = phase[sl] * _phase_to(p, extract_patches(canvas, pos[sl], n, kernel="bilinear"), w)
+            phase[sl] = phase[sl] * phase_factors(p, extract_patches(canvas, pos[sl], n, kernel="bilinear"), w)
     canvas = place_all(scaled=True) / norm
     # one global phase: make the weighted mean phase zero
     c = (den * canvas).sum()

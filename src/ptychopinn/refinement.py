@@ -557,14 +557,16 @@ class Refiner:
         ``grad_sum`` is the gradient of the summed NLL (torch reports 2 dL/dO*); near the optimum
         the Poisson gradient is twice the modulus-projection residual, hence the 4.
         """
-        n_terms = self.n_good * b
-        grad = self.obj.grad * n_terms
         h, w = self.shape
         illum = torch.zeros(h * w, device=self.device)
         illum.index_add_(0, win_idx.reshape(-1), probes.abs().square().sum(1).reshape(-1))
-        illum = illum.reshape(h, w)
+        self.obj.add_(self._pgd_delta(self.obj.grad, illum.reshape(h, w), gain, b))
+
+    def _pgd_delta(self, grad, illum, gain, b) -> torch.Tensor:
+        """The PGD change of the object where ``grad`` (of the mean NLL over the minibatch's ``b``
+        patterns) and the minibatch illumination ``illum`` are given (same shape)."""
         denom = 4.0 * gain * (illum + self.pgd_regularization * illum.max())
-        self.obj.sub_(self.lr * grad / denom)
+        return -(self.lr * self.n_good * b) * grad / denom
 
     def _local_pgd_step(self, window_grad, probes, win_idx, gain, b):
         """``_pgd_step`` on the pixels the minibatch's windows cover only (the same update: the
@@ -575,8 +577,7 @@ class Refiner:
         grad.index_add_(0, inv, window_grad.reshape(-1))
         illum = torch.zeros(len(uniq), device=self.device)
         illum.index_add_(0, inv, probes.abs().square().sum(1).reshape(-1))
-        denom = 4.0 * gain * (illum + self.pgd_regularization * illum.max())
-        self.obj.view(-1).index_add_(0, uniq, -(self.lr * self.n_good * b) * grad / denom)
+        self.obj.view(-1).index_add_(0, uniq, self._pgd_delta(grad, illum, gain, b))
 
     def predicted_intensity(self, indices=None) -> np.ndarray:
         """(B, N, N) float32 ``sum_k |F(O P_k)|^2`` of the current object and probe at the

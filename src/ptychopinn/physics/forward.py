@@ -49,6 +49,13 @@ def probe_weight(probe: torch.Tensor, floor: float = 1e-3) -> torch.Tensor:
     return (intensity / intensity.max() + floor) * edge_taper(n, dtype=intensity.dtype).to(intensity.device)
 
 
+def phase_factors(patches: torch.Tensor, reference: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Unit complex factors (...,) that best rotate each patch (..., N, N) onto ``reference``
+    (weighted least squares over each patch): the free global phase of a far-field patch."""
+    c = (weight * reference * patches.conj()).sum(dim=(-2, -1))
+    return torch.polar(torch.ones_like(c.real), torch.angle(c))
+
+
 class OverlapGeometry:
     """What ``overlap_constrain`` needs of a batch's offsets and weight, computed once: the group
     canvas size, the members' positions on it, the weight and its placed sum (regularised).

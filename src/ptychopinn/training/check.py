@@ -23,8 +23,10 @@ def network_check(module, val_set, batch_size: int) -> dict | None:
     """``{"network", "estimate", "flat", "groups"}`` mean patch NRMSE over the validation groups
     (``estimate`` None without a physics estimate); None when there is no validation set or its
     groups carry no ground truth."""
-    if val_set is None or len(val_set) == 0 or "truth" not in val_set[0]:
+    first = val_set[0] if val_set is not None and len(val_set) else {}
+    if "truth" not in first:
         return None
+    has_estimate = "estimate" in first
     device = module.device
     real = next(module.generator.parameters()).dtype  # float64 after 64-true training
     sums = {"network": 0.0, "estimate": 0.0, "flat": 0.0}
@@ -44,13 +46,12 @@ def network_check(module, val_set, batch_size: int) -> dict | None:
                 patches = module(batch["counts"], batch["offsets"], batch["scan"], batch["a0"],
                                  batch.get("estimate"))
                 sums["network"] += float(patch_nrmse(patches.to(truth.dtype), truth, w)) * b
-                if "estimate" in batch:
+                if has_estimate:
                     sums["estimate"] += float(patch_nrmse(batch["estimate"], truth, w)) * b
                 sums["flat"] += float(patch_nrmse(torch.ones_like(truth), truth, w)) * b
                 groups += b
     finally:
         module.train(was_training)
-    has_estimate = "estimate" in val_set[0]
     return {"network": sums["network"] / groups,
             "estimate": sums["estimate"] / groups if has_estimate else None,
             "flat": sums["flat"] / groups, "groups": groups,

@@ -8,7 +8,7 @@ from torch import nn
 
 from ptychopinn.config import ExecutionConfig, ModelConfig, TrainingConfig
 from ptychopinn.models.registry import build_generator
-from ptychopinn.physics.forward import diffraction_intensity, probe_weight
+from ptychopinn.physics.forward import diffraction_intensity, phase_factors, probe_weight
 from ptychopinn.physics.losses import get_loss
 from ptychopinn.predictor import predict_group_patches
 from ptychopinn.training.optim import configure_optimization
@@ -16,8 +16,7 @@ from ptychopinn.training.optim import configure_optimization
 
 def align_phase(patches: torch.Tensor, reference: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Rotate each patch by the global phase that best matches ``reference`` (weighted)."""
-    c = (weight * reference * patches.conj()).sum(dim=(-2, -1), keepdim=True)
-    return patches * torch.polar(torch.ones_like(c.real), torch.angle(c))
+    return patches * phase_factors(patches, reference, weight)[..., None, None]
 
 
 def align_scale(patches: torch.Tensor, reference: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
