@@ -224,7 +224,9 @@ def test_prior_keeps_refinement_near_the_start(scan):
     start = (truth + 0.05 * (rng.standard_normal(truth.shape)
                              + 1j * rng.standard_normal(truth.shape))).astype(np.complex64)
     free = refine(scan, start, epochs=4, batch_size=16, quiet=True)
-    loose = refine(scan, start, epochs=4, batch_size=16, prior_sigma=0.05, quiet=True)
+    # sigma 0.01 moves the object 19% less than no prior (measured 0.063 vs 0.078); 0.05 moved
+    # it 1% less, within the difference between Adam's local and dense forms
+    loose = refine(scan, start, epochs=4, batch_size=16, prior_sigma=0.01, quiet=True)
     tight = refine(scan, start, epochs=4, batch_size=16, prior_sigma=1e-4, quiet=True)
     region = region_of(free)
 

@@ -260,3 +260,55 @@ def test_local_pgd_step_equals_the_canvas_wide_step(tiny_scan):
         r._local_pgd_step(windows.grad, probes, win, gain, len(idx))
     assert (dense - start).abs().max() > 1e-4  # the step moved the object
     torch.testing.assert_close(r.obj.detach(), dense, atol=1e-6, rtol=1e-5)
+
+
+def test_local_adam_equals_torch_adam_on_the_pixels_it_visits():
+    """LocalAdam (moments advanced on the minibatch's pixels only) makes exactly torch's Adam
+    updates on pixels visited at every step, sums overlapping windows' gradients per pixel, and
+    leaves the pixels no window covers alone; a pixel first visited later starts its own step
+    count (its first move is lr per part, as Adam's first step)."""
+    from ptychopinn.refinement import LocalAdam
+
+    h, w, n = 12, 14, 4
+    gen = torch.Generator().manual_seed(3)
+    start = torch.randn(h, w, dtype=torch.complex64, generator=gen)
+    ar = torch.arange(n)
+    grid = ar[:, None] * w + ar[None, :]
+    win = torch.tensor([0, 2, 2 * w + 1])[:, None, None] + grid  # overlapping windows
+    dense = start.clone().requires_grad_(True)
+    local = start.clone()
+    opt, lazy = torch.optim.Adam([dense], lr=0.05), LocalAdam(local, lr=0.05)
+    for _ in range(4):
+        wg = torch.randn(3, n, n, dtype=torch.complex64, generator=gen)
+        grad = torch.zeros(h * w, dtype=torch.complex64)
+        grad.index_add_(0, win.reshape(-1), wg.reshape(-1))
+        dense.grad = grad.reshape(h, w)
+        opt.step()
+        lazy.step_windows(wg, win)
+    torch.testing.assert_close(local, dense.detach(), atol=1e-6, rtol=1e-5)
+    assert (local - start).abs().max() > 0.1
+    covered = torch.zeros(h * w, dtype=torch.bool)
+    covered[win.reshape(-1)] = True
+    assert torch.equal(local.view(-1)[~covered], start.view(-1)[~covered])
+    # a window over pixels never visited: each part moves by lr against its gradient's sign
+    late = torch.tensor([h * w - 1 - (n - 1) * (w + 1)])[:, None, None] + grid
+    before = local.clone()
+    wg = torch.complex(torch.ones(1, n, n), -torch.ones(1, n, n))
+    lazy.step_windows(wg, late)
+    fresh = late.reshape(-1)[~covered[late.reshape(-1)]]
+    moved = (local.view(-1) - before.view(-1))[fresh]
+    torch.testing.assert_close(moved, torch.full_like(moved, complex(-0.05, 0.05)))
+
+
+def test_refiner_adam_without_prior_is_local(tiny_scan):
+    """Adam refinement without a prior steps on the minibatch's windows (LocalAdam); with a
+    prior (a canvas-wide gradient) it is torch's dense Adam."""
+    from ptychopinn.refinement import LocalAdam, Refiner
+
+    r = Refiner(tiny_scan, optimizer="adam")
+    r.run_epoch()
+    assert isinstance(r.opt, LocalAdam) and r.obj.grad is None
+    assert (r.current_object() != 1).any()
+    p = Refiner(tiny_scan, optimizer="adam", prior_sigma=1.0)
+    p.run_epoch()
+    assert isinstance(p.opt, torch.optim.Adam)
