@@ -201,6 +201,28 @@ def test_cxi_reader_round_trip_and_ptychodus_agrees(tmp_path, tiny_scan):
     np.testing.assert_allclose(xs / 1e-8, scan.positions_px[:, 0], atol=1e-6)
 
 
+def test_large_cxi_patterns_are_read_in_slices_like_a_full_read(tmp_path, tiny_scan,
+                                                                monkeypatch):
+    """Above the mapping threshold a CXI integer dataset is converted in slices into a scratch
+    file (no scan-sized read), with the same counts, bad pixels zeroed."""
+    from ptychopinn.data import ptychodus_h5
+
+    path = tmp_path / "scan.cxi"
+    mask = np.zeros((32, 32), np.uint32)
+    mask[16, 16] = 1
+    _write_cxi(path, tiny_scan, mask=mask)
+    full = load_scan(path)
+    monkeypatch.setattr(ptychodus_h5, "MAP_BYTES", 0)
+    monkeypatch.setattr(ptychodus_h5, "SLICE_BYTES", 4 * 32 * 32 * 4)
+    sliced = load_scan(path)
+    base = sliced.diffraction
+    while base is not None and not isinstance(base, np.memmap):
+        base = getattr(base, "base", None)
+    assert isinstance(base, np.memmap)
+    np.testing.assert_array_equal(sliced.diffraction, full.diffraction)
+    assert sliced.diffraction[:, 16, 16].max() == 0 < tiny_scan.diffraction[:, 16, 16].max()
+
+
 def test_cxi_errors_name_the_dataset(tmp_path, tiny_scan):
     path = tmp_path / "noprobe.cxi"
     _write_cxi(path, tiny_scan, probe_path=None)

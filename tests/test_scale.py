@@ -4,6 +4,7 @@ ceiling on a real ``infer`` run (issue 13)."""
 import subprocess
 import sys
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -144,7 +145,12 @@ def test_infer_memory_grows_with_the_scan_not_its_square(tmp_path):
     """A subprocess ``infer`` of 6,000 patterns (N = 16) against one of 49: the peak RSS grows by
     less than 200 MB (measured ~95 MB: counts, patches and canvases). One M x M float64 array of
     distances or weights would add 288 MB."""
-    from ptychopinn.config import DataConfig, ExecutionConfig, ModelConfig, TrainingConfig
+    from ptychopinn.config import (
+        DataConfig,
+        ExecutionConfig,
+        ModelConfig,
+        TrainingConfig,
+    )
     from ptychopinn.data.npz import write_npz
     from ptychopinn.training.fit import fit
 
@@ -196,14 +202,17 @@ def test_training_estimates_in_a_file_equal_estimates_in_memory(tiny_scan):
     disk.close()
 
 
-def _file_backed(a) -> bool:
-    import mmap
+def _memory_map_of(array):
+    """The np.memmap an array is a view of (ScanData holds a plain ndarray view), else None."""
+    while array is not None:
+        if isinstance(array, np.memmap):
+            return array
+        array = getattr(array, "base", None)
+    return None
 
-    while a is not None:
-        if isinstance(a, (np.memmap, mmap.mmap)):
-            return True
-        a = getattr(a, "base", None)
-    return False
+
+def _file_backed(a) -> bool:
+    return _memory_map_of(a) is not None
 
 
 def test_a_memory_mapped_npz_scan_reads_like_a_full_read(tmp_path, monkeypatch):
@@ -225,6 +234,35 @@ def test_a_memory_mapped_npz_scan_reads_like_a_full_read(tmp_path, monkeypatch):
     # copy-on-write: a change in memory never reaches the file
     mapped.diffraction[0, 0, 0] += 1
     assert npz.read_npz(tmp_path / "stored.npz").diffraction[0, 0, 0] == full.diffraction[0, 0, 0]
+    # a compressed member that large is decompressed in pieces into a scratch file
+    streamed = npz.read_npz(tmp_path / "compressed.npz")
+    assert _file_backed(streamed.diffraction) and _memory_map_of(streamed.diffraction).mode == "r+"
+    np.testing.assert_array_equal(streamed.diffraction, full.diffraction)
+    np.testing.assert_array_equal(streamed.probe, full.probe)
+
+
+def test_counts_conversion_goes_piece_by_piece_into_a_scratch_file(monkeypatch):
+    """Integer counts or amplitudes of a scan at least MMAP_BYTES large convert piece by piece
+    into a file-backed float32 array equal to a whole-array conversion; float32 counts are
+    returned as they are; a negative amplitude is reported with its pattern."""
+    import ptychopinn.data.npz as npz
+    from ptychopinn.errors import DataError
+
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(3.0, size=(11, 8, 8)).astype(np.uint32)
+    monkeypatch.setattr(npz, "MMAP_BYTES", 1)
+    monkeypatch.setattr(npz, "CONVERT_CHUNK", 3)
+    out, units = npz.to_counts(counts, "auto", "f", "k")
+    assert units == "counts" and _file_backed(out) and out.dtype == np.float32
+    np.testing.assert_array_equal(out, counts.astype(np.float32))
+    amp = np.sqrt(counts).astype(np.float64)
+    out, _ = npz.to_counts(amp, "amplitude", "f", "k")
+    np.testing.assert_allclose(out, counts.astype(np.float32), rtol=1e-6)
+    same = counts.astype(np.float32)
+    assert npz.to_counts(same, "counts", "f", "k")[0] is same
+    amp[7, 2, 3] = -1.0
+    with pytest.raises(DataError, match="pattern 7"):
+        npz.to_counts(amp, "amplitude", "f", "k")
 
 
 def test_local_pgd_step_equals_the_canvas_wide_step(tiny_scan):
@@ -312,3 +350,62 @@ def test_refiner_adam_without_prior_is_local(tiny_scan):
     p = Refiner(tiny_scan, optimizer="adam", prior_sigma=1.0)
     p.run_epoch()
     assert isinstance(p.opt, torch.optim.Adam)
+
+
+@pytest.mark.parametrize("layout", ["contiguous-float32", "lzf-uint32-interleaved"])
+def test_large_hdf5_patterns_are_mapped_or_sliced_and_read_like_a_full_read(
+        tmp_path, tiny_scan, monkeypatch, layout):
+    """Ptychodus diffraction files above the mapping threshold are not read whole: a contiguous
+    float32 dataset is memory-mapped copy-on-write (bad pixels zeroed in the process's copy, the
+    file untouched), a compressed integer one with patterns that pair with no position between
+    the paired ones is read in slices into a scratch file; both equal a full read."""
+    from ptychopinn.data import ptychodus_h5 as ph
+
+    product, diffraction = tmp_path / "product.h5", tmp_path / "diffraction.h5"
+    ph.write_product_for_scan(product, tiny_scan)
+    counts = np.rint(tiny_scan.diffraction).astype(np.float32)
+    m = len(counts)
+    index = ph._product_scan_index(tiny_scan)
+    bad = np.zeros(counts.shape[1:], bool)
+    row, col = np.unravel_index(np.argmax(counts[0]), bad.shape)
+    bad[row, col] = True  # a pixel with counts in every pattern's file page
+    if layout == "contiguous-float32":
+        ph.write_diffraction(diffraction, counts, index, bad, detector_pixel_size_m=75e-6,
+                             compression=None)
+    else:  # an unpaired pattern (index no position has) after every second one
+        extra = np.arange(m // 2) * 2 + 1
+        rows = np.insert(np.arange(m), extra, -1)
+        pats = np.where((rows >= 0)[:, None, None], counts[rows.clip(0)], 7.0)
+        ids = np.where(rows >= 0, index[rows.clip(0)], 10**6 + np.arange(len(rows)))
+        ph.write_diffraction(diffraction, pats, ids, bad, detector_pixel_size_m=75e-6,
+                             dtype=np.uint32)
+    full = ph.read_ptychodus(product, diffraction)
+    monkeypatch.setattr(ph, "MAP_BYTES", 0)
+    monkeypatch.setattr(ph, "SLICE_BYTES", 5 * counts[0].nbytes)  # several slices
+    big = ph.read_ptychodus(product, diffraction)
+    mapped = _memory_map_of(big.diffraction)
+    assert mapped is not None and _memory_map_of(full.diffraction) is None
+    assert big.diffraction.dtype == np.float32
+    np.testing.assert_array_equal(big.diffraction, full.diffraction)
+    expected = counts.copy()
+    expected[:, bad] = 0
+    np.testing.assert_array_equal(big.diffraction, expected)
+    np.testing.assert_array_equal(big.positions_px, full.positions_px)
+    if layout == "contiguous-float32":
+        assert mapped.mode == "c"  # the file's pages, copied only where written
+        with h5py.File(diffraction, "r") as fh:
+            assert fh["patterns"][0, row, col] == counts[0, row, col] > 0  # the file keeps them
+
+
+def test_scratch_array_is_file_backed_and_leaves_no_file(tmp_path):
+    """scratch_array gives a writable array whose file is already removed from the directory, and
+    a clear error when the space cannot be reserved."""
+    from ptychopinn.errors import PtychoPINNError
+    from ptychopinn.io.spill import scratch_array
+
+    a = scratch_array((3, 4, 5), np.float32, directory=tmp_path)
+    a[:] = 2.5
+    assert isinstance(a, np.memmap) and float(a.sum()) == 150.0
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(PtychoPINNError, match="cannot reserve"):
+        scratch_array((2**40, 2**10), np.float64, directory=tmp_path)

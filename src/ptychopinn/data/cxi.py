@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from ptychopinn.data.npz import check_units, to_counts
-from ptychopinn.data.ptychodus_h5 import (_dataset, _open_h5, _read, far_field_pixel_size_m)
+from ptychopinn.data.ptychodus_h5 import (_dataset, _open_h5, _read, far_field_pixel_size_m,
+                                          read_patterns)
 from ptychopinn.data.scan import ScanData, is_real_array
 from ptychopinn.errors import DataError
 
@@ -105,7 +106,9 @@ def read_cxi(path: str | Path, diffraction_units: str = "auto") -> ScanData:
         if MASK_PATH in fh:
             mask = np.asarray(_read(_dataset(fh, src, MASK_PATH), src, "/" + MASK_PATH))
         pw, ph, pixel_from = _pixel_size(fh, src, probe.shape, n)
-        data = np.asarray(_read(ds, src, "/" + data_path))
+        if ds.dtype.kind not in "iuf":
+            raise DataError(src, "/" + data_path, f"expected real numbers, got dtype {ds.dtype}")
+        data = read_patterns(ds, path, src, "/" + data_path)  # mapped or sliced when large
     if translation.ndim != 2 or translation.shape[0] != m or translation.shape[1] not in (2, 3):
         raise DataError(src, "/" + pos_path, f"expected ({m}, 3) or ({m}, 2) positions (x, y[, z]) "
                         f"in metres for {m} patterns, got shape {translation.shape}")
@@ -116,8 +119,6 @@ def read_cxi(path: str | Path, diffraction_units: str = "auto") -> ScanData:
     if probe.ndim not in (2, 3) or probe.shape[-2:] != (n, n):
         raise DataError(src, "/" + probe_path, f"expected (N, N) or (K, N, N) with N={n}, got "
                         f"{probe.shape}")
-    if not is_real_array(data):
-        raise DataError(src, "/" + data_path, f"expected real numbers, got dtype {data.dtype}")
     bad = None
     if mask is not None:
         if mask.shape != (n, n) or not np.issubdtype(mask.dtype, np.integer):
@@ -128,7 +129,7 @@ def read_cxi(path: str | Path, diffraction_units: str = "auto") -> ScanData:
             bad = None
     counts, units = to_counts(data, diffraction_units, src, "/" + data_path)
     if bad is not None:
-        counts = np.where(bad, np.float32(0), counts)
+        counts[:, bad] = 0  # in place: the array is this read's own (or a copy-on-write map)
     t = translation.astype(np.float64)
     positions = np.stack([t[:, 0] / pw, t[:, 1] / ph], axis=1)
     metadata = {"source_format": SOURCE_FORMAT, "probe_known": False,

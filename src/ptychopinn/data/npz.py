@@ -15,6 +15,7 @@ from ptychopinn.data.limits import check_allocation, require_file
 from ptychopinn.data.scan import ScanData, is_real_array
 from ptychopinn.errors import DataError
 from ptychopinn.io.atomic import atomic_path
+from ptychopinn.io.spill import scratch_array
 from ptychopinn.log import get_logger
 
 log = get_logger("data")
@@ -43,19 +44,35 @@ def check_units(src: str, diffraction_units: str) -> None:
                         f"expected one of {list(UNITS)}")
 
 
+#: Patterns per piece when converting counts (temporaries per piece, not per scan).
+CONVERT_CHUNK = 4096
+
+
 def to_counts(values: np.ndarray, units: str, src: str, key: str) -> tuple[np.ndarray, str]:
-    """(float32 counts, units read) from a reader's pattern array: 'auto' detects counts vs
-    amplitudes (and logs why), 'amplitude' refuses negative values and squares (in float64),
-    'counts' converts as is."""
+    """(float32 counts, units read) from a reader's (M, ...) pattern array: 'auto' detects
+    counts vs amplitudes (and logs why), 'amplitude' refuses negative values and squares (in
+    float64), 'counts' converts as is. float32 counts are returned as they are (a memory map
+    stays one); a conversion goes piece by piece into a new array, a scratch file
+    (``ptychopinn.io.spill.scratch_array``) when it reaches ``MMAP_BYTES``."""
     if units == "auto":
         units, why = detect_units(values)
         log.info("%s: diffraction units detected as '%s' (%s); override with --diffraction-units",
                  src, units, why)
-    if units == "amplitude":
-        if (values < 0).any():
-            raise DataError(src, key, f"negative amplitudes (min {float(values.min()):g})")
-        return np.square(values.astype(np.float64)).astype(np.float32), units
-    return values.astype(np.float32, copy=False), units
+    if units != "amplitude" and values.dtype == np.float32:
+        return values, units
+    nbytes = math.prod(values.shape) * 4
+    out = (np.empty(values.shape, np.float32) if nbytes < MMAP_BYTES
+           else scratch_array(values.shape, np.float32))
+    for s in range(0, max(len(values), 1), CONVERT_CHUNK):
+        piece = values[s:s + CONVERT_CHUNK]
+        if units == "amplitude":
+            if (piece < 0).any():
+                raise DataError(src, key, f"negative amplitudes (min {float(piece.min()):g}, "
+                                f"pattern {s + int(np.argmin(piece.reshape(len(piece), -1).min(1)))})")
+            out[s:s + CONVERT_CHUNK] = np.square(piece.astype(np.float64))
+        else:
+            out[s:s + CONVERT_CHUNK] = piece
+    return out, units
 
 
 def _to_str(value) -> str:
@@ -94,6 +111,26 @@ def _mapped_member(path: Path, info: zipfile.ZipInfo) -> np.ndarray | None:
                      order="F" if fortran else "C")
 
 
+def _streamed_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
+    """A compressed ``.npy`` member decompressed piece by piece into a scratch file
+    (``ptychopinn.io.spill.scratch_array``): file-backed pages, no scan-sized allocation."""
+    with zf.open(info) as fh:
+        version = np.lib.format.read_magic(fh)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = read_header(fh)
+        out = scratch_array(shape[::-1] if fortran else shape, dtype)
+        raw = memoryview(out.reshape(-1).view(np.uint8))
+        pos = 0
+        while pos < len(raw):
+            got = fh.readinto(raw[pos:pos + 2**24])
+            if not got:
+                raise EOFError(f"the member ends after {pos} of {len(raw)} bytes")
+            pos += got
+        del raw
+    return out.T if fortran else out
+
+
 def read_members(path: Path, src: str, mmap_bytes: float | None = None) -> dict[str, np.ndarray]:
     """Every ``.npy`` member of the archive, never unpickling and never allocating more than a
     member's header can justify: a header that claims more bytes than the member holds (a
@@ -101,7 +138,7 @@ def read_members(path: Path, src: str, mmap_bytes: float | None = None) -> dict[
 
     An uncompressed member (``np.savez``) of at least ``mmap_bytes`` (default ``MMAP_BYTES``) is
     memory-mapped copy-on-write instead of read: its pages are the file's (page cache), read
-    when used."""
+    when used; a compressed one that large is decompressed in pieces into a scratch file."""
     mmap_bytes = MMAP_BYTES if mmap_bytes is None else mmap_bytes
     arrays: dict[str, np.ndarray] = {}
     member = "file"
@@ -133,9 +170,10 @@ def read_members(path: Path, src: str, mmap_bytes: float | None = None) -> dict[
                                         "(truncated or corrupt file)")
                     if nbytes >= mmap_bytes:
                         mapped = _mapped_member(path, info)
-                        if mapped is not None:
-                            arrays[key] = mapped
-                            continue
+                        if mapped is None:  # compressed: decompressed into a scratch file
+                            mapped = _streamed_member(zf, info)
+                        arrays[key] = mapped
+                        continue
                     check_allocation(src, key, shape, dtype.itemsize)
                 with zf.open(info) as fh:
                     arrays[key] = np.lib.format.read_array(fh, allow_pickle=False)

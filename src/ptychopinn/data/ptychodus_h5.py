@@ -34,6 +34,7 @@ from ptychopinn.data.npz import check_units, to_counts
 from ptychopinn.data.scan import ScanData
 from ptychopinn.errors import DataError, PtychoPINNError
 from ptychopinn.io.atomic import atomic_path
+from ptychopinn.io.spill import scratch_array
 from ptychopinn.log import get_logger
 
 log = get_logger("data.ptychodus")
@@ -208,6 +209,57 @@ def _read(ds, src: str, key: str, dtype=None) -> np.ndarray:
         return ds.astype(dtype)[()] if dtype is not None else ds[()]
     except (OSError, ValueError, TypeError) as exc:  # truncated/corrupt chunks, unconvertible types
         raise DataError(src, key, f"unreadable ({type(exc).__name__}: {exc})") from None
+
+
+#: Pattern datasets at least this large (bytes, as float32) are not read into memory: a
+#: contiguous float32 dataset is memory-mapped where it lies in the file, any other is converted
+#: to float32 in slices into a scratch file (``ptychopinn.io.spill.scratch_array``).
+MAP_BYTES = 64 * 2**20
+#: Patterns per slice read (bounded by bytes too: about 64 MiB of float32 per slice).
+SLICE_BYTES = 64 * 2**20
+
+
+def _contiguous_offset(ds) -> int | None:
+    """Byte offset of a contiguous, unfiltered, little-endian float32 dataset in its file (the
+    layout ``np.memmap`` can map as is), else None."""
+    if ds.chunks is not None or ds.dtype != np.dtype("<f4") or ds.external:
+        return None
+    try:
+        return ds.id.get_offset()
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def read_patterns(ds, path: Path, src: str, key: str, rows: np.ndarray | None = None,
+                  map_bytes: float | None = None) -> np.ndarray:
+    """(len(rows), H, W) float32 patterns of the 3-D dataset ``ds`` (all rows when ``rows`` is
+    None; ``rows`` increasing). Below ``map_bytes`` (default ``MAP_BYTES``) a plain read; above
+    it no scan-sized allocation: a contiguous float32 dataset (all rows) is memory-mapped
+    copy-on-write, anything else (chunked, compressed, integer, a subset of rows) is read in
+    slices of about ``SLICE_BYTES`` and converted into a scratch file."""
+    map_bytes = MAP_BYTES if map_bytes is None else map_bytes
+    n, h, w = ds.shape
+    m = n if rows is None else len(rows)
+    if m * h * w * 4 < map_bytes:
+        out = _read(ds, src, key, np.float32)
+        return out if rows is None else out[rows]
+    offset = _contiguous_offset(ds) if rows is None else None
+    if offset is not None:
+        return np.memmap(path, dtype=np.float32, mode="c", offset=offset, shape=(n, h, w))
+    out = scratch_array((m, h, w), np.float32)
+    step = max(1, int(SLICE_BYTES // (h * w * 4)))
+    try:
+        for s in range(0, m, step):
+            if rows is None:
+                out[s:s + step] = ds[s:s + step]
+                continue
+            want = rows[s:s + step]
+            lo, hi = int(want[0]), int(want[-1]) + 1
+            # a span at most 4x the wanted rows is read whole, a sparser one row by row
+            out[s:s + len(want)] = ds[lo:hi][want - lo] if hi - lo <= 4 * len(want) else ds[want]
+    except (OSError, ValueError, TypeError) as exc:  # truncated/corrupt chunks
+        raise DataError(src, key, f"unreadable ({type(exc).__name__}: {exc})") from None
+    return out
 
 
 def _scalar(value):
@@ -462,9 +514,9 @@ def read_ptychodus(product_path: str | Path, diffraction_path: str | Path, *,
         rows, x_m, y_m = pair_by_index(pat_index[filled], pos_index, x_m, y_m,
                                        source=f"{psrc} + {dsrc}")
         rows = np.flatnonzero(filled)[rows]
-        patterns = _read(pds, dsrc, "patterns", np.float32)
-    if rows.size != n:
-        patterns = patterns[rows]
+        assert not np.any(np.diff(rows) < 0), "pair_by_index keeps the file's (increasing) order"
+        patterns = read_patterns(pds, diffraction_path, dsrc, "patterns",
+                                 None if rows.size == n else rows)
     # Ptychodus files hold counts: 'auto' reads them as counts, 'amplitude' squares them
     patterns, _ = to_counts(patterns, "amplitude" if diffraction_units == "amplitude" else "counts",
                             dsrc, "patterns")
