@@ -22,8 +22,16 @@ import numpy as np
 import torch
 
 
-def run(inp: dict, algorithm: str, epochs: int, batch_size: int, refine_probe: bool,
-        probe_start: int, seed: int, time_limit_s: float | None) -> dict:
+def run(
+    inp: dict,
+    algorithm: str,
+    epochs: int,
+    batch_size: int,
+    refine_probe: bool,
+    probe_start: int,
+    seed: int,
+    time_limit_s: float | None,
+) -> dict:
     import ptychi.api as api
     from ptychi.api.task import PtychographyTask
 
@@ -41,7 +49,8 @@ def run(inp: dict, algorithm: str, epochs: int, batch_size: int, refine_probe: b
     options.object_options.optimizable = True
     options.object_options.optimizer = api.Optimizers.SGD
     options.object_options.determine_position_origin_coords_by = (
-        api.enums.ObjectPosOriginCoordsMethods.SPECIFIED)
+        api.enums.ObjectPosOriginCoordsMethods.SPECIFIED
+    )
     options.object_options.position_origin_coords = np.array([oy, ox])
     options.probe_options.initial_guess = probe[None]
     options.probe_options.optimizable = refine_probe
@@ -71,8 +80,12 @@ def run(inp: dict, algorithm: str, epochs: int, batch_size: int, refine_probe: b
             break
     obj = task.get_data_to_cpu("object", as_numpy=True)[0]
     out_probe = task.get_data_to_cpu("probe", as_numpy=True)[0]
-    return {"object": obj.astype(np.complex64), "probe": out_probe.astype(np.complex64),
-            "seconds": epoch_seconds[-1], "epoch_seconds": np.asarray(epoch_seconds)}
+    return {
+        "object": obj.astype(np.complex64),
+        "probe": out_probe.astype(np.complex64),
+        "seconds": epoch_seconds[-1],
+        "epoch_seconds": np.asarray(epoch_seconds),
+    }
 
 
 def main() -> int:
@@ -92,8 +105,16 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     with np.load(args.input, allow_pickle=False) as z:
         inp = {k: z[k] for k in z.files}
-    out = run(inp, args.algorithm, args.epochs, args.batch_size, args.refine_probe,
-              args.probe_start, args.seed, args.time_limit_s)
+    out = run(
+        inp,
+        args.algorithm,
+        args.epochs,
+        args.batch_size,
+        args.refine_probe,
+        args.probe_start,
+        args.seed,
+        args.time_limit_s,
+    )
     np.savez(args.output, **out)
     print(f"{args.algorithm}: {len(out['epoch_seconds'])} epochs in {out['seconds']:.1f} s")
     return 0

@@ -34,24 +34,52 @@ def illumination(shape, positions, offset, probe):
 
     inten = torch.as_tensor((np.abs(probe) ** 2).sum(0), dtype=torch.complex64)
     pos = torch.as_tensor(positions + offset)
-    total = place_patches(inten.expand(len(positions), -1, -1).contiguous(), pos, shape,
-                          kernel="bilinear")
+    total = place_patches(
+        inten.expand(len(positions), -1, -1).contiguous(), pos, shape, kernel="bilinear"
+    )
     return total.real.numpy().astype(np.float32)
 
 
-def run_ptychi(python: str, scan, algorithm: str, epochs: int, seed: int, threads: int,
-               time_limit_s: float | None = None, canvas=None) -> PtychiResult:
+def run_ptychi(
+    python: str,
+    scan,
+    algorithm: str,
+    epochs: int,
+    seed: int,
+    threads: int,
+    time_limit_s: float | None = None,
+    canvas=None,
+) -> PtychiResult:
     from ptychopinn.physics.shifts import canvas_geometry
 
-    shape, offset = canvas if canvas is not None else canvas_geometry(scan.positions_px,
-                                                                      scan.patch_size)
+    shape, offset = (
+        canvas if canvas is not None else canvas_geometry(scan.positions_px, scan.patch_size)
+    )
     with tempfile.TemporaryDirectory() as tmp:
         inp, out = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
-        np.savez(inp, counts=scan.diffraction, positions_xy=scan.positions_px, probe=scan.probe,
-                 canvas_hw=np.asarray(shape), origin_xy=np.asarray(offset))
-        cmd = [python, str(HERE / "ptychi_runner.py"), str(inp), str(out), "--algorithm",
-               algorithm, "--epochs", str(epochs), "--refine-probe", "--seed", str(seed),
-               "--threads", str(threads)]
+        np.savez(
+            inp,
+            counts=scan.diffraction,
+            positions_xy=scan.positions_px,
+            probe=scan.probe,
+            canvas_hw=np.asarray(shape),
+            origin_xy=np.asarray(offset),
+        )
+        cmd = [
+            python,
+            str(HERE / "ptychi_runner.py"),
+            str(inp),
+            str(out),
+            "--algorithm",
+            algorithm,
+            "--epochs",
+            str(epochs),
+            "--refine-probe",
+            "--seed",
+            str(seed),
+            "--threads",
+            str(threads),
+        ]
         if time_limit_s is not None:
             cmd += ["--time-limit-s", f"{time_limit_s:.3f}"]
         env = {**os.environ, "PYTHONPATH": str(SHIM)}
@@ -61,5 +89,3 @@ def run_ptychi(python: str, scan, algorithm: str, epochs: int, seed: int, thread
             seconds, n_epochs = float(z["seconds"]), int(len(z["epoch_seconds"]))
     ill = illumination(obj.shape, scan.positions_px, offset, probe)
     return PtychiResult(obj, probe, offset, ill, seconds, n_epochs)
-
-

@@ -34,9 +34,20 @@ import torch
 from ptychopinn.config import DataConfig, ExecutionConfig, ModelConfig, TrainingConfig
 from ptychopinn.inference import Reconstruction, predict_patches, reconstruct, stitch
 from ptychopinn.training.fit import fit
-from ptychopinn.workflows import evaluate_against_truth, refine_reconstruction, simulate_train_test
+from ptychopinn.workflows import (
+    evaluate_against_truth,
+    refine_reconstruction,
+    simulate_train_test,
+)
 
-KEYS = ("phase_ssim", "phase_psnr", "amplitude_ssim", "amplitude_psnr", "complex_nrmse", "frc_resolution_px")
+KEYS = (
+    "phase_ssim",
+    "phase_psnr",
+    "amplitude_ssim",
+    "amplitude_psnr",
+    "complex_nrmse",
+    "frc_resolution_px",
+)
 
 
 def peak_rss_mb() -> float:
@@ -65,28 +76,54 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    results = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} {platform.processor()}".strip(),
-               "cpus": torch.get_num_threads(), "torch": torch.__version__, "args": vars(args) | {"output": str(args.output)},
-               "runs": []}
+    results = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()} {platform.processor()}".strip(),
+        "cpus": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "args": vars(args) | {"output": str(args.output)},
+        "runs": [],
+    }
     for photons in args.photons:
-        train, test = simulate_train_test(args.patch_size, args.train_positions, args.n_train_scans,
-                                          args.test_positions, photons, args.seed)
+        train, test = simulate_train_test(
+            args.patch_size,
+            args.train_positions,
+            args.n_train_scans,
+            args.test_positions,
+            photons,
+            args.seed,
+        )
         tmp = Path(tempfile.mkdtemp(prefix="ptychopinn-bench-"))
         try:
             t0 = time.perf_counter()
-            result = fit(train, None,
-                         model_config=ModelConfig(gridsize=args.gridsize, n_filters_scale=args.n_filters_scale,
-                                                  physics_iterations=args.physics_iterations,
-                                                  skip_connections=True),
-                         data_config=DataConfig(val_fraction=0.05),
-                         training_config=TrainingConfig(max_epochs=args.max_epochs, batch_size=16),
-                         execution_config=ExecutionConfig(seed=args.seed, quiet=True, early_stopping=False,
-                                                          logger="none", enable_checkpointing=False,
-                                                          learning_rate=args.learning_rate),
-                         output_dir=tmp / "model")
+            result = fit(
+                train,
+                None,
+                model_config=ModelConfig(
+                    gridsize=args.gridsize,
+                    n_filters_scale=args.n_filters_scale,
+                    physics_iterations=args.physics_iterations,
+                    skip_connections=True,
+                ),
+                data_config=DataConfig(val_fraction=0.05),
+                training_config=TrainingConfig(max_epochs=args.max_epochs, batch_size=16),
+                execution_config=ExecutionConfig(
+                    seed=args.seed,
+                    quiet=True,
+                    early_stopping=False,
+                    logger="none",
+                    enable_checkpointing=False,
+                    learning_rate=args.learning_rate,
+                ),
+                output_dir=tmp / "model",
+            )
             train_s = time.perf_counter() - t0
-            run = {"photons": photons, "train_groups": result.train_groups, "train_seconds": train_s,
-                   "train_groups_per_s": result.train_groups * args.max_epochs / train_s}
+            run = {
+                "photons": photons,
+                "train_groups": result.train_groups,
+                "train_seconds": train_s,
+                "train_groups_per_s": result.train_groups * args.max_epochs / train_s,
+            }
             # network, single pass (timed separately from stitching)
             t0 = time.perf_counter()
             net = reconstruct(result.bundle, test, batch_size=64)
@@ -100,7 +137,9 @@ def main() -> None:
                 torch.nn.init.zeros_(p)
             t0 = time.perf_counter()
             est_patches = predict_patches(bundle0, test, batch_size=64, generator=gen0)
-            obj, ill, off = stitch(est_patches, test.positions_px, test.probe, test.object_truth.shape)
+            obj, ill, off = stitch(
+                est_patches, test.positions_px, test.probe, test.object_truth.shape
+            )
             est = Reconstruction(obj, off, test.positions_px, ill, test.probe)
             run["physics_estimate_seconds"] = time.perf_counter() - t0
             run["physics_estimate"] = metrics_of(est, test)
@@ -128,22 +167,47 @@ def main() -> None:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2, default=float))
 
-    print("\n| photons | method | phase SSIM | phase PSNR | amp SSIM | NRMSE | FRC res (px) | time (s) |")
+    print(
+        "\n| photons | method | phase SSIM | phase PSNR | amp SSIM | NRMSE | FRC res (px) "
+        "| time (s) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for run in results["runs"]:
-        rows = [("flat object", run["network"]["baseline_flat"], None),
-                ("physics estimate only", run["physics_estimate"], run["physics_estimate_seconds"]),
-                ("network (single pass)", run["network"], run["infer_seconds"])]
+        rows = [
+            ("flat object", run["network"]["baseline_flat"], None),
+            ("physics estimate only", run["physics_estimate"], run["physics_estimate_seconds"]),
+            ("network (single pass)", run["network"], run["infer_seconds"]),
+        ]
         if "network_refined" in run:
-            rows += [("network + refinement", run["network_refined"], run["network_refined_seconds"]),
-                     ("refinement from flat, same time", run["refine_from_flat"], run["refine_from_flat_seconds"]),
-                     ("refinement from flat, converged", run["refine_from_flat_converged"],
-                      run["refine_from_flat_converged_seconds"])]
+            rows += [
+                ("network + refinement", run["network_refined"], run["network_refined_seconds"]),
+                (
+                    "refinement from flat, same time",
+                    run["refine_from_flat"],
+                    run["refine_from_flat_seconds"],
+                ),
+                (
+                    "refinement from flat, converged",
+                    run["refine_from_flat_converged"],
+                    run["refine_from_flat_converged_seconds"],
+                ),
+            ]
         for name, m, secs in rows:
-            cells = [f"{m[k]:.3f}" if isinstance(m[k], float) else "-" for k in
-                     ("phase_ssim", "phase_psnr", "amplitude_ssim", "complex_nrmse", "frc_resolution_px")]
-            print(f"| {run['photons']:.0e} | {name} | " + " | ".join(cells) + f" | {secs:.1f} |" if secs else
-                  f"| {run['photons']:.0e} | {name} | " + " | ".join(cells) + " | - |")
+            cells = [
+                f"{m[k]:.3f}" if isinstance(m[k], float) else "-"
+                for k in (
+                    "phase_ssim",
+                    "phase_psnr",
+                    "amplitude_ssim",
+                    "complex_nrmse",
+                    "frc_resolution_px",
+                )
+            ]
+            print(
+                f"| {run['photons']:.0e} | {name} | " + " | ".join(cells) + f" | {secs:.1f} |"
+                if secs
+                else f"| {run['photons']:.0e} | {name} | " + " | ".join(cells) + " | - |"
+            )
 
 
 if __name__ == "__main__":

@@ -29,29 +29,46 @@ class Scenario:
     name: str
     n: int = 64
     positions: int = 451
-    scan: str = "fermat"          # fermat | raster | random
+    scan: str = "fermat"  # fermat | raster | random
     step_px: float = 5.0
-    probe: str = "zoneplate"      # zoneplate | astigmatic | gaussian | modes
+    probe: str = "zoneplate"  # zoneplate | astigmatic | gaussian | modes
     probe_diameter_px: float = 28.0
     probe_offset_px: tuple = (0.0, 0.0)
-    obj: str = "textured"         # textured | smooth | weak
+    obj: str = "textured"  # textured | smooth | weak
     phase_pp_rad: float = 1.6
     photons: float = 1e6
     seed: int = 0
 
 
-SCENARIOS = {s.name: s for s in [
-    Scenario("zoneplate-textured"),  # the issue's first-contact scan: curved phase fronts
-    Scenario("astigmatic-smooth", probe="astigmatic", obj="smooth", phase_pp_rad=2.5,
-             probe_offset_px=(4.0, -3.0), scan="raster", seed=1),
-    Scenario("gaussian-weak", probe="gaussian", obj="weak", scan="random", seed=2),
-    Scenario("modes-textured", probe="modes", photons=1e6, seed=3),
-    Scenario("zoneplate-textured-1e4", photons=1e4, seed=4),
-    Scenario("zoneplate-textured-1e3", photons=1e3, seed=5),
-    Scenario("large-probe-smooth", probe_diameter_px=44.0, obj="smooth", phase_pp_rad=2.5,
-             scan="random", step_px=8.0, seed=6),  # probe large relative to N
-    Scenario("zoneplate-textured-n128", n=128, probe_diameter_px=56.0, step_px=10.0, seed=7),
-]}
+SCENARIOS = {
+    s.name: s
+    for s in [
+        Scenario("zoneplate-textured"),  # the issue's first-contact scan: curved phase fronts
+        Scenario(
+            "astigmatic-smooth",
+            probe="astigmatic",
+            obj="smooth",
+            phase_pp_rad=2.5,
+            probe_offset_px=(4.0, -3.0),
+            scan="raster",
+            seed=1,
+        ),
+        Scenario("gaussian-weak", probe="gaussian", obj="weak", scan="random", seed=2),
+        Scenario("modes-textured", probe="modes", photons=1e6, seed=3),
+        Scenario("zoneplate-textured-1e4", photons=1e4, seed=4),
+        Scenario("zoneplate-textured-1e3", photons=1e3, seed=5),
+        Scenario(
+            "large-probe-smooth",
+            probe_diameter_px=44.0,
+            obj="smooth",
+            phase_pp_rad=2.5,
+            scan="random",
+            step_px=8.0,
+            seed=6,
+        ),  # probe large relative to N
+        Scenario("zoneplate-textured-n128", n=128, probe_diameter_px=56.0, step_px=10.0, seed=7),
+    ]
+}
 
 
 # --- scan patterns --------------------------------------------------------------------------
@@ -82,7 +99,7 @@ def _propagate(field, distance_px, wavelength_px=0.05):
     n = field.shape[-1]
     f = np.fft.fftfreq(n)
     fx, fy = np.meshgrid(f, f)
-    kernel = np.exp(-1j * np.pi * wavelength_px * distance_px * (fx ** 2 + fy ** 2))
+    kernel = np.exp(-1j * np.pi * wavelength_px * distance_px * (fx**2 + fy**2))
     return np.fft.ifft2(np.fft.fft2(field) * kernel)
 
 
@@ -90,28 +107,29 @@ def make_probe(s: Scenario, rng) -> np.ndarray:
     n, d = s.n, s.probe_diameter_px
     x, y = _grid(n)
     x, y = x - s.probe_offset_px[0], y - s.probe_offset_px[1]
-    r2 = x ** 2 + y ** 2
+    r2 = x**2 + y**2
     if s.probe == "zoneplate":
         # out-of-focus zone plate: annular pupil (central stop) with a defocus phase, so the probe
         # is a ring-structured disk of the requested diameter with strongly curved phase fronts.
         # A defocus phase alpha k^2 shifts frequency k by n alpha k / pi pixels: the geometric
         # spot radius is n alpha k_max / pi.
         kx, ky = _grid(n)
-        k = np.sqrt(kx ** 2 + ky ** 2)
+        k = np.sqrt(kx**2 + ky**2)
         k_max, k_stop = 0.3 * n, 0.09 * n
         pupil = ((k < k_max) & (k > k_stop)).astype(complex)
         alpha = np.pi * (d / 2) / (n * k_max)
-        pupil = pupil * np.exp(1j * alpha * k ** 2)
+        pupil = pupil * np.exp(1j * alpha * k**2)
         probe = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(pupil)))
-        probe = np.roll(probe, (int(round(s.probe_offset_px[1])), int(round(s.probe_offset_px[0]))),
-                        axis=(0, 1))
+        probe = np.roll(
+            probe, (int(round(s.probe_offset_px[1])), int(round(s.probe_offset_px[0]))), axis=(0, 1)
+        )
     elif s.probe == "astigmatic":
-        aperture = np.exp(-(r2 / (0.5 * d) ** 2) ** 3)
-        probe = aperture * np.exp(1j * (0.012 * x ** 2 - 0.006 * y ** 2 + 0.004 * x * y))
+        aperture = np.exp(-((r2 / (0.5 * d) ** 2) ** 3))
+        probe = aperture * np.exp(1j * (0.012 * x**2 - 0.006 * y**2 + 0.004 * x * y))
     elif s.probe == "gaussian":
         probe = np.exp(-r2 / (2 * (d / 2.355) ** 2)).astype(complex)
     elif s.probe == "modes":
-        base = np.exp(-(r2 / (0.5 * d) ** 2) ** 2) * np.exp(1j * 0.01 * r2)
+        base = np.exp(-((r2 / (0.5 * d) ** 2) ** 2)) * np.exp(1j * 0.01 * r2)
         modes = [base, base * (x / d) * 2, base * (y / d) * 2]
         weights = np.array([1.0, 0.5, 0.3])
         probe = np.stack([w * m for w, m in zip(weights, modes, strict=True)])
@@ -159,11 +177,11 @@ def window(obj, x, y, n):
     ix, iy = int(np.floor(x)), int(np.floor(y))
     fx, fy = x - ix, y - iy
     pad = 4
-    crop = obj[iy - n // 2 - pad: iy - n // 2 + n + pad, ix - n // 2 - pad: ix - n // 2 + n + pad]
+    crop = obj[iy - n // 2 - pad : iy - n // 2 + n + pad, ix - n // 2 - pad : ix - n // 2 + n + pad]
     ky = np.fft.fftfreq(crop.shape[0])[:, None]
     kx = np.fft.fftfreq(crop.shape[1])[None, :]
     shifted = np.fft.ifft2(np.fft.fft2(crop) * np.exp(2j * np.pi * (ky * fy + kx * fx)))
-    return shifted[pad:pad + n, pad:pad + n]
+    return shifted[pad : pad + n, pad : pad + n]
 
 
 def simulate(s: Scenario):
@@ -190,8 +208,9 @@ def probe_guess(s: Scenario) -> np.ndarray:
     """What a user would start from: the scenario's kind of probe, mis-modelled (module doc)."""
     from dataclasses import replace
 
-    g = replace(s, probe_diameter_px=s.probe_diameter_px * GUESS_DIAMETER_FACTOR,
-                probe_offset_px=(0.0, 0.0))
+    g = replace(
+        s, probe_diameter_px=s.probe_diameter_px * GUESS_DIAMETER_FACTOR, probe_offset_px=(0.0, 0.0)
+    )
     return make_probe(g, np.random.default_rng(s.seed + 1000))
 
 
@@ -202,11 +221,19 @@ def _stack(probe):
 def write(s: Scenario, path: Path) -> Path:
     counts, xy, probe, obj = simulate(s)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, diff3d=counts, xcoords=xy[:, 0], ycoords=xy[:, 1],
-                        probeGuess=_stack(probe_guess(s)), probeTrue=_stack(probe),
-                        objectGuess=obj, diffraction_units=np.array("counts"),
-                        metadata=np.array(json.dumps({"scenario": asdict(s),
-                                                      "simulator": "benchmarks/scenarios.py"})))
+    np.savez_compressed(
+        path,
+        diff3d=counts,
+        xcoords=xy[:, 0],
+        ycoords=xy[:, 1],
+        probeGuess=_stack(probe_guess(s)),
+        probeTrue=_stack(probe),
+        objectGuess=obj,
+        diffraction_units=np.array("counts"),
+        metadata=np.array(
+            json.dumps({"scenario": asdict(s), "simulator": "benchmarks/scenarios.py"})
+        ),
+    )
     return path
 
 

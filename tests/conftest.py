@@ -9,7 +9,6 @@ import torch
 
 from ptychopinn.data.simulate import SimulationConfig, simulate_scan
 
-
 # Tiny tensors: one thread avoids oversubscription on small, shared machines (measured 10-100x
 # slower epochs with 2 threads under load) and costs nothing on this data size.
 torch.set_num_threads(1)
@@ -39,8 +38,14 @@ def _seed():
 
 @pytest.fixture(scope="session")
 def tiny_config():
-    return SimulationConfig(patch_size=32, n_positions=49, object_kind="lines", probe_kind="pinhole",
-                            photons=1e5, seed=1)
+    return SimulationConfig(
+        patch_size=32,
+        n_positions=49,
+        object_kind="lines",
+        probe_kind="pinhole",
+        photons=1e5,
+        seed=1,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -22,11 +22,11 @@ def window(obj, x, y, n, pad=3):
     x0, y0 = ix - n // 2 - pad, iy - n // 2 - pad
     if x0 < 0 or y0 < 0 or x0 + n + 2 * pad > obj.shape[1] or y0 + n + 2 * pad > obj.shape[0]:
         return None
-    crop = obj[y0:y0 + n + 2 * pad, x0:x0 + n + 2 * pad]
+    crop = obj[y0 : y0 + n + 2 * pad, x0 : x0 + n + 2 * pad]
     ky = np.fft.fftfreq(crop.shape[0])[:, None]
     kx = np.fft.fftfreq(crop.shape[1])[None, :]
     shifted = np.fft.ifft2(np.fft.fft2(crop) * np.exp(2j * np.pi * (ky * fy + kx * fx)))
-    return shifted[pad:pad + n, pad:pad + n]
+    return shifted[pad : pad + n, pad : pad + n]
 
 
 def far_field_intensity(psi, centred=True):
@@ -84,12 +84,15 @@ def convention_scores(npz_path, patterns=15):
 
 @pytest.mark.parametrize("kind,modes", [("raster", 1), ("fermat", 1), ("random", 1), ("raster", 3)])
 def test_simulated_scans_follow_the_documented_convention(tmp_path, kind, modes):
-    scan = simulate_scan(SimulationConfig(patch_size=32, n_positions=30, scan_kind=kind,
-                                          probe_modes=modes, photons=1e6, seed=7))
+    scan = simulate_scan(
+        SimulationConfig(
+            patch_size=32, n_positions=30, scan_kind=kind, probe_modes=modes, photons=1e6, seed=7
+        )
+    )
     path = write_npz(scan, tmp_path / f"{kind}.npz")
     scores, _ = convention_scores(path)
     documented = scores.pop("documented")
-    noise_floor = scan.patch_size ** 2 / (4 * scan.mean_counts)
+    noise_floor = scan.patch_size**2 / (4 * scan.mean_counts)
     assert documented < 2 * noise_floor, (documented, noise_floor)  # fits to the noise
     if modes == 1:
         scores.pop("coherent sum of modes")  # identical for one mode
@@ -105,5 +108,5 @@ def test_the_oracle_detects_a_shifted_convention(tmp_path):
     corner = replace(scan, positions_px=scan.positions_px - scan.patch_size // 2)
     path = write_npz(corner, tmp_path / "corner.npz")
     scores, _ = convention_scores(path)
-    assert scores["documented"] > 10 * scan.patch_size ** 2 / (4 * scan.mean_counts)
+    assert scores["documented"] > 10 * scan.patch_size**2 / (4 * scan.mean_counts)
     assert min(scores, key=scores.get) == "position is the top-left corner"

@@ -31,15 +31,17 @@ def valid_fields(**override):
     return fields
 
 
-
-
 # ----------------------------------------------------------------------------- ScanData
 
 
 def test_valid_scan_is_normalised():
-    scan = ScanData(**valid_fields(probe=valid_fields()["probe"].astype(np.complex128),
-                                   diffraction=valid_fields()["diffraction"].astype(np.int64),
-                                   bad_pixels=np.zeros((N, N), np.uint8)))
+    scan = ScanData(
+        **valid_fields(
+            probe=valid_fields()["probe"].astype(np.complex128),
+            diffraction=valid_fields()["diffraction"].astype(np.int64),
+            bad_pixels=np.zeros((N, N), np.uint8),
+        )
+    )
     assert scan.diffraction.dtype == np.float32 and scan.diffraction.shape == (M, N, N)
     assert scan.probe.dtype == np.complex64 and scan.probe.shape == (1, N, N)
     assert scan.positions_px.dtype == np.float64
@@ -50,13 +52,28 @@ def test_valid_scan_is_normalised():
 
 BAD_INPUTS = {
     "not 3-D": ("diffraction", dict(diffraction=np.zeros((N, N), np.float32)), "3-D"),
-    "empty scan": ("diffraction", dict(diffraction=np.zeros((0, N, N), np.float32),
-                                       positions_px=np.zeros((0, 2)), scan_index=None), "empty"),
+    "empty scan": (
+        "diffraction",
+        dict(
+            diffraction=np.zeros((0, N, N), np.float32),
+            positions_px=np.zeros((0, 2)),
+            scan_index=None,
+        ),
+        "empty",
+    ),
     "non-square": ("diffraction", dict(diffraction=np.zeros((M, N, N + 2), np.float32)), "square"),
     "complex counts": ("diffraction", dict(diffraction=np.zeros((M, N, N), np.complex64)), "real"),
     "NaN counts": ("diffraction", dict(diffraction=np.full((M, N, N), np.nan, np.float32)), "NaN"),
-    "inf counts": ("diffraction", dict(diffraction=np.full((M, N, N), np.inf, np.float32)), "NaN/inf"),
-    "negative counts": ("diffraction", dict(diffraction=-np.ones((M, N, N), np.float32)), "negative"),
+    "inf counts": (
+        "diffraction",
+        dict(diffraction=np.full((M, N, N), np.inf, np.float32)),
+        "NaN/inf",
+    ),
+    "negative counts": (
+        "diffraction",
+        dict(diffraction=-np.ones((M, N, N), np.float32)),
+        "negative",
+    ),
     "positions not (M, 2)": ("positions", dict(positions_px=np.zeros((M, 3))), "(M, 2)"),
     "positions 1-D": ("positions", dict(positions_px=np.zeros(M)), "(M, 2)"),
     "positions count": ("positions", dict(positions_px=np.zeros((M + 1, 2))), f"{M + 1} positions"),
@@ -93,10 +110,13 @@ def test_scandata_validation_names_the_key(case):
 
 
 def test_npz_round_trip_identical(tmp_path):
-    fields = valid_fields(probe=np.stack([valid_fields()["probe"]] * 2),
-                          bad_pixels=np.eye(N, dtype=bool), scan_index=np.array([0, 0, 1, 1, 2, 2]),
-                          object_truth=(np.ones((30, 30)) * np.exp(0.3j)).astype(np.complex64),
-                          metadata={"photons": 1e3, "note": "x", "nested": {"a": [1, 2]}})
+    fields = valid_fields(
+        probe=np.stack([valid_fields()["probe"]] * 2),
+        bad_pixels=np.eye(N, dtype=bool),
+        scan_index=np.array([0, 0, 1, 1, 2, 2]),
+        object_truth=(np.ones((30, 30)) * np.exp(0.3j)).astype(np.complex64),
+        metadata={"photons": 1e3, "note": "x", "nested": {"a": [1, 2]}},
+    )
     scan = ScanData(**fields)
     path = write_npz(scan, tmp_path / "scan.npz")
     back = read_npz(path)
@@ -117,7 +137,9 @@ def test_npz_round_trip_identical(tmp_path):
 
 
 def test_npz_round_trip_single_mode_and_no_optionals(tmp_path):
-    scan = ScanData(**valid_fields(object_truth=None, bad_pixels=None, scan_index=None, metadata={}))
+    scan = ScanData(
+        **valid_fields(object_truth=None, bad_pixels=None, scan_index=None, metadata={})
+    )
     back = read_npz(write_npz(scan, tmp_path / "s.npz"))
     assert back.object_truth is None and back.bad_pixels is None and back.scan_index is None
     np.testing.assert_array_equal(back.probe, scan.probe)
@@ -136,8 +158,12 @@ def test_npz_write_refuses_to_overwrite(tmp_path):
 def raw_npz(path, **arrays):
     """Write an NPZ the way other tools do (no units entry unless given)."""
     f = valid_fields()
-    base = dict(diff3d=f["diffraction"], xcoords=f["positions_px"][:, 0],
-                ycoords=f["positions_px"][:, 1], probeGuess=f["probe"])
+    base = dict(
+        diff3d=f["diffraction"],
+        xcoords=f["positions_px"][:, 0],
+        ycoords=f["positions_px"][:, 1],
+        probeGuess=f["probe"],
+    )
     base.update(arrays)
     base = {k: v for k, v in base.items() if v is not None}
     np.savez(path, **base)
@@ -184,10 +210,12 @@ def test_npz_units_override(tmp_path):
     np.testing.assert_array_equal(read_npz(path).diffraction, counts.astype(np.float64) ** 2)
     # integer-valued data forced to amplitudes
     path = raw_npz(tmp_path / "b.npz", diff3d=counts)
-    np.testing.assert_array_equal(read_npz(path, diffraction_units="amplitude").diffraction,
-                                  counts.astype(np.float64) ** 2)
-    np.testing.assert_array_equal(load_scan(path, diffraction_units="amplitude").diffraction,
-                                  counts.astype(np.float64) ** 2)
+    np.testing.assert_array_equal(
+        read_npz(path, diffraction_units="amplitude").diffraction, counts.astype(np.float64) ** 2
+    )
+    np.testing.assert_array_equal(
+        load_scan(path, diffraction_units="amplitude").diffraction, counts.astype(np.float64) ** 2
+    )
     with pytest.raises(DataError, match="diffraction_units"):
         read_npz(path, diffraction_units="photons")
 
@@ -215,21 +243,45 @@ NPZ_ERRORS = {
     "missing probe": (dict(probeGuess=None), "probeGuess", "missing"),
     "coords differ": (dict(ycoords=np.zeros(M + 1)), "ycoords", "xcoords"),
     "not 3-D": (dict(diff3d=np.zeros((M, N * N), np.float32)), "diff3d", "3-D"),
-    "count mismatch": (dict(xcoords=np.zeros(M + 1), ycoords=np.zeros(M + 1)), "diff3d", "positions"),
+    "count mismatch": (
+        dict(xcoords=np.zeros(M + 1), ycoords=np.zeros(M + 1)),
+        "diff3d",
+        "positions",
+    ),
     "non-square": (dict(diff3d=np.zeros((M, N, N + 1), np.float32)), "diff3d", "square"),
     "NaN": (dict(diff3d=np.full((M, N, N), np.nan, np.float32)), "diff3d", "NaN"),
     "negative counts": (dict(diff3d=-np.ones((M, N, N), np.float32)), "diff3d", "negative"),
-    "negative counts detected": (dict(diff3d=np.full((M, N, N), 5.0, np.float32) * np.sign(np.arange(M) - 2.5)[:, None, None]),
-                                 "diff3d", "negative"),
-    "negative amplitudes": (dict(diff3d=-np.ones((M, N, N), np.float32) / 3,
-                                 diffraction_units=np.array("amplitude")), "diff3d", "negative"),
-    "bad units entry": (dict(diffraction_units=np.array("photons")), "diffraction_units", "photons"),
+    "negative counts detected": (
+        dict(
+            diff3d=np.full((M, N, N), 5.0, np.float32) * np.sign(np.arange(M) - 2.5)[:, None, None]
+        ),
+        "diff3d",
+        "negative",
+    ),
+    "negative amplitudes": (
+        dict(diff3d=-np.ones((M, N, N), np.float32) / 3, diffraction_units=np.array("amplitude")),
+        "diff3d",
+        "negative",
+    ),
+    "bad units entry": (
+        dict(diffraction_units=np.array("photons")),
+        "diffraction_units",
+        "photons",
+    ),
     "probe real": (dict(probeGuess=np.ones((N, N), np.float32)), "probeGuess", "complex"),
     "probe size": (dict(probeGuess=np.ones((N - 2, N - 2), np.complex64)), "probeGuess", f"N={N}"),
     "probe NaN": (dict(probeGuess=np.full((N, N), np.nan, np.complex64)), "probeGuess", "NaN"),
     "object 1-D": (dict(objectGuess=np.ones(30, np.complex64)), "objectGuess", "2-D"),
-    "object inf": (dict(objectGuess=np.full((30, 30), np.inf, np.complex64)), "objectGuess", "NaN/inf"),
-    "bad_pixels shape": (dict(bad_pixels=np.zeros((N + 1, N), bool)), "bad_pixels", "expected shape"),
+    "object inf": (
+        dict(objectGuess=np.full((30, 30), np.inf, np.complex64)),
+        "objectGuess",
+        "NaN/inf",
+    ),
+    "bad_pixels shape": (
+        dict(bad_pixels=np.zeros((N + 1, N), bool)),
+        "bad_pixels",
+        "expected shape",
+    ),
     "scan_index shape": (dict(scan_index=np.zeros((M, 2), int)), "scan_index", "expected shape"),
     "metadata not JSON": (dict(metadata=np.array("{not json")), "metadata", "JSON"),
 }
@@ -256,9 +308,13 @@ def _good_npz_bytes(tmp_path):
 
 def _compressed_npz_bytes(tmp_path):
     f = valid_fields()
-    np.savez_compressed(tmp_path / "z.npz", diff3d=np.random.default_rng(1).random((M, 64, 64)),
-                        xcoords=f["positions_px"][:, 0], ycoords=f["positions_px"][:, 1],
-                        probeGuess=f["probe"])
+    np.savez_compressed(
+        tmp_path / "z.npz",
+        diff3d=np.random.default_rng(1).random((M, 64, 64)),
+        xcoords=f["positions_px"][:, 0],
+        ycoords=f["positions_px"][:, 1],
+        probeGuess=f["probe"],
+    )
     return (tmp_path / "z.npz").read_bytes()
 
 
@@ -280,8 +336,13 @@ def test_npz_unreadable_files(tmp_path, content):
         with open(path, "wb") as fh:
             np.save(fh, np.zeros((M, N, N)))
     else:
-        np.savez(path, diff3d=np.array([{"a": 1}], dtype=object), xcoords=np.zeros(1),
-                 ycoords=np.zeros(1), probeGuess=np.ones((N, N), np.complex64))
+        np.savez(
+            path,
+            diff3d=np.array([{"a": 1}], dtype=object),
+            xcoords=np.zeros(1),
+            ycoords=np.zeros(1),
+            probeGuess=np.ones((N, N), np.complex64),
+        )
     with pytest.raises(DataError) as info:
         read_npz(path)
     assert info.value.source == str(path)
@@ -355,8 +416,9 @@ def test_grouping_offsets_relative_to_centroid():
     groups = group_positions(pos, gridsize=3, neighbors=12, n_groups=20, seed=1)
     assert groups.offsets_px.shape == (20, 9, 2) and groups.offsets_px.dtype == np.float32
     np.testing.assert_allclose(groups.offsets_px.sum(axis=1), 0, atol=1e-4)
-    np.testing.assert_allclose(groups.centers_px[:, None, :] + groups.offsets_px, pos[groups.indices],
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        groups.centers_px[:, None, :] + groups.offsets_px, pos[groups.indices], atol=1e-4
+    )
     # neighbours really are neighbours: offsets of a few steps, not across the scan
     assert np.abs(groups.offsets_px).max() < 3 * 3.0 * 1.5
 
@@ -379,12 +441,15 @@ def test_grouping_more_groups_than_positions():
     np.testing.assert_array_equal(sub.indices, groups.indices[[0, 5, 7]])
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(gridsize=2, neighbors=3), "neighbors"),
-    (dict(gridsize=0), "gridsize"),
-    (dict(gridsize=2, n_groups=0), "n_groups"),
-    (dict(gridsize=5, neighbors=30), "gridsize"),  # 25 > 16 positions
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(gridsize=2, neighbors=3), "neighbors"),
+        (dict(gridsize=0), "gridsize"),
+        (dict(gridsize=2, n_groups=0), "n_groups"),
+        (dict(gridsize=5, neighbors=30), "gridsize"),  # 25 > 16 positions
+    ],
+)
 def test_grouping_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         group_positions(grid_positions(side=4), **kwargs)

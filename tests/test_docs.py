@@ -33,9 +33,21 @@ DOCS = ROOT / "docs"
 README = ROOT / "README.md"
 
 #: Flags of other programs that the docs mention (pip, tensorboard, mlflow, ptychodus).
-EXTERNAL_FLAGS = {"--no-deps", "--no-binary", "--logdir", "--backend-store-uri", "--output-directory"}
+EXTERNAL_FLAGS = {
+    "--no-deps",
+    "--no-binary",
+    "--logdir",
+    "--backend-store-uri",
+    "--output-directory",
+}
 #: Flags of the benchmark scripts quoted on the performance page (checked against their source).
-BENCHMARK_FLAGS = {"--train-positions", "--test-positions", "--max-epochs", "--patch-size", "--output"}
+BENCHMARK_FLAGS = {
+    "--train-positions",
+    "--test-positions",
+    "--max-epochs",
+    "--patch-size",
+    "--output",
+}
 #: Flags of benchmarks/scenario_suite.py and benchmarks/scenarios.py quoted in the docs.
 SCENARIO_FLAGS = {"--output", "--only", "--threads", "--output-dir"}
 
@@ -45,14 +57,26 @@ TINY_ADD = {
     "train": {"--max-epochs": "1", "--n-filters-scale": "1"},
     "reconstruct": {"--refine-epochs": "1"},
     "reconstruct --network": {"--max-epochs": "1"},
-    "demo": {"--patch-size": "16", "--n-positions": "25", "--n-train-scans": "1",
-             "--test-positions": "25", "--max-epochs": "1", "--refine-epochs": "1"},
+    "demo": {
+        "--patch-size": "16",
+        "--n-positions": "25",
+        "--n-train-scans": "1",
+        "--test-positions": "25",
+        "--max-epochs": "1",
+        "--refine-epochs": "1",
+    },
 }
 #: Options replaced where a documented command gives them.
 TINY_REPLACE = {"--refine-epochs": "1"}
-#: Keyword values replaced in Python snippets and YAML files (``name=V``, ``"name": V``, ``name: V``).
-TINY_KEYWORDS = {"max_epochs": "1", "n_filters_scale": "1", "patch_size": "16",
-                 "n_positions": "25", "epochs": "1"}
+#: Keyword values replaced in Python snippets and YAML files (``name=V``, ``"name": V``,
+#: ``name: V``).
+TINY_KEYWORDS = {
+    "max_epochs": "1",
+    "n_filters_scale": "1",
+    "patch_size": "16",
+    "n_positions": "25",
+    "epochs": "1",
+}
 #: Shell command prefixes that runnable blocks may contain but this test does not execute.
 SKIPPED_COMMANDS = {
     "pip install": "installation is exercised by .ci/run",
@@ -83,8 +107,14 @@ def code_blocks(path: Path) -> list[dict]:
         while k >= 0 and not lines[k].strip():
             k -= 1
         marker = MARKER.match(lines[k].strip()) if k >= 0 else None
-        blocks.append({"lang": m.group(1).lower(), "text": "\n".join(lines[i + 1:j]),
-                       "line": i + 1, "marker": (marker.group(1), marker.group(2)) if marker else None})
+        blocks.append(
+            {
+                "lang": m.group(1).lower(),
+                "text": "\n".join(lines[i + 1 : j]),
+                "line": i + 1,
+                "marker": (marker.group(1), marker.group(2)) if marker else None,
+            }
+        )
         i = j + 1
     return blocks
 
@@ -103,7 +133,7 @@ def table_rows(text: str, header_start: str) -> list[list[str]]:
     rows, lines = [], text.splitlines()
     for i, line in enumerate(lines):
         if line.startswith(header_start):
-            for row in lines[i + 2:]:
+            for row in lines[i + 2 :]:
                 if not row.startswith("|"):
                     break
                 cells = re.split(r"(?<!\\)\|", row.strip().strip("|"))
@@ -138,7 +168,8 @@ def test_cli_reference_is_current():
     committed = (DOCS / "cli-reference.md").read_text()
     assert committed == generate(), (
         "docs/cli-reference.md is out of date with the argument parsers; regenerate it with\n"
-        "    python -m ptychopinn.cli.docgen > docs/cli-reference.md")
+        "    python -m ptychopinn.cli.docgen > docs/cli-reference.md"
+    )
 
 
 def test_cli_reference_lists_every_subcommand_and_option():
@@ -156,14 +187,16 @@ def test_cli_reference_lists_every_subcommand_and_option():
 def test_cli_reference_shows_dataclass_defaults():
     """Config flags have no argparse default; the reference must show the dataclass default."""
     text = (DOCS / "cli-reference.md").read_text()
-    train = text[text.index("## ptychopinn train"):]
-    train = train[:train.index("\n## ", 3)]
+    train = text[text.index("## ptychopinn train") :]
+    train = train[: train.index("\n## ", 3)]
     rows = {r[0]: r for r in table_rows(train, "| option |")}
     assert rows["`--learning-rate`"][2] == "`0.001`"
     assert rows["`--checkpoint-monitor`"][2] == "`val_loss`"
     assert rows["`--scheduler`"][3].startswith("`Default`")
     assert "ReduceLROnPlateau" in rows["`--scheduler`"][3]
-    assert "deprecated" in rows["`--device`"][1] and "`--accelerator VALUE`" in rows["`--device`"][1]
+    assert (
+        "deprecated" in rows["`--device`"][1] and "`--accelerator VALUE`" in rows["`--device`"][1]
+    )
 
 
 def test_benchmark_flags_exist():
@@ -173,8 +206,10 @@ def test_benchmark_flags_exist():
 
 
 def test_scenario_benchmark_flags_exist():
-    source = "".join((DOCS.parent / "benchmarks" / name).read_text()
-                     for name in ("scenario_suite.py", "scenarios.py"))
+    source = "".join(
+        (DOCS.parent / "benchmarks" / name).read_text()
+        for name in ("scenario_suite.py", "scenarios.py")
+    )
     for name in SCENARIO_FLAGS:
         assert f'"{name}"' in source, name
 
@@ -187,8 +222,13 @@ def _benchmark_flags() -> set[str]:
 
 
 def test_documented_flags_exist():
-    known = (all_option_strings() | EXTERNAL_FLAGS | BENCHMARK_FLAGS | SCENARIO_FLAGS
-             | _benchmark_flags())
+    known = (
+        all_option_strings()
+        | EXTERNAL_FLAGS
+        | BENCHMARK_FLAGS
+        | SCENARIO_FLAGS
+        | _benchmark_flags()
+    )
     flag = re.compile(r"(?<![\w-])--[A-Za-z][A-Za-z0-9_-]*")
     unknown = {}
     for page in all_pages():
@@ -230,8 +270,9 @@ def test_every_config_field_documented_with_its_type_and_default():
             _, type_cell, default_cell, *_ = rows[name]
             assert code_spans(type_cell) == [str(f.type)], f"{name}: type {type_cell} != {f.type}"
             assert f.default is not MISSING
-            assert code_spans(default_cell) == [repr(f.default)], \
+            assert code_spans(default_cell) == [repr(f.default)], (
                 f"{name}: documented default {default_cell}, real default {f.default!r}"
+            )
     assert set(rows) == expected, f"documented fields that do not exist: {set(rows) - expected}"
 
 
@@ -278,6 +319,7 @@ def test_scheduler_worked_example_matches_the_schedulers():
             elif scheduler is not None:
                 scheduler.step()
     from ptychopinn.config import SCHEDULER_NAMES
+
     assert seen == set(SCHEDULER_NAMES)
 
 
@@ -360,8 +402,9 @@ def test_internal_links_resolve():
             assert dest.exists(), f"{page.name}: broken link {target}"
             if anchor:
                 headings = re.findall(r"^#+ (.+)$", prose(dest.read_text()), flags=re.M)
-                assert anchor in {_slug(h.replace("`", "")) for h in headings}, \
+                assert anchor in {_slug(h.replace("`", "")) for h in headings}, (
                     f"{page.name}: no heading for #{anchor} in {dest.name}"
+                )
 
 
 def _joined_source() -> str:
@@ -467,10 +510,14 @@ def _run_page_blocks(page: Path) -> None:
             code, stderr = _run_cli(shlex.split(last)[1:])
             assert code == int(arg), f"{where}: `{last}` exited {code}, expected {arg}: {stderr}"
             following = blocks[i + 1] if i + 1 < len(blocks) else None
-            assert following and following["lang"] == "text", f"{where}: expected output block missing"
+            assert following and following["lang"] == "text", (
+                f"{where}: expected output block missing"
+            )
             for line in following["text"].splitlines():
                 if line.strip():
-                    assert line.strip() in stderr, f"{where}: {line.strip()!r} not in stderr:\n{stderr}"
+                    assert line.strip() in stderr, (
+                        f"{where}: {line.strip()!r} not in stderr:\n{stderr}"
+                    )
             continue
         for command in commands:
             skip = next((p for p in SKIPPED_COMMANDS if command.startswith(p)), None)
@@ -479,7 +526,8 @@ def _run_page_blocks(page: Path) -> None:
             argv = shlex.split(command)
             assert argv[0] == "ptychopinn", (
                 f"{where}: `{command}` is not a ptychopinn command; mark the block "
-                "<!-- not-run: reason --> or teach tests/test_docs.py to run it")
+                "<!-- not-run: reason --> or teach tests/test_docs.py to run it"
+            )
             code, stderr = _run_cli(_tiny_argv(argv[1:]))
             assert code == 0, f"{where}: `{command}` exited {code}: {stderr.strip()[-2000:]}"
 
@@ -511,19 +559,33 @@ def test_block_markers_are_known():
     for page in all_pages():
         for block in code_blocks(page):
             if block["marker"]:
-                assert block["marker"][0] in ("not-run", "expect-exit", "file"), \
+                assert block["marker"][0] in ("not-run", "expect-exit", "file"), (
                     f"{page.name}:{block['line']}: unknown marker {block['marker']}"
-            if block["lang"] in ("bash", "sh", "shell", "console", "python", "py", "yaml", "text", "") \
-                    or block["lang"] in ("json",):
+                )
+            if block["lang"] in (
+                "bash",
+                "sh",
+                "shell",
+                "console",
+                "python",
+                "py",
+                "yaml",
+                "text",
+                "",
+            ) or block["lang"] in ("json",):
                 continue
-            pytest.fail(f"{page.name}:{block['line']}: unexpected code block language {block['lang']!r}")
+            pytest.fail(
+                f"{page.name}:{block['line']}: unexpected code block language {block['lang']!r}"
+            )
 
 
 def test_runner_really_fails_on_a_broken_command(tmp_path, monkeypatch):
     """The block runner must not pass vacuously."""
     monkeypatch.chdir(tmp_path)
     page = tmp_path / "page.md"
-    page.write_text("```bash\nptychopinn infer --model nothing --data none.npz --output-dir o\n```\n")
+    page.write_text(
+        "```bash\nptychopinn infer --model nothing --data none.npz --output-dir o\n```\n"
+    )
     with pytest.raises(AssertionError, match="exited 2"):
         _run_page_blocks(page)
     page.write_text("<!-- not-run: demo -->\n```bash\nptychopinn train --no-such-flag\n```\n")

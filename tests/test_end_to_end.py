@@ -13,9 +13,9 @@ from ptychopinn.cli.main import main
 from ptychopinn.config import DataConfig, ExecutionConfig, ModelConfig, TrainingConfig
 from ptychopinn.data.npz import read_npz, write_npz
 from ptychopinn.data.simulate import SimulationConfig, simulate_scan
+from ptychopinn.errors import BundleError
 from ptychopinn.inference import load_reconstruction, predict_patches, reconstruct
 from ptychopinn.io.bundle import BUNDLE_NAME, FORMAT_VERSION, load_bundle, save_bundle
-from ptychopinn.errors import BundleError
 from ptychopinn.training.fit import fit
 
 FAST = ExecutionConfig(quiet=True, logger="none", enable_checkpointing=False, early_stopping=False)
@@ -35,36 +35,120 @@ def scans(tmp_path_factory):
 def trained(scans):
     d, train, _ = scans
     out = d / "model"
-    result = fit([train], None, model_config=ModelConfig(gridsize=2, n_filters_scale=1, physics_iterations=2,
-                                                         skip_connections=True),
-                 data_config=DataConfig(neighbors=4), training_config=TrainingConfig(max_epochs=1, batch_size=8),
-                 execution_config=FAST, output_dir=out)
+    result = fit(
+        [train],
+        None,
+        model_config=ModelConfig(
+            gridsize=2, n_filters_scale=1, physics_iterations=2, skip_connections=True
+        ),
+        data_config=DataConfig(neighbors=4),
+        training_config=TrainingConfig(max_epochs=1, batch_size=8),
+        execution_config=FAST,
+        output_dir=out,
+    )
     return out, result
 
 
 def test_cli_chain_simulate_train_infer_evaluate(tmp_path, capsys):
     scan = tmp_path / "scan.npz"
     test = tmp_path / "test.npz"
-    assert main(["simulate", "--output", str(scan), "--patch-size", "16", "--n-positions", "36",
-                 "--photons", "1e5", "--quiet"]) == 0
-    assert main(["simulate", "--output", str(test), "--patch-size", "16", "--n-positions", "25",
-                 "--seed", "7", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                "--output",
+                str(scan),
+                "--patch-size",
+                "16",
+                "--n-positions",
+                "36",
+                "--photons",
+                "1e5",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "simulate",
+                "--output",
+                str(test),
+                "--patch-size",
+                "16",
+                "--n-positions",
+                "25",
+                "--seed",
+                "7",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     model = tmp_path / "model"
-    assert main(["train", "--train-data", str(scan), "--output-dir", str(model), "--gridsize", "2",
-                 "--neighbors", "4", "--max-epochs", "1", "--batch-size", "8", "--n-filters-scale", "1",
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--train-data",
+                str(scan),
+                "--output-dir",
+                str(model),
+                "--gridsize",
+                "2",
+                "--neighbors",
+                "4",
+                "--max-epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--n-filters-scale",
+                "1",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert (model / BUNDLE_NAME).is_file()
     assert list((model / "checkpoints").glob("*.ckpt")), "Lightning checkpoints expected"
     assert (model / "lightning_logs").is_dir()
     out = tmp_path / "recon"
-    assert main(["infer", "--model", str(model), "--data", str(test), "--output-dir", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "infer",
+                "--model",
+                str(model),
+                "--data",
+                str(test),
+                "--output-dir",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     recon = load_reconstruction(out / "reconstruction.npz")
     truth = read_npz(test).object_truth
     assert recon.object.shape == truth.shape and np.isfinite(recon.object).all()
     assert (out / "amplitude_phase.png").stat().st_size > 1000
     ev = tmp_path / "eval"
-    assert main(["evaluate", "--reconstruction", str(out / "reconstruction.npz"), "--ground-truth",
-                 str(test), "--output-dir", str(ev), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--reconstruction",
+                str(out / "reconstruction.npz"),
+                "--ground-truth",
+                str(test),
+                "--output-dir",
+                str(ev),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((ev / "metrics.json").read_text())
     assert 0 < metrics["complex_nrmse"] < 2
 
@@ -87,7 +171,13 @@ def test_bundle_weights_load_with_weights_only(trained):
     out, _ = trained
     with zipfile.ZipFile(out / BUNDLE_NAME) as zf:
         names = set(zf.namelist())
-        assert {"manifest.json", "config.json", "weights.pt", "probe.npy", "normalisation.json"} <= names
+        assert {
+            "manifest.json",
+            "config.json",
+            "weights.pt",
+            "probe.npy",
+            "normalisation.json",
+        } <= names
         zf.extract("weights.pt", out / "x")
     state = torch.load(out / "x" / "weights.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
@@ -108,6 +198,7 @@ def test_bundle_wrong_format_version_is_clear_error(trained, tmp_path):
             m["format_version"] = FORMAT_VERSION + 1
             return json.dumps(m)
         return data
+
     bad = tmp_path / "bad.ptpinn"
     _rewrite(out / BUNDLE_NAME, bad, edit)
     with pytest.raises(BundleError, match="format version"):
@@ -128,6 +219,7 @@ def test_bundle_mismatched_weights_rejected(trained, tmp_path):
     state = dict(bundle.state_dict)
     state.pop(next(iter(state)))
     from dataclasses import replace
+
     path = save_bundle(replace(bundle, state_dict=state), tmp_path / "partial.ptpinn")
     with pytest.raises(BundleError, match="do not match"):
         load_bundle(path)
@@ -140,14 +232,23 @@ def test_bundle_not_overwritten(trained):
 
 
 def _cli(*args):
-    proc = subprocess.run([sys.executable, "-m", "ptychopinn.cli.main", *args], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ptychopinn.cli.main", *args], capture_output=True, text=True
+    )
     return proc.returncode, proc.stderr.strip().splitlines()
 
 
 def test_infer_missing_model_dir_one_line_error(tmp_path, scans):
     d, _, _ = scans
-    code, err = _cli("infer", "--model", str(tmp_path / "nope"), "--data", str(d / "test.npz"),
-                     "--output-dir", str(tmp_path / "o"))
+    code, err = _cli(
+        "infer",
+        "--model",
+        str(tmp_path / "nope"),
+        "--data",
+        str(d / "test.npz"),
+        "--output-dir",
+        str(tmp_path / "o"),
+    )
     assert code == 2 and len(err) == 1 and "not found" in err[0]
     assert not (tmp_path / "o").exists()
 
@@ -156,25 +257,54 @@ def test_infer_patch_size_mismatch(tmp_path, trained):
     out, _ = trained
     other = simulate_scan(SimulationConfig(patch_size=32, n_positions=9, photons=1e4, seed=1))
     write_npz(other, tmp_path / "n32.npz")
-    code, err = _cli("infer", "--model", str(out), "--data", str(tmp_path / "n32.npz"), "--output-dir",
-                     str(tmp_path / "o"), "--quiet")
+    code, err = _cli(
+        "infer",
+        "--model",
+        str(out),
+        "--data",
+        str(tmp_path / "n32.npz"),
+        "--output-dir",
+        str(tmp_path / "o"),
+        "--quiet",
+    )
     assert code == 2 and len(err) == 1 and "N=16" in err[0]
 
 
 def test_infer_empty_scan(tmp_path, trained):
     out, _ = trained
-    np.savez(tmp_path / "empty.npz", diff3d=np.zeros((0, 16, 16)), xcoords=np.zeros(0), ycoords=np.zeros(0),
-             probeGuess=np.ones((16, 16), np.complex64))
-    code, err = _cli("infer", "--model", str(out), "--data", str(tmp_path / "empty.npz"), "--output-dir",
-                     str(tmp_path / "o"), "--quiet")
+    np.savez(
+        tmp_path / "empty.npz",
+        diff3d=np.zeros((0, 16, 16)),
+        xcoords=np.zeros(0),
+        ycoords=np.zeros(0),
+        probeGuess=np.ones((16, 16), np.complex64),
+    )
+    code, err = _cli(
+        "infer",
+        "--model",
+        str(out),
+        "--data",
+        str(tmp_path / "empty.npz"),
+        "--output-dir",
+        str(tmp_path / "o"),
+        "--quiet",
+    )
     assert code == 2 and len(err) == 1 and "empty" in err[0]
 
 
 def test_infer_refuses_to_overwrite(tmp_path, trained, scans):
     out, _ = trained
     d, _, _ = scans
-    args = ["infer", "--model", str(out), "--data", str(d / "test.npz"), "--output-dir", str(tmp_path / "r"),
-            "--quiet"]
+    args = [
+        "infer",
+        "--model",
+        str(out),
+        "--data",
+        str(d / "test.npz"),
+        "--output-dir",
+        str(tmp_path / "r"),
+        "--quiet",
+    ]
     assert main(args) == 0
     before = (tmp_path / "r" / "reconstruction.npz").read_bytes()
     code, err = _cli(*args)
@@ -184,8 +314,11 @@ def test_infer_refuses_to_overwrite(tmp_path, trained, scans):
 
 def test_training_is_reproducible_for_a_seed(scans):
     _, train, _ = scans
-    kw = dict(model_config=ModelConfig(gridsize=1, n_filters_scale=1), training_config=TrainingConfig(max_epochs=1, batch_size=8),
-              execution_config=FAST)
+    kw = dict(
+        model_config=ModelConfig(gridsize=1, n_filters_scale=1),
+        training_config=TrainingConfig(max_epochs=1, batch_size=8),
+        execution_config=FAST,
+    )
     a = fit([train], None, **kw).bundle.state_dict
     b = fit([train], None, **kw).bundle.state_dict
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -194,8 +327,24 @@ def test_training_is_reproducible_for_a_seed(scans):
 def test_reconstruct_command_self_supervised(tmp_path, scans):
     d, _, _ = scans
     out = tmp_path / "rec"
-    assert main(["reconstruct", "--data", str(d / "test.npz"), "--output-dir", str(out), "--network",
-                 "--max-epochs", "1", "--refine-epochs", "2", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "reconstruct",
+                "--data",
+                str(d / "test.npz"),
+                "--output-dir",
+                str(out),
+                "--network",
+                "--max-epochs",
+                "1",
+                "--refine-epochs",
+                "2",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     recon = load_reconstruction(out / "reconstruction.npz")
     assert np.isfinite(recon.object).all()
     assert recon.metadata["refine_epochs"] == 2
@@ -204,14 +353,38 @@ def test_reconstruct_command_self_supervised(tmp_path, scans):
 
 def test_demo_tiny(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--output-dir", str(out), "--patch-size", "16", "--n-positions", "36",
-                 "--n-train-scans", "1", "--test-positions", "25", "--max-epochs", "1",
-                 "--refine-epochs", "2", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--output-dir",
+                str(out),
+                "--patch-size",
+                "16",
+                "--n-positions",
+                "36",
+                "--n-train-scans",
+                "1",
+                "--test-positions",
+                "25",
+                "--max-epochs",
+                "1",
+                "--refine-epochs",
+                "2",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "phase SSIM" in printed and "network + refinement" in printed
     summary = json.loads((out / "metrics.json").read_text())
-    assert set(summary["metrics"]) == {"flat object (baseline)", "network (single pass)", "network + refinement",
-                                       "refinement from flat"}
+    assert set(summary["metrics"]) == {
+        "flat object (baseline)",
+        "network (single pass)",
+        "network + refinement",
+        "refinement from flat",
+    }
     for name in ("comparison_network.png", "comparison_refined.png", "frc_refined.png"):
         assert (out / name).stat().st_size > 1000
     # no temporary directory left behind
@@ -227,8 +400,11 @@ def test_training_ignores_bad_pixels(scans):
     hot = train.diffraction.copy()
     hot[:, 3, 5] = 1e7
     hot[:, 8, 8] = 0.0
-    kw = dict(model_config=ModelConfig(gridsize=1, n_filters_scale=1),
-              training_config=TrainingConfig(max_epochs=1, batch_size=8), execution_config=FAST)
+    kw = dict(
+        model_config=ModelConfig(gridsize=1, n_filters_scale=1),
+        training_config=TrainingConfig(max_epochs=1, batch_size=8),
+        execution_config=FAST,
+    )
     clean = fit([replace(train, bad_pixels=bad)], None, **kw)
     garbage = fit([replace(train, diffraction=hot, bad_pixels=bad)], None, **kw)
     unmasked = fit([replace(train, diffraction=hot)], None, **kw)
@@ -241,24 +417,68 @@ def test_reconstruct_refine_only_from_flat(tmp_path, scans):
     d, _, test = scans
     for flags, name in ((["--refine-only"], "flat"), ([], "default")):  # the default is the same
         out = tmp_path / name
-        assert main(["reconstruct", "--data", str(d / "test.npz"), "--output-dir", str(out), *flags,
-                     "--refine-epochs", "3", "--quiet"]) == 0
+        assert (
+            main(
+                [
+                    "reconstruct",
+                    "--data",
+                    str(d / "test.npz"),
+                    "--output-dir",
+                    str(out),
+                    *flags,
+                    "--refine-epochs",
+                    "3",
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
         recon = load_reconstruction(out / "reconstruction.npz")
         assert recon.metadata["refine_epochs"] == 3 and not (out / BUNDLE_NAME).exists()
         losses = recon.metadata["refine_losses"]
         assert losses[-1] < losses[0]
     a = load_reconstruction(tmp_path / "flat" / "reconstruction.npz").object
-    np.testing.assert_array_equal(a, load_reconstruction(tmp_path / "default" / "reconstruction.npz").object)
+    np.testing.assert_array_equal(
+        a, load_reconstruction(tmp_path / "default" / "reconstruction.npz").object
+    )
 
 
 def test_reconstruct_network_options_need_network(tmp_path, scans, capsys):
     d, _, _ = scans
-    code = main(["reconstruct", "--data", str(d / "test.npz"), "--output-dir", str(tmp_path / "o"),
-                 "--max-epochs", "3", "--gridsize", "1", "--quiet"])
+    code = main(
+        [
+            "reconstruct",
+            "--data",
+            str(d / "test.npz"),
+            "--output-dir",
+            str(tmp_path / "o"),
+            "--max-epochs",
+            "3",
+            "--gridsize",
+            "1",
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "--gridsize, --max-epochs apply to the network path" in err[0]
-    assert main(["reconstruct", "--data", str(d / "test.npz"), "--output-dir", str(tmp_path / "o"),
-                 "--network", "--refine-only"]) == 2
+    assert (
+        code == 2
+        and len(err) == 1
+        and "--gridsize, --max-epochs apply to the network path" in err[0]
+    )
+    assert (
+        main(
+            [
+                "reconstruct",
+                "--data",
+                str(d / "test.npz"),
+                "--output-dir",
+                str(tmp_path / "o"),
+                "--network",
+                "--refine-only",
+            ]
+        )
+        == 2
+    )
     assert not (tmp_path / "o").exists()
 
 
@@ -280,16 +500,51 @@ def test_covering_groups_take_every_pattern_once_with_fewer_groups():
 def test_reconstruct_refuses_unusable_devices(tmp_path, scans, capsys):
     d, _, _ = scans
     out = tmp_path / "o"
-    code = main(["reconstruct", "--data", str(d / "test.npz"), "--output-dir", str(out),
-                 "--devices", "2", "--quiet"])
+    code = main(
+        [
+            "reconstruct",
+            "--data",
+            str(d / "test.npz"),
+            "--output-dir",
+            str(out),
+            "--devices",
+            "2",
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--devices 2: this command runs on one device" in err[0]
     if not torch.cuda.is_available():
-        code = main(["reconstruct", "--data", str(d / "test.npz"), "--output-dir", str(out),
-                     "--accelerator", "cuda", "--quiet"])
+        code = main(
+            [
+                "reconstruct",
+                "--data",
+                str(d / "test.npz"),
+                "--output-dir",
+                str(out),
+                "--accelerator",
+                "cuda",
+                "--quiet",
+            ]
+        )
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and "no CUDA device is available" in err[0]
     assert not out.exists()
     # the CPU is always usable
-    assert main(["reconstruct", "--data", str(d / "test.npz"), "--output-dir", str(out),
-                 "--refine-epochs", "2", "--accelerator", "cpu", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "reconstruct",
+                "--data",
+                str(d / "test.npz"),
+                "--output-dir",
+                str(out),
+                "--refine-epochs",
+                "2",
+                "--accelerator",
+                "cpu",
+                "--quiet",
+            ]
+        )
+        == 0
+    )

@@ -13,13 +13,28 @@ import torch
 from ptychopinn.cli.execution_args import run_config_from_args
 from ptychopinn.cli.main import build_parser, main
 from ptychopinn.config import ExecutionConfig, ModelConfig, TrainingConfig
-from ptychopinn.config_factory import (SOURCE_CLI, SOURCE_DEFAULT, SOURCE_FILE, SOURCE_PYTHON,
-                                       all_keys, audit_text, build_run_config, check_run,
-                                       flag_name, load_config_file, read_audit,
-                                       run_config_from_objects)
+from ptychopinn.config_factory import (
+    SOURCE_CLI,
+    SOURCE_DEFAULT,
+    SOURCE_FILE,
+    SOURCE_PYTHON,
+    all_keys,
+    audit_text,
+    build_run_config,
+    check_run,
+    flag_name,
+    load_config_file,
+    read_audit,
+    run_config_from_objects,
+)
 from ptychopinn.training.optim import build_scheduler, configure_optimization
-from ptychopinn.training.trainer import (build_trainer, checkpoint_filename, resolve_accelerator,
-                                         resolve_monitor, resolve_resume)
+from ptychopinn.training.trainer import (
+    build_trainer,
+    checkpoint_filename,
+    resolve_accelerator,
+    resolve_monitor,
+    resolve_resume,
+)
 
 BASE = ["train", "--train-data", "missing.npz", "--output-dir", "unused-out"]
 
@@ -44,24 +59,60 @@ def run_cli(argv, capfd):
 
 # --- ExecutionConfig validation -----------------------------------------------------------------
 INVALID = [
-    ("accelerator", "tpu"), ("accelerator", "hpu"),
-    ("devices", 0), ("devices", -1), ("devices", "two"), ("devices", 1.5),
-    ("strategy", "deepspeed"), ("num_nodes", 0),
-    ("precision", "16"), ("precision", "8-true"),
-    ("deterministic", "yes"), ("detect_anomaly", 1), ("seed", -1), ("seed", 2**32),
-    ("num_workers", -1), ("pin_memory", 1),
-    ("persistent_workers", True), ("prefetch_factor", 2), ("prefetch_factor", 0),
-    ("learning_rate", 0.0), ("learning_rate", -1e-3), ("learning_rate", math.nan),
-    ("learning_rate", math.inf), ("optimizer", "rmsprop"), ("momentum", 1.0), ("momentum", -0.1),
-    ("weight_decay", -1.0), ("scheduler", "Cosine"), ("lr_gamma", 0.0), ("lr_gamma", 1.5),
-    ("lr_milestones", (0,)), ("lr_milestones", (5, 3)), ("lr_milestones", (2, 2)),
-    ("plateau_factor", 0.0), ("plateau_factor", 1.0), ("plateau_patience", -1),
-    ("min_lr", -1.0), ("warmup_epochs", -1), ("accumulate_grad_batches", 0),
-    ("gradient_clip_val", 0.0), ("gradient_clip_val", -1.0), ("gradient_clip_algorithm", "l2"),
-    ("enable_checkpointing", "no"), ("checkpoint_save_top_k", -2), ("checkpoint_monitor", ""),
-    ("checkpoint_mode", "avg"), ("early_stopping", None), ("early_stop_patience", 0),
-    ("resume_from", ""), ("logger", "wandb"), ("mlflow_tracking_uri", ""),
-    ("experiment_name", ""), ("quiet", "x"), ("inference_batch_size", 0),
+    ("accelerator", "tpu"),
+    ("accelerator", "hpu"),
+    ("devices", 0),
+    ("devices", -1),
+    ("devices", "two"),
+    ("devices", 1.5),
+    ("strategy", "deepspeed"),
+    ("num_nodes", 0),
+    ("precision", "16"),
+    ("precision", "8-true"),
+    ("deterministic", "yes"),
+    ("detect_anomaly", 1),
+    ("seed", -1),
+    ("seed", 2**32),
+    ("num_workers", -1),
+    ("pin_memory", 1),
+    ("persistent_workers", True),
+    ("prefetch_factor", 2),
+    ("prefetch_factor", 0),
+    ("learning_rate", 0.0),
+    ("learning_rate", -1e-3),
+    ("learning_rate", math.nan),
+    ("learning_rate", math.inf),
+    ("optimizer", "rmsprop"),
+    ("momentum", 1.0),
+    ("momentum", -0.1),
+    ("weight_decay", -1.0),
+    ("scheduler", "Cosine"),
+    ("lr_gamma", 0.0),
+    ("lr_gamma", 1.5),
+    ("lr_milestones", (0,)),
+    ("lr_milestones", (5, 3)),
+    ("lr_milestones", (2, 2)),
+    ("plateau_factor", 0.0),
+    ("plateau_factor", 1.0),
+    ("plateau_patience", -1),
+    ("min_lr", -1.0),
+    ("warmup_epochs", -1),
+    ("accumulate_grad_batches", 0),
+    ("gradient_clip_val", 0.0),
+    ("gradient_clip_val", -1.0),
+    ("gradient_clip_algorithm", "l2"),
+    ("enable_checkpointing", "no"),
+    ("checkpoint_save_top_k", -2),
+    ("checkpoint_monitor", ""),
+    ("checkpoint_mode", "avg"),
+    ("early_stopping", None),
+    ("early_stop_patience", 0),
+    ("resume_from", ""),
+    ("logger", "wandb"),
+    ("mlflow_tracking_uri", ""),
+    ("experiment_name", ""),
+    ("quiet", "x"),
+    ("inference_batch_size", 0),
 ]
 
 
@@ -80,12 +131,15 @@ def test_every_field_has_an_invalid_case():
     assert untested == set(), f"add invalid values for {untested}"
 
 
-@pytest.mark.parametrize("kwargs,field", [
-    (dict(scheduler="MultiStage"), "lr_milestones"),
-    (dict(scheduler="Adaptive", min_lr=1e-3), "min_lr"),
-    (dict(scheduler="WarmupCosine", learning_rate=1e-4, min_lr=2e-4), "min_lr"),
-    (dict(num_workers=0, prefetch_factor=4), "prefetch_factor"),
-])
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        (dict(scheduler="MultiStage"), "lr_milestones"),
+        (dict(scheduler="Adaptive", min_lr=1e-3), "min_lr"),
+        (dict(scheduler="WarmupCosine", learning_rate=1e-4, min_lr=2e-4), "min_lr"),
+        (dict(num_workers=0, prefetch_factor=4), "prefetch_factor"),
+    ],
+)
 def test_cross_field_rules(kwargs, field):
     with pytest.raises(ValueError, match=f"^{field}: invalid value"):
         ExecutionConfig(**kwargs)
@@ -97,9 +151,16 @@ def test_tpu_message_is_explicit():
 
 
 def test_valid_values_accepted_and_normalised():
-    e = ExecutionConfig(devices="2", scheduler="ReduceLROnPlateau", lr_milestones=[2, 5],
-                        num_workers=2, persistent_workers=True, prefetch_factor=4,
-                        checkpoint_save_top_k=-1, gradient_clip_val=1.0)
+    e = ExecutionConfig(
+        devices="2",
+        scheduler="ReduceLROnPlateau",
+        lr_milestones=[2, 5],
+        num_workers=2,
+        persistent_workers=True,
+        prefetch_factor=4,
+        checkpoint_save_top_k=-1,
+        gradient_clip_val=1.0,
+    )
     assert e.devices == 2 and e.scheduler == "Adaptive" and e.lr_milestones == (2, 5)
     assert ExecutionConfig(checkpoint_save_top_k=0).checkpoint_save_top_k == 0
     assert ExecutionConfig(scheduler="MultiStage", lr_milestones=(3,)).lr_milestones == (3,)
@@ -107,9 +168,16 @@ def test_valid_values_accepted_and_normalised():
 
 def test_defaults():
     e = ExecutionConfig()
-    assert (e.accelerator, e.devices, e.precision, e.scheduler, e.accumulate_grad_batches,
-            e.checkpoint_monitor, e.logger, e.inference_batch_size) == (
-        "auto", "auto", "32-true", "Default", 1, "val_loss", "csv", None)
+    assert (
+        e.accelerator,
+        e.devices,
+        e.precision,
+        e.scheduler,
+        e.accumulate_grad_batches,
+        e.checkpoint_monitor,
+        e.logger,
+        e.inference_batch_size,
+    ) == ("auto", "auto", "32-true", "Default", 1, "val_loss", "csv", None)
 
 
 # --- CLI: every flag round-trips ---------------------------------------------------------------
@@ -193,12 +261,35 @@ def test_accumulate_grad_batches_roundtrip():
 
 
 def test_model_data_training_flags_roundtrip():
-    rc = cli_config("--gridsize", "2", "--neighbors", "6", "--n-groups", "40", "--batch-size", "4",
-                    "--max-epochs", "3", "--loss", "mae", "--nphotons", "1e6",
-                    "--n-filters-scale", "1", "--val-fraction", "0", "--diffraction-units", "counts")
+    rc = cli_config(
+        "--gridsize",
+        "2",
+        "--neighbors",
+        "6",
+        "--n-groups",
+        "40",
+        "--batch-size",
+        "4",
+        "--max-epochs",
+        "3",
+        "--loss",
+        "mae",
+        "--nphotons",
+        "1e6",
+        "--n-filters-scale",
+        "1",
+        "--val-fraction",
+        "0",
+        "--diffraction-units",
+        "counts",
+    )
     assert (rc.model.gridsize, rc.model.loss, rc.model.n_filters_scale) == (2, "mae", 1)
-    assert (rc.data.neighbors, rc.data.n_groups, rc.data.val_fraction,
-            rc.data.diffraction_units) == (6, 40, 0.0, "counts")
+    assert (
+        rc.data.neighbors,
+        rc.data.n_groups,
+        rc.data.val_fraction,
+        rc.data.diffraction_units,
+    ) == (6, 40, 0.0, "counts")
     assert (rc.training.batch_size, rc.training.max_epochs, rc.training.nphotons) == (4, 3, 1e6)
 
 
@@ -209,15 +300,35 @@ def test_defaults_without_flags_are_the_dataclass_defaults():
 
 
 def test_ptychopinn_underscore_aliases():
-    args = build_parser().parse_args([
-        "train", "--train_data_file", "a.npz", "b.npz", "--test_data_file", "t.npz",
-        "--output_dir", "o", "--max_epochs", "3", "--n_images", "12", "--batch_size", "4",
-        "--gridsize", "2"])
+    args = build_parser().parse_args(
+        [
+            "train",
+            "--train_data_file",
+            "a.npz",
+            "b.npz",
+            "--test_data_file",
+            "t.npz",
+            "--output_dir",
+            "o",
+            "--max_epochs",
+            "3",
+            "--n_images",
+            "12",
+            "--batch_size",
+            "4",
+            "--gridsize",
+            "2",
+        ]
+    )
     assert [str(p) for p in args.train_data] == ["a.npz", "b.npz"]
     assert str(args.test_data) == "t.npz" and str(args.output_dir) == "o"
     rc = run_config_from_args(args)
-    assert (rc.training.max_epochs, rc.data.n_groups, rc.training.batch_size,
-            rc.model.gridsize) == (3, 12, 4, 2)
+    assert (
+        rc.training.max_epochs,
+        rc.data.n_groups,
+        rc.training.batch_size,
+        rc.model.gridsize,
+    ) == (3, 12, 4, 2)
 
 
 def test_deprecated_device_warns_and_maps_to_accelerator():
@@ -244,7 +355,10 @@ CLI_INVALID = [
     (["--persistent-workers"], "--persistent-workers: invalid value True"),
     (["--prefetch-factor", "2"], "--prefetch-factor: invalid value 2"),
     (["--learning-rate", "0"], "--learning-rate: invalid value 0.0"),
-    (["--learning-rate", "abc"], "argument --learning-rate: invalid value 'abc'; expected a number"),
+    (
+        ["--learning-rate", "abc"],
+        "argument --learning-rate: invalid value 'abc'; expected a number",
+    ),
     (["--optimizer", "lbfgs"], "--optimizer: invalid value 'lbfgs'"),
     (["--momentum", "1"], "--momentum: invalid value 1.0"),
     (["--weight-decay", "-1"], "--weight-decay: invalid value -1.0"),
@@ -252,7 +366,10 @@ CLI_INVALID = [
     (["--lr-gamma", "2"], "--lr-gamma: invalid value 2.0"),
     (["--lr-milestones", "4", "2"], "--lr-milestones: invalid value (4, 2)"),
     (["--lr-milestones", "x"], "--lr-milestones: invalid value 'x'"),
-    (["--scheduler", "MultiStage"], "execution.lr_milestones: invalid value (); expected at least one"),
+    (
+        ["--scheduler", "MultiStage"],
+        "execution.lr_milestones: invalid value (); expected at least one",
+    ),
     (["--plateau-factor", "1.5"], "--plateau-factor: invalid value 1.5"),
     (["--plateau-patience", "-1"], "--plateau-patience: invalid value -1"),
     (["--min-lr", "-1"], "--min-lr: invalid value -1.0"),
@@ -272,8 +389,10 @@ CLI_INVALID = [
     (["--val-fraction", "1"], "--val-fraction: invalid value 1.0"),
     (["--loss", "l2"], "--loss: invalid value 'l2'"),
     (["--device", "tpu"], "--accelerator: invalid value 'tpu'"),
-    (["--scheduler", "WarmupCosine", "--warmup-epochs", "30"],
-     "--warmup-epochs: invalid value 30; expected fewer than max_epochs (30)"),
+    (
+        ["--scheduler", "WarmupCosine", "--warmup-epochs", "30"],
+        "--warmup-epochs: invalid value 30; expected fewer than max_epochs (30)",
+    ),
     (["--resume-from", "last"], "resume_from: 'last': no checkpoint at"),
 ]
 
@@ -281,10 +400,15 @@ CLI_INVALID = [
 @pytest.mark.parametrize("argv,fragment", CLI_INVALID, ids=[" ".join(a) for a, _ in CLI_INVALID])
 def test_cli_invalid_value_exits_2_with_one_line(argv, fragment, capfd, tmp_path):
     out = tmp_path / "out"
-    expect_warning = pytest.warns(DeprecationWarning) if "--device" in argv else contextlib.nullcontext()
+    expect_warning = (
+        pytest.warns(DeprecationWarning) if "--device" in argv else contextlib.nullcontext()
+    )
     with expect_warning:
-        code, lines = run_cli(["train", "--train-data", str(tmp_path / "missing.npz"),
-                               "--output-dir", str(out)] + argv, capfd)
+        code, lines = run_cli(
+            ["train", "--train-data", str(tmp_path / "missing.npz"), "--output-dir", str(out)]
+            + argv,
+            capfd,
+        )
     assert code == 2
     assert len(lines) == 1, lines
     assert lines[0].startswith("ptychopinn train: error: ")
@@ -293,11 +417,16 @@ def test_cli_invalid_value_exits_2_with_one_line(argv, fragment, capfd, tmp_path
 
 
 def test_cli_names_the_flag_and_allowed_values(capfd, tmp_path):
-    code, lines = run_cli(BASE[:2] + [str(tmp_path / "x.npz"), "--output-dir", str(tmp_path / "o"),
-                                      "--optimizer", "lbfgs"], capfd)
+    code, lines = run_cli(
+        BASE[:2]
+        + [str(tmp_path / "x.npz"), "--output-dir", str(tmp_path / "o"), "--optimizer", "lbfgs"],
+        capfd,
+    )
     assert code == 2
-    assert lines == ["ptychopinn train: error: --optimizer: invalid value 'lbfgs'; expected one of "
-                     "['adam', 'adamw', 'sgd']"]
+    assert lines == [
+        "ptychopinn train: error: --optimizer: invalid value 'lbfgs'; expected one of "
+        "['adam', 'adamw', 'sgd']"
+    ]
 
 
 # --- factory: precedence, sources, config files ------------------------------------------------
@@ -307,11 +436,18 @@ def write(path, text):
 
 
 def test_precedence_cli_over_file_over_default(tmp_path):
-    cfg = write(tmp_path / "run.yaml", "execution:\n  scheduler: Exponential\n  learning_rate: 5.0e-4\n"
-                                       "training:\n  max_epochs: 7\n")
+    cfg = write(
+        tmp_path / "run.yaml",
+        "execution:\n  scheduler: Exponential\n  learning_rate: 5.0e-4\n"
+        "training:\n  max_epochs: 7\n",
+    )
     rc = cli_config("--config", str(cfg), "--learning-rate", "1e-4")
-    assert rc.execution.learning_rate == 1e-4 and rc.sources["execution.learning_rate"] == SOURCE_CLI
-    assert rc.execution.scheduler == "Exponential" and rc.sources["execution.scheduler"] == SOURCE_FILE
+    assert (
+        rc.execution.learning_rate == 1e-4 and rc.sources["execution.learning_rate"] == SOURCE_CLI
+    )
+    assert (
+        rc.execution.scheduler == "Exponential" and rc.sources["execution.scheduler"] == SOURCE_FILE
+    )
     assert rc.training.max_epochs == 7 and rc.sources["training.max_epochs"] == SOURCE_FILE
     assert rc.execution.optimizer == "adam" and rc.sources["execution.optimizer"] == SOURCE_DEFAULT
     assert rc.config_file == cfg
@@ -321,13 +457,18 @@ def test_scheduler_override_applied(tmp_path):
     """A CLI/python override beats the config file all the way into the optimizer."""
     cfg = write(tmp_path / "run.yaml", "scheduler: Exponential\nlr_gamma: 0.5\n")
     rc = build_run_config({"scheduler": "MultiStage", "lr_milestones": [2]}, config_file=cfg)
-    assert rc.execution.scheduler == "MultiStage" and rc.sources["execution.scheduler"] == SOURCE_PYTHON
+    assert (
+        rc.execution.scheduler == "MultiStage"
+        and rc.sources["execution.scheduler"] == SOURCE_PYTHON
+    )
     assert rc.execution.lr_gamma == 0.5 and rc.sources["execution.lr_gamma"] == SOURCE_FILE
     out = configure_optimization([torch.nn.Parameter(torch.zeros(2))], rc.execution, 10, "m")
     scheduler = out["lr_scheduler"]["scheduler"]
     assert isinstance(scheduler, torch.optim.lr_scheduler.MultiStepLR)
     rc_cli = cli_config("--config", str(cfg), "--scheduler", "ReduceLROnPlateau")
-    out = configure_optimization([torch.nn.Parameter(torch.zeros(2))], rc_cli.execution, 10, "poisson_val_loss")
+    out = configure_optimization(
+        [torch.nn.Parameter(torch.zeros(2))], rc_cli.execution, 10, "poisson_val_loss"
+    )
     assert isinstance(out["lr_scheduler"]["scheduler"], torch.optim.lr_scheduler.ReduceLROnPlateau)
     assert out["lr_scheduler"]["monitor"] == "poisson_val_loss"
 
@@ -337,15 +478,26 @@ def test_accum_steps_override_applied(tmp_path):
     assert build_run_config(config_file=cfg).execution.accumulate_grad_batches == 2
     rc = cli_config("--config", str(cfg), "--accumulate-grad-batches", "4")
     assert rc.execution.accumulate_grad_batches == 4
-    trainer = build_trainer(replace(rc.execution, logger="none", enable_checkpointing=False),
-                            "poisson_val_loss", tmp_path, 1)
+    trainer = build_trainer(
+        replace(rc.execution, logger="none", enable_checkpointing=False),
+        "poisson_val_loss",
+        tmp_path,
+        1,
+    )
     assert trainer.accumulate_grad_batches == 4
 
 
 def test_trainer_receives_accumulation(tmp_path):
-    e = ExecutionConfig(accumulate_grad_batches=3, gradient_clip_val=0.5,
-                        gradient_clip_algorithm="value", logger="none", accelerator="cpu",
-                        precision="bf16-mixed", deterministic=True, quiet=True)
+    e = ExecutionConfig(
+        accumulate_grad_batches=3,
+        gradient_clip_val=0.5,
+        gradient_clip_algorithm="value",
+        logger="none",
+        accelerator="cpu",
+        precision="bf16-mixed",
+        deterministic=True,
+        quiet=True,
+    )
     try:
         trainer = build_trainer(e, "poisson_val_loss", tmp_path, 4)
         assert torch.are_deterministic_algorithms_enabled()
@@ -358,25 +510,41 @@ def test_trainer_receives_accumulation(tmp_path):
 
 
 def test_config_file_flat_sections_hyphens_and_yaml_floats(tmp_path):
-    cfg = write(tmp_path / "run.yaml", "learning-rate: 5e-4\nmodel:\n  gridsize: 2\n"
-                                       "execution.lr_milestones: [3, 5]\nscheduler: MultiStage\n"
-                                       "devices: 1\n")
+    cfg = write(
+        tmp_path / "run.yaml",
+        "learning-rate: 5e-4\nmodel:\n  gridsize: 2\n"
+        "execution.lr_milestones: [3, 5]\nscheduler: MultiStage\n"
+        "devices: 1\n",
+    )
     values = load_config_file(cfg)
-    assert values == {"execution.learning_rate": 5e-4, "model.gridsize": 2,
-                      "execution.lr_milestones": (3, 5), "execution.scheduler": "MultiStage",
-                      "execution.devices": 1}
+    assert values == {
+        "execution.learning_rate": 5e-4,
+        "model.gridsize": 2,
+        "execution.lr_milestones": (3, 5),
+        "execution.scheduler": "MultiStage",
+        "execution.devices": 1,
+    }
 
 
-@pytest.mark.parametrize("text,fragment", [
-    ("learning_rat: 1e-3\n", "unknown key 'learning_rat'; expected a field"),
-    ("execution:\n  sheduler: Adaptive\n", "unknown key 'execution.sheduler'"),
-    ("learning_rate: fast\n", "execution.learning_rate: invalid value 'fast'; expected a number"),
-    ("execution:\n  plateau_factor: 2\n", "execution.plateau_factor: invalid value 2.0; expected"),
-    ("- a\n- b\n", "expected a mapping"),
-    ("execution: 3\n", "section 'execution' must be a mapping"),
-    ("a: [\n", "not a readable YAML config file"),
-    ("seed: 1\nexecution:\n  seed: 2\n", "given twice"),
-])
+@pytest.mark.parametrize(
+    "text,fragment",
+    [
+        ("learning_rat: 1e-3\n", "unknown key 'learning_rat'; expected a field"),
+        ("execution:\n  sheduler: Adaptive\n", "unknown key 'execution.sheduler'"),
+        (
+            "learning_rate: fast\n",
+            "execution.learning_rate: invalid value 'fast'; expected a number",
+        ),
+        (
+            "execution:\n  plateau_factor: 2\n",
+            "execution.plateau_factor: invalid value 2.0; expected",
+        ),
+        ("- a\n- b\n", "expected a mapping"),
+        ("execution: 3\n", "section 'execution' must be a mapping"),
+        ("a: [\n", "not a readable YAML config file"),
+        ("seed: 1\nexecution:\n  seed: 2\n", "given twice"),
+    ],
+)
 def test_config_file_errors_name_file_and_key(tmp_path, text, fragment):
     cfg = write(tmp_path / "bad.yaml", text)
     with pytest.raises(ValueError) as info:
@@ -392,30 +560,50 @@ def test_unknown_key_suggests_the_right_one(tmp_path):
 
 
 def test_python_overrides_accept_sections_and_flat_keys():
-    rc = build_run_config({"execution": {"optimizer": "sgd"}, "momentum": 0.0,
-                           "training.batch_size": 4})
-    assert (rc.execution.optimizer, rc.execution.momentum, rc.training.batch_size) == ("sgd", 0.0, 4)
+    rc = build_run_config(
+        {"execution": {"optimizer": "sgd"}, "momentum": 0.0, "training.batch_size": 4}
+    )
+    assert (rc.execution.optimizer, rc.execution.momentum, rc.training.batch_size) == (
+        "sgd",
+        0.0,
+        4,
+    )
     assert rc.sources["execution.momentum"] == SOURCE_PYTHON
     with pytest.raises(ValueError, match="unknown key 'lr'"):
         build_run_config({"lr": 1e-3})
 
 
 def test_run_config_from_objects_records_python_sources():
-    rc = run_config_from_objects(ModelConfig(gridsize=3), None, TrainingConfig(max_epochs=3),
-                                 ExecutionConfig(scheduler="Exponential"))
+    rc = run_config_from_objects(
+        ModelConfig(gridsize=3),
+        None,
+        TrainingConfig(max_epochs=3),
+        ExecutionConfig(scheduler="Exponential"),
+    )
     assert rc.model.gridsize == 3 and rc.sources["model.gridsize"] == SOURCE_PYTHON
     assert rc.sources["training.max_epochs"] == SOURCE_PYTHON
     assert rc.sources["execution.seed"] == SOURCE_DEFAULT
-    assert {k for k, _, _ in rc.non_defaults()} == {"model.gridsize", "training.max_epochs",
-                                                     "execution.scheduler"}
+    assert {k for k, _, _ in rc.non_defaults()} == {
+        "model.gridsize",
+        "training.max_epochs",
+        "execution.scheduler",
+    }
 
 
 def test_check_run_cross_section_rules():
     rc = build_run_config({"scheduler": "WarmupCosine", "warmup_epochs": 5, "max_epochs": 5})
-    with pytest.raises(ValueError, match="execution.warmup_epochs: invalid value 5; expected fewer"):
+    with pytest.raises(
+        ValueError, match="execution.warmup_epochs: invalid value 5; expected fewer"
+    ):
         check_run(rc)
-    rc = build_run_config({"scheduler": "MultiStage", "lr_milestones": [3, 40], "max_epochs": 10,
-                           "plateau_patience": 1})
+    rc = build_run_config(
+        {
+            "scheduler": "MultiStage",
+            "lr_milestones": [3, 40],
+            "max_epochs": 10,
+            "plateau_patience": 1,
+        }
+    )
     warnings = check_run(rc)
     assert any("[40]" in w for w in warnings)
     assert any("plateau_patience is set but scheduler MultiStage" in w for w in warnings)
@@ -436,20 +624,35 @@ def test_audit_lists_every_value_with_its_source_and_reloads(tmp_path):
     assert "  seed: 5" in text and "# CLI" in text.split("  seed: 5")[1].splitlines()[0]
     again = build_run_config(config_file=path)
     assert (again.model, again.data, again.training, again.execution) == (
-        rc.model, rc.data, rc.training, rc.execution)
+        rc.model,
+        rc.data,
+        rc.training,
+        rc.execution,
+    )
 
 
 # --- trainer pieces ----------------------------------------------------------------------------
 def test_monitor_uses_val_loss_name():
     names = ["poisson_train_loss", "poisson_val_loss", "val_patch_nrmse", "lr"]
-    assert resolve_monitor("val_loss", "poisson_train_loss", "poisson_val_loss", names, True) == "poisson_val_loss"
-    assert resolve_monitor("val_loss", "mae_train_loss", "mae_val_loss", names, True) == "mae_val_loss"
-    assert resolve_monitor("val_patch_nrmse", "poisson_train_loss", "poisson_val_loss", names, True) == "val_patch_nrmse"
+    assert (
+        resolve_monitor("val_loss", "poisson_train_loss", "poisson_val_loss", names, True)
+        == "poisson_val_loss"
+    )
+    assert (
+        resolve_monitor("val_loss", "mae_train_loss", "mae_val_loss", names, True) == "mae_val_loss"
+    )
+    assert (
+        resolve_monitor("val_patch_nrmse", "poisson_train_loss", "poisson_val_loss", names, True)
+        == "val_patch_nrmse"
+    )
 
 
 def test_monitor_falls_back_to_training_metric_without_validation():
     names = ["poisson_train_loss", "poisson_val_loss", "val_patch_nrmse", "lr"]
-    assert resolve_monitor("val_loss", "poisson_train_loss", "poisson_val_loss", names, False) == "poisson_train_loss"
+    assert (
+        resolve_monitor("val_loss", "poisson_train_loss", "poisson_val_loss", names, False)
+        == "poisson_train_loss"
+    )
     with pytest.raises(ValueError, match=r"no validation data.*\['poisson_train_loss', 'lr'\]"):
         resolve_monitor("poisson_val_loss", "poisson_train_loss", "poisson_val_loss", names, False)
 
@@ -468,8 +671,15 @@ def test_checkpoint_filename_names_metric_once():
 
 def test_accelerator_resolution():
     assert resolve_accelerator("cpu") == "cpu"
-    expected = "cuda" if torch.cuda.is_available() else (
-        "mps" if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else "cpu")
+    expected = (
+        "cuda"
+        if torch.cuda.is_available()
+        else (
+            "mps"
+            if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+            else "cpu"
+        )
+    )
     assert resolve_accelerator("auto") == expected
     if torch.cuda.is_available():
         assert resolve_accelerator("cuda") == "cuda"
@@ -505,8 +715,9 @@ def lrs(execution, epochs, metric=None):
 
 def test_adaptive_reduces_on_a_negative_plateau_down_to_min_lr():
     """torch's relative threshold treats an unchanged negative loss as an improvement."""
-    e = ExecutionConfig(scheduler="Adaptive", learning_rate=1.0, plateau_factor=0.5,
-                        plateau_patience=1, min_lr=0.2)
+    e = ExecutionConfig(
+        scheduler="Adaptive", learning_rate=1.0, plateau_factor=0.5, plateau_patience=1, min_lr=0.2
+    )
     assert lrs(e, 8, metric=-695.0) == pytest.approx([1, 1, 1, 0.5, 0.5, 0.25, 0.25, 0.2])
     assert lrs(e, 4, metric=695.0) == pytest.approx([1, 1, 1, 0.5])
 
@@ -516,7 +727,7 @@ def test_warmup_cosine_shape():
     got = lrs(e, 6)
     assert got[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])
     assert got[3] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4)))
-    assert all(a > b for a, b in zip(got[2:], got[3:]))
+    assert all(a > b for a, b in zip(got[2:], got[3:], strict=False))
 
 
 def test_batches_per_epoch_matches_the_training_loader(tiny_scan):
@@ -525,4 +736,7 @@ def test_batches_per_epoch_matches_the_training_loader(tiny_scan):
 
     for n_groups, batch in [(8, 4), (6, 4), (10, 2), (3, 4), (9, 2)]:
         dm = PtychoDataModule([tiny_scan], n_groups=n_groups, val_fraction=0.0, batch_size=batch)
-        assert batches_per_epoch(n_groups, batch, 1) == len(dm.train_dataloader()), (n_groups, batch)
+        assert batches_per_epoch(n_groups, batch, 1) == len(dm.train_dataloader()), (
+            n_groups,
+            batch,
+        )

@@ -19,12 +19,18 @@ import yaml
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from ptychopinn.cli.main import main
-from ptychopinn.config_factory import AUDIT_NAME, SOURCE_CLI, build_run_config, read_audit
+from ptychopinn.config_factory import (
+    AUDIT_NAME,
+    SOURCE_CLI,
+    build_run_config,
+    read_audit,
+)
 from ptychopinn.errors import PtychoPINNError
 from ptychopinn.training.fit import fit
 
-TINY = dict(n_filters_scale=1, max_epochs=1, batch_size=4, n_groups=8, val_fraction=0.25,
-            quiet=True)
+TINY = dict(
+    n_filters_scale=1, max_epochs=1, batch_size=4, n_groups=8, val_fraction=0.25, quiet=True
+)
 
 
 def tiny(**overrides):
@@ -75,10 +81,12 @@ def ptycho_records():
 def fresh_cli_logging():
     """configure_cli_logging keeps one handler bound to the sys.stderr of the test that created
     it; drop it so each CLI run here writes to its own test's captured stderr."""
+
     def drop():
         logger = logging.getLogger("ptychopinn")
         for handler in [h for h in logger.handlers if getattr(h, "_ptychopinn_cli", False)]:
             logger.removeHandler(handler)
+
     drop()
     yield
     drop()
@@ -88,8 +96,11 @@ def fresh_cli_logging():
 @pytest.fixture(scope="module")
 def csv_run(tmp_path_factory, tiny_scan):
     out = tmp_path_factory.mktemp("csv") / "run"
-    result = fit([tiny_scan], run_config=tiny(max_epochs=2, checkpoint_save_top_k=-1,
-                                              learning_rate=5e-4), output_dir=out)
+    result = fit(
+        [tiny_scan],
+        run_config=tiny(max_epochs=2, checkpoint_save_top_k=-1, learning_rate=5e-4),
+        output_dir=out,
+    )
     return out, result
 
 
@@ -118,7 +129,7 @@ def test_monitor_uses_val_loss_name_in_a_real_run(csv_run):
     assert [n.split("-")[0] for n in names[:-1]] == ["epoch=00", "epoch=01"]  # save_top_k -1
     for name in names[:-1]:
         assert name.count("poisson_val_loss") == 1 and name.endswith(".ckpt")
-        value = float(name.split("poisson_val_loss=")[1][:-len(".ckpt")])
+        value = float(name.split("poisson_val_loss=")[1][: -len(".ckpt")])
         assert np.isfinite(value)
 
 
@@ -139,8 +150,11 @@ def test_tensorboard_logger_writes_an_event_file(tmp_path, tiny_scan):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "run"
-    fit([tiny_scan], run_config=tiny(logger="tensorboard", enable_checkpointing=False),
-        output_dir=out)
+    fit(
+        [tiny_scan],
+        run_config=tiny(logger="tensorboard", enable_checkpointing=False),
+        output_dir=out,
+    )
     events = list((out / "lightning_logs" / "version_0").glob("events.out.tfevents.*"))
     assert len(events) == 1
     acc = EventAccumulator(str(events[0]))
@@ -154,10 +168,18 @@ def test_mlflow_logger_records_params_and_metrics_in_a_local_store(tmp_path, tin
     import mlflow
 
     out = tmp_path / "run"
-    result = fit([tiny_scan], run_config=tiny(logger="mlflow", experiment_name="tiny-exp",
-                                              scheduler="Exponential", lr_gamma=0.5, max_epochs=2,
-                                              enable_checkpointing=False),
-                 output_dir=out)
+    result = fit(
+        [tiny_scan],
+        run_config=tiny(
+            logger="mlflow",
+            experiment_name="tiny-exp",
+            scheduler="Exponential",
+            lr_gamma=0.5,
+            max_epochs=2,
+            enable_checkpointing=False,
+        ),
+        output_dir=out,
+    )
     uri = result.runtime["mlflow_tracking_uri"]
     assert uri == (out / "mlruns").resolve().as_uri()
     client = mlflow.MlflowClient(tracking_uri=uri)
@@ -170,17 +192,22 @@ def test_mlflow_logger_records_params_and_metrics_in_a_local_store(tmp_path, tin
     assert float(run.data.params["execution/lr_gamma"]) == 0.5
     assert run.data.params["runtime/monitor"] == "poisson_val_loss"
     assert {"poisson_train_loss", "poisson_val_loss", "lr"} <= set(run.data.metrics)
-    history = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "lr"),
-                                       key=lambda m: m.step)]
+    history = [
+        m.value
+        for m in sorted(client.get_metric_history(run.info.run_id, "lr"), key=lambda m: m.step)
+    ]
     assert history == pytest.approx([1e-3, 5e-4])
 
 
-@pytest.mark.parametrize("kind,extra", [("mlflow", "ptychopinn[mlflow]"),
-                                        ("tensorboard", "ptychopinn[tensorboard]")])
+@pytest.mark.parametrize(
+    "kind,extra", [("mlflow", "ptychopinn[mlflow]"), ("tensorboard", "ptychopinn[tensorboard]")]
+)
 def test_missing_logger_package_names_the_extra(kind, extra, tmp_path, tiny_scan, monkeypatch):
     monkeypatch.setitem(sys.modules, kind, None)  # makes `import kind` raise ImportError
     out = tmp_path / "run"
-    with pytest.raises(PtychoPINNError, match=rf"logger '{kind}' needs .*pip install '{re.escape(extra)}'"):
+    with pytest.raises(
+        PtychoPINNError, match=rf"logger '{kind}' needs .*pip install '{re.escape(extra)}'"
+    ):
         fit([tiny_scan], run_config=tiny(logger=kind), output_dir=out)
     assert not out.exists()
 
@@ -201,18 +228,31 @@ SCHEDULES = [
 def test_scheduler_changes_logged_lr(knobs, factors, tmp_path, tiny_scan):
     lr0 = 1e-6 if knobs["scheduler"] == "ReduceLROnPlateau" else 1e-3
     out = tmp_path / "run"
-    fit([tiny_scan], run_config=tiny(max_epochs=3, learning_rate=lr0, enable_checkpointing=False,
-                                     **knobs), output_dir=out)
+    fit(
+        [tiny_scan],
+        run_config=tiny(max_epochs=3, learning_rate=lr0, enable_checkpointing=False, **knobs),
+        output_dir=out,
+    )
     assert per_epoch(metrics_rows(out), "lr") == pytest.approx([lr0 * f for f in factors], rel=1e-5)
 
 
 # --- gradient accumulation and clipping -----------------------------------------------------------
 def sgd_run(tiny_scan, batch_size, accumulate, **extra):
     capture = Capture()
-    rc = build_run_config({**TINY, "batch_size": batch_size, "accumulate_grad_batches": accumulate,
-                           "optimizer": "sgd", "momentum": 0.0, "learning_rate": 1e-4,
-                           "val_fraction": 0.0, "logger": "none", "enable_checkpointing": False,
-                           **extra})
+    rc = build_run_config(
+        {
+            **TINY,
+            "batch_size": batch_size,
+            "accumulate_grad_batches": accumulate,
+            "optimizer": "sgd",
+            "momentum": 0.0,
+            "learning_rate": 1e-4,
+            "val_fraction": 0.0,
+            "logger": "none",
+            "enable_checkpointing": False,
+            **extra,
+        }
+    )
     result = fit([tiny_scan], run_config=rc, callbacks=[capture])
     return capture.start, params(result.module), result
 
@@ -236,16 +276,24 @@ def test_accumulation_drops_a_trailing_partial_group(tiny_scan):
     _, _, result = sgd_run(tiny_scan, 2, 2, n_groups=10)  # 5 batches: 2 full steps, 1 left over
     assert result.runtime["limit_train_batches"] == 4
     assert result.trainer.global_step == 2
-    with pytest.raises(PtychoPINNError, match="accumulate_grad_batches: invalid value 8; expected "
-                                              "at most the 4 training batch"):
+    with pytest.raises(
+        PtychoPINNError,
+        match="accumulate_grad_batches: invalid value 8; expected at most the 4 training batch",
+    ):
         sgd_run(tiny_scan, 2, 8)
 
 
 @pytest.mark.parametrize("algorithm", ["norm", "value"])
 def test_gradient_clipping_bounds_the_update(algorithm, tiny_scan):
     clip = 1e-3
-    start, end, result = sgd_run(tiny_scan, 8, 1, learning_rate=1.0, gradient_clip_val=clip,
-                                 gradient_clip_algorithm=algorithm)
+    start, end, result = sgd_run(
+        tiny_scan,
+        8,
+        1,
+        learning_rate=1.0,
+        gradient_clip_val=clip,
+        gradient_clip_algorithm=algorithm,
+    )
     assert result.trainer.global_step == 1
     step = end - start
     if algorithm == "norm":
@@ -257,14 +305,20 @@ def test_gradient_clipping_bounds_the_update(algorithm, tiny_scan):
 # --- monitors, checkpoints, early stopping --------------------------------------------------------
 def test_fallback_to_training_metric_without_validation(tmp_path, tiny_scan, ptycho_records):
     out = tmp_path / "run"
-    result = fit([tiny_scan], run_config=tiny(val_fraction=0.0, quiet=False, logger="none"),
-                 output_dir=out)
+    result = fit(
+        [tiny_scan], run_config=tiny(val_fraction=0.0, quiet=False, logger="none"), output_dir=out
+    )
     assert result.monitor == "poisson_train_loss"
-    monitors = {c.monitor for c in result.trainer.callbacks
-                if isinstance(c, (ModelCheckpoint, EarlyStopping))}
+    monitors = {
+        c.monitor
+        for c in result.trainer.callbacks
+        if isinstance(c, (ModelCheckpoint, EarlyStopping))
+    }
     assert monitors == {"poisson_train_loss"}
-    assert any("no validation data" in r.getMessage() and "poisson_train_loss" in r.getMessage()
-               for r in ptycho_records)
+    assert any(
+        "no validation data" in r.getMessage() and "poisson_train_loss" in r.getMessage()
+        for r in ptycho_records
+    )
     names = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert names[0].startswith("epoch=00-poisson_train_loss=") and names[1] == "last.ckpt"
 
@@ -279,21 +333,35 @@ def test_unknown_monitor_fails_before_training(tmp_path, tiny_scan):
 
 def test_early_stopping_stops_on_the_monitored_metric(tmp_path, tiny_scan):
     # "max" on a falling loss: no epoch improves on the first, so patience 1 stops after 2 epochs
-    result = fit([tiny_scan], run_config=tiny(max_epochs=6, checkpoint_mode="max",
-                                              early_stop_patience=1, logger="none",
-                                              enable_checkpointing=False), output_dir=tmp_path / "r")
+    result = fit(
+        [tiny_scan],
+        run_config=tiny(
+            max_epochs=6,
+            checkpoint_mode="max",
+            early_stop_patience=1,
+            logger="none",
+            enable_checkpointing=False,
+        ),
+        output_dir=tmp_path / "r",
+    )
     stopper = next(c for c in result.trainer.callbacks if isinstance(c, EarlyStopping))
     assert stopper.monitor == "poisson_val_loss" and stopper.patience == 1
     assert result.trainer.current_epoch == 2 and stopper.stopped_epoch == 1
-    result = fit([tiny_scan], run_config=tiny(early_stopping=False, logger="none",
-                                              enable_checkpointing=False), output_dir=tmp_path / "s")
+    result = fit(
+        [tiny_scan],
+        run_config=tiny(early_stopping=False, logger="none", enable_checkpointing=False),
+        output_dir=tmp_path / "s",
+    )
     assert not any(isinstance(c, EarlyStopping) for c in result.trainer.callbacks)
 
 
 def test_save_top_k_zero_keeps_only_last(tmp_path, tiny_scan):
     out = tmp_path / "run"
-    fit([tiny_scan], run_config=tiny(max_epochs=2, checkpoint_save_top_k=0, logger="none"),
-        output_dir=out)
+    fit(
+        [tiny_scan],
+        run_config=tiny(max_epochs=2, checkpoint_save_top_k=0, logger="none"),
+        output_dir=out,
+    )
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["last.ckpt"]
 
 
@@ -302,21 +370,30 @@ def test_resume_continues_from_the_saved_epoch(tmp_path, tiny_scan):
     first = fit([tiny_scan], run_config=tiny(max_epochs=2), output_dir=out)
     assert first.trainer.current_epoch == 2
     steps = first.trainer.global_step
-    second = fit([tiny_scan], run_config=tiny(max_epochs=3, resume_from="last"), output_dir=out,
-                 overwrite=True)
+    second = fit(
+        [tiny_scan],
+        run_config=tiny(max_epochs=3, resume_from="last"),
+        output_dir=out,
+        overwrite=True,
+    )
     assert second.runtime["resume_checkpoint"] == str(out / "checkpoints" / "last.ckpt")
     assert second.trainer.current_epoch == 3
     assert second.trainer.global_step == steps + steps // 2  # one more epoch, not three
     assert per_epoch(metrics_rows(out, version=1), "poisson_train_loss").__len__() == 1
-    assert [int(r["epoch"]) for r in metrics_rows(out, version=1) if r.get("poisson_train_loss")] == [2]
+    assert [
+        int(r["epoch"]) for r in metrics_rows(out, version=1) if r.get("poisson_train_loss")
+    ] == [2]
     assert read_audit(out / AUDIT_NAME)["execution"]["resume_from"] == "last"
 
 
-# --- processes, precision, data loading -------------------------------------------------------------
+# --- processes, precision, data loading -----------------------------------------------------------
 def test_ddp_two_cpu_processes_save_one_bundle(tmp_path, tiny_scan):
     out = tmp_path / "run"
-    result = fit([tiny_scan], run_config=tiny(accelerator="cpu", devices=2, strategy="ddp_spawn",
-                                              n_groups=16), output_dir=out)
+    result = fit(
+        [tiny_scan],
+        run_config=tiny(accelerator="cpu", devices=2, strategy="ddp_spawn", n_groups=16),
+        output_dir=out,
+    )
     assert result.runtime["devices"] == 2 and result.runtime["strategy"] == "DDPStrategy"
     assert result.runtime["effective_batch_size"] == 8
     assert result.bundle_path == out / "model.ptpinn"
@@ -324,43 +401,77 @@ def test_ddp_two_cpu_processes_save_one_bundle(tmp_path, tiny_scan):
     assert len(list((out / "lightning_logs").iterdir())) == 1
     assert np.isfinite(result.metrics["poisson_val_loss"])
     from ptychopinn.io.bundle import load_bundle
+
     assert load_bundle(out).execution["strategy"] == "ddp_spawn"
 
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "64-true"])
 def test_precision_runs_and_bundle_stays_float32(precision, tmp_path, tiny_scan):
-    result = fit([tiny_scan], run_config=tiny(precision=precision, logger="none",
-                                              enable_checkpointing=False), output_dir=tmp_path / "r")
+    result = fit(
+        [tiny_scan],
+        run_config=tiny(precision=precision, logger="none", enable_checkpointing=False),
+        output_dir=tmp_path / "r",
+    )
     assert result.runtime["precision"] == precision
     assert np.isfinite(result.metrics["poisson_train_loss"])
-    assert all(v.dtype == torch.float32 for v in result.bundle.state_dict.values()
-               if v.is_floating_point())
+    assert all(
+        v.dtype == torch.float32 for v in result.bundle.state_dict.values() if v.is_floating_point()
+    )
 
 
 def test_deterministic_is_applied_during_the_run_and_restored(tiny_scan):
     assert not torch.are_deterministic_algorithms_enabled()
     capture = Capture()
-    fit([tiny_scan], run_config=tiny(deterministic=True, logger="none", enable_checkpointing=False),
-        callbacks=[capture])
+    fit(
+        [tiny_scan],
+        run_config=tiny(deterministic=True, logger="none", enable_checkpointing=False),
+        callbacks=[capture],
+    )
     assert capture.deterministic is True
     assert not torch.are_deterministic_algorithms_enabled()
 
 
 def test_dataloader_knobs_reach_the_loader(tiny_scan):
-    result = fit([tiny_scan], run_config=tiny(num_workers=1, persistent_workers=True,
-                                              prefetch_factor=3, pin_memory=False, logger="none",
-                                              enable_checkpointing=False))
+    result = fit(
+        [tiny_scan],
+        run_config=tiny(
+            num_workers=1,
+            persistent_workers=True,
+            prefetch_factor=3,
+            pin_memory=False,
+            logger="none",
+            enable_checkpointing=False,
+        ),
+    )
     loader = result.trainer.train_dataloader
     assert (loader.num_workers, loader.persistent_workers, loader.prefetch_factor) == (1, True, 3)
 
 
-# --- CLI runs: logging, quiet -----------------------------------------------------------------------
+# --- CLI runs: logging, quiet ---------------------------------------------------------------------
 def test_cli_run_logs_effective_batch_and_changed_knobs(tmp_path, tiny_scan_file, capfd, caplog):
     caplog.set_level(logging.INFO, logger="lightning.pytorch")
     out = tmp_path / "run"
-    code = main(["train", "--train-data", str(tiny_scan_file), "--output-dir", str(out),
-                 "--n-filters-scale", "1", "--max-epochs", "1", "--batch-size", "2",
-                 "--n-groups", "10", "--accumulate-grad-batches", "2", "--logger", "none"])
+    code = main(
+        [
+            "train",
+            "--train-data",
+            str(tiny_scan_file),
+            "--output-dir",
+            str(out),
+            "--n-filters-scale",
+            "1",
+            "--max-epochs",
+            "1",
+            "--batch-size",
+            "2",
+            "--n-groups",
+            "10",
+            "--accumulate-grad-batches",
+            "2",
+            "--logger",
+            "none",
+        ]
+    )
     captured = capfd.readouterr()
     assert code == 0
     assert captured.out.strip().splitlines()[-1] == str(out / "model.ptpinn")
@@ -377,9 +488,24 @@ def test_cli_run_logs_effective_batch_and_changed_knobs(tmp_path, tiny_scan_file
 def test_cli_quiet_prints_only_the_bundle_path(tmp_path, tiny_scan_file, capfd, caplog):
     caplog.set_level(logging.INFO, logger="lightning.pytorch")
     out = tmp_path / "run"
-    code = main(["train", "--train-data", str(tiny_scan_file), "--output-dir", str(out),
-                 "--n-filters-scale", "1", "--max-epochs", "1", "--batch-size", "4",
-                 "--n-groups", "8", "--quiet"])
+    code = main(
+        [
+            "train",
+            "--train-data",
+            str(tiny_scan_file),
+            "--output-dir",
+            str(out),
+            "--n-filters-scale",
+            "1",
+            "--max-epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--n-groups",
+            "8",
+            "--quiet",
+        ]
+    )
     captured = capfd.readouterr()
     assert code == 0
     assert captured.out.strip() == str(out / "model.ptpinn")
@@ -393,12 +519,28 @@ def test_cli_quiet_prints_only_the_bundle_path(tmp_path, tiny_scan_file, capfd, 
 
 def test_cli_config_file_run_and_reuse_of_the_audit(tmp_path, tiny_scan_file):
     cfg = tmp_path / "run.yaml"
-    cfg.write_text("model:\n  n_filters_scale: 1\ntraining:\n  max_epochs: 1\n  batch_size: 4\n"
-                   "data:\n  n_groups: 8\nexecution:\n  logger: none\n  scheduler: Exponential\n"
-                   "  quiet: true\n")
+    cfg.write_text(
+        "model:\n  n_filters_scale: 1\ntraining:\n  max_epochs: 1\n  batch_size: 4\n"
+        "data:\n  n_groups: 8\nexecution:\n  logger: none\n  scheduler: Exponential\n"
+        "  quiet: true\n"
+    )
     out = tmp_path / "run"
-    assert main(["train", "--config", str(cfg), "--train-data", str(tiny_scan_file),
-                 "--output-dir", str(out), "--seed", "4"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(cfg),
+                "--train-data",
+                str(tiny_scan_file),
+                "--output-dir",
+                str(out),
+                "--seed",
+                "4",
+            ]
+        )
+        == 0
+    )
     audit = read_audit(out / AUDIT_NAME)
     assert audit["execution"]["scheduler"] == "Exponential" and audit["execution"]["seed"] == 4
     assert audit["sources"]["execution.scheduler"] == "config file"
@@ -407,16 +549,28 @@ def test_cli_config_file_run_and_reuse_of_the_audit(tmp_path, tiny_scan_file):
     assert again.execution.seed == 4 and again.execution.scheduler == "Exponential"
 
 
-# --- the chain train -> save -> load -> infer with non-default knobs --------------------------------
+# --- the chain train -> save -> load -> infer with non-default knobs ------------------------------
 def test_train_save_load_infer_with_non_default_knobs(tmp_path, tiny_scan):
     from ptychopinn.inference import reconstruct
     from ptychopinn.io.bundle import load_bundle
 
     out = tmp_path / "run"
-    rc = tiny(max_epochs=2, batch_size=2, n_groups=10, val_fraction=0.2, accumulate_grad_batches=2,
-              optimizer="adamw", weight_decay=1e-3, scheduler="Exponential", lr_gamma=0.7,
-              gradient_clip_val=1.0, inference_batch_size=5, seed=3, checkpoint_save_top_k=2,
-              logger="csv")
+    rc = tiny(
+        max_epochs=2,
+        batch_size=2,
+        n_groups=10,
+        val_fraction=0.2,
+        accumulate_grad_batches=2,
+        optimizer="adamw",
+        weight_decay=1e-3,
+        scheduler="Exponential",
+        lr_gamma=0.7,
+        gradient_clip_val=1.0,
+        inference_batch_size=5,
+        seed=3,
+        checkpoint_save_top_k=2,
+        logger="csv",
+    )
     result = fit([tiny_scan], run_config=rc, output_dir=out)
     bundle = load_bundle(out)
     assert bundle.execution["accumulate_grad_batches"] == 2
@@ -431,17 +585,46 @@ def test_train_save_load_infer_with_non_default_knobs(tmp_path, tiny_scan):
     np.testing.assert_allclose(other_batch.object, loaded.object, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("flags", [("--train-product", "--train-diffraction"), ("--product", "--diffraction")])
+@pytest.mark.parametrize(
+    "flags", [("--train-product", "--train-diffraction"), ("--product", "--diffraction")]
+)
 def test_cli_trains_on_a_ptychodus_product_pair(tmp_path, tiny_scan, tiny_scan_file, flags):
-    from ptychopinn.data.ptychodus_h5 import write_diffraction_for_scan, write_product_for_scan
+    from ptychopinn.data.ptychodus_h5 import (
+        write_diffraction_for_scan,
+        write_product_for_scan,
+    )
 
     product = write_product_for_scan(tmp_path / "product.h5", tiny_scan)
     diffraction = write_diffraction_for_scan(tmp_path / "diffraction.h5", tiny_scan)
     out = tmp_path / "run"
-    assert main(["train", flags[0], str(product), flags[1], str(diffraction),
-                 "--test-data", str(tiny_scan_file), "--output-dir", str(out), "--quiet",
-                 "--n-filters-scale", "1", "--max-epochs", "1", "--batch-size", "4",
-                 "--n-groups", "8", "--logger", "none", "--disable-checkpointing"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                flags[0],
+                str(product),
+                flags[1],
+                str(diffraction),
+                "--test-data",
+                str(tiny_scan_file),
+                "--output-dir",
+                str(out),
+                "--quiet",
+                "--n-filters-scale",
+                "1",
+                "--max-epochs",
+                "1",
+                "--batch-size",
+                "4",
+                "--n-groups",
+                "8",
+                "--logger",
+                "none",
+                "--disable-checkpointing",
+            ]
+        )
+        == 0
+    )
     audit = read_audit(out / AUDIT_NAME)
     assert audit["runtime"]["train_groups"] == 8 and audit["runtime"]["val_groups"] == 49
     assert audit["runtime"]["monitor"] == "poisson_val_loss"

@@ -24,16 +24,24 @@ N = 16
 def _scan(m=12, **over):
     rng = np.random.default_rng(0)
     pos = np.stack(np.meshgrid(np.arange(4) * 4.0 + 20, np.arange(3) * 4.0 + 20), -1).reshape(-1, 2)
-    kw = dict(diffraction=rng.poisson(5.0, (m, N, N)).astype(np.float32), positions_px=pos[:m],
-              probe=np.ones((N, N), np.complex64), metadata={"a": 1}, source="s.npz")
+    kw = dict(
+        diffraction=rng.poisson(5.0, (m, N, N)).astype(np.float32),
+        positions_px=pos[:m],
+        probe=np.ones((N, N), np.complex64),
+        metadata={"a": 1},
+        source="s.npz",
+    )
     kw.update(over)
     return ScanData(**kw)
 
 
 def _npz_bytes(**arrays) -> bytes:
-    base = dict(diff3d=np.random.default_rng(0).poisson(5.0, (12, N, N)).astype(np.float32),
-                xcoords=np.arange(12) * 3.0 + 20, ycoords=np.full(12, 20.0),
-                probeGuess=np.ones((N, N), np.complex64))
+    base = dict(
+        diff3d=np.random.default_rng(0).poisson(5.0, (12, N, N)).astype(np.float32),
+        xcoords=np.arange(12) * 3.0 + 20,
+        ycoords=np.full(12, 20.0),
+        probeGuess=np.ones((N, N), np.complex64),
+    )
     base.update(arrays)
     buf = io.BytesIO()
     np.savez(buf, **{k: v for k, v in base.items() if v is not None})
@@ -71,7 +79,10 @@ def test_byte_flips_in_npz_never_escape_as_other_errors(tmp_path, tiny_scan):
 
 
 def test_damaged_ptychodus_files_never_escape_as_other_errors(tmp_path, tiny_scan):
-    from ptychopinn.data.ptychodus_h5 import write_diffraction_for_scan, write_product_for_scan
+    from ptychopinn.data.ptychodus_h5 import (
+        write_diffraction_for_scan,
+        write_product_for_scan,
+    )
 
     product = write_product_for_scan(tmp_path / "product.h5", tiny_scan).read_bytes()
     diffraction = write_diffraction_for_scan(tmp_path / "diffraction.h5", tiny_scan).read_bytes()
@@ -107,9 +118,21 @@ def test_damaged_file_through_the_cli_is_one_line_exit_2(tmp_path, tiny_scan):
     raw = write_npz(tiny_scan, tmp_path / "good.npz").read_bytes()
     bad = tmp_path / "bad.npz"
     bad.write_bytes(raw[: len(raw) // 2])
-    out = subprocess.run([sys.executable, "-m", "ptychopinn.cli.main", "reconstruct", "--data",
-                          str(bad), "--output-dir", str(tmp_path / "o")],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ptychopinn.cli.main",
+            "reconstruct",
+            "--data",
+            str(bad),
+            "--output-dir",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
@@ -130,7 +153,7 @@ def test_a_header_claiming_1e9_patterns_is_refused_before_allocating(tmp_path):
                 header = {"descr": "<f4", "fortran_order": False, "shape": (10**9, N, N)}
                 buf = io.BytesIO()
                 np.lib.format.write_array_header_1_0(buf, header)
-                body = data[len(data) - 12 * N * N * 4:]
+                body = data[len(data) - 12 * N * N * 4 :]
                 data = buf.getvalue() + body
             zout.writestr(info.filename, data)
     path = tmp_path / "huge.npz"
@@ -157,41 +180,57 @@ def test_positions_that_need_an_absurd_canvas_are_refused():
 
 
 # --- bad values ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("field,value,message", [
-    ("positions_px", np.full((12, 2), np.nan), "NaN/inf positions"),
-    ("positions_px", np.full((12, 2), np.inf), "NaN/inf positions"),
-    ("positions_px", np.ones((12, 2), bool), "positions: expected real numbers, got dtype bool"),
-    ("positions_px", np.ones((12, 2), complex), "expected real numbers, got dtype complex128"),
-    ("probe", np.zeros((N, N), np.complex64), "probe is zero everywhere"),
-    ("diffraction", np.zeros((12, N, N), np.float32), "every count of all 12 patterns is zero"),
-    ("diffraction", np.ones((12, N, N), bool), "expected real numbers, got dtype bool"),
-    ("diffraction", np.ones((12, N, N), np.complex64), "expected real numbers, got dtype complex64"),
-    ("diffraction", np.ones((12, N, N), object), "expected real numbers, got dtype object"),
-    ("metadata", ["not", "a", "mapping"], "metadata: expected a mapping"),
-    ("bad_pixels", np.full((N, N), 0.5), "bad_pixels: expected a boolean mask"),
-    ("scan_index", np.arange(12) + 0.5, "scan_index: expected integers"),
-])
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("positions_px", np.full((12, 2), np.nan), "NaN/inf positions"),
+        ("positions_px", np.full((12, 2), np.inf), "NaN/inf positions"),
+        (
+            "positions_px",
+            np.ones((12, 2), bool),
+            "positions: expected real numbers, got dtype bool",
+        ),
+        ("positions_px", np.ones((12, 2), complex), "expected real numbers, got dtype complex128"),
+        ("probe", np.zeros((N, N), np.complex64), "probe is zero everywhere"),
+        ("diffraction", np.zeros((12, N, N), np.float32), "every count of all 12 patterns is zero"),
+        ("diffraction", np.ones((12, N, N), bool), "expected real numbers, got dtype bool"),
+        (
+            "diffraction",
+            np.ones((12, N, N), np.complex64),
+            "expected real numbers, got dtype complex64",
+        ),
+        ("diffraction", np.ones((12, N, N), object), "expected real numbers, got dtype object"),
+        ("metadata", ["not", "a", "mapping"], "metadata: expected a mapping"),
+        ("bad_pixels", np.full((N, N), 0.5), "bad_pixels: expected a boolean mask"),
+        ("scan_index", np.arange(12) + 0.5, "scan_index: expected integers"),
+    ],
+)
 def test_bad_values_are_named(field, value, message):
     with pytest.raises(DataError, match=message):
         _scan(**{field: value})
 
 
-@pytest.mark.parametrize("arrays,message", [
-    (dict(metadata=np.array(json.dumps([1, 2]))), "metadata: expected a JSON object"),
-    (dict(metadata=np.array("{not json")), "metadata: not valid JSON"),
-    (dict(diff3d=np.zeros((12, N, N), np.float32)), "every count of all 12 patterns is zero"),
-    (dict(diff3d=np.ones((12, N, N), bool)), "expected real numbers, got dtype bool"),
-    (dict(xcoords=np.array(["a"] * 12)), "xcoords: expected real numbers"),
-    (dict(xcoords=np.full(12, np.nan)), "NaN/inf positions"),
-    (dict(probeGuess=np.zeros((N, N), np.complex64)), "probe is zero everywhere"),
-    (dict(probeGuess=np.ones((N, N), np.float32)), "probeGuess: expected a complex array"),
-])
+@pytest.mark.parametrize(
+    "arrays,message",
+    [
+        (dict(metadata=np.array(json.dumps([1, 2]))), "metadata: expected a JSON object"),
+        (dict(metadata=np.array("{not json")), "metadata: not valid JSON"),
+        (dict(diff3d=np.zeros((12, N, N), np.float32)), "every count of all 12 patterns is zero"),
+        (dict(diff3d=np.ones((12, N, N), bool)), "expected real numbers, got dtype bool"),
+        (dict(xcoords=np.array(["a"] * 12)), "xcoords: expected real numbers"),
+        (dict(xcoords=np.full(12, np.nan)), "NaN/inf positions"),
+        (dict(probeGuess=np.zeros((N, N), np.complex64)), "probe is zero everywhere"),
+        (dict(probeGuess=np.ones((N, N), np.float32)), "probeGuess: expected a complex array"),
+    ],
+)
 def test_bad_npz_content_is_a_one_line_cli_error(tmp_path, arrays, message, capsys):
     path = tmp_path / "scan.npz"
     path.write_bytes(_npz_bytes(**arrays))
     with pytest.raises(DataError, match=message):
         read_npz(path)
-    code = main(["reconstruct", "--data", str(path), "--output-dir", str(tmp_path / "o"), "--quiet"])
+    code = main(
+        ["reconstruct", "--data", str(path), "--output-dir", str(tmp_path / "o"), "--quiet"]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message.split(":")[-1].strip()[:20] in err[0], err
 
@@ -202,7 +241,8 @@ def test_object_arrays_are_never_unpickled(tmp_path):
     np.save(buf, np.array([{"x": 1}], dtype=object), allow_pickle=True)
     with zipfile.ZipFile(io.BytesIO(_npz_bytes())) as zin, zipfile.ZipFile(path, "w") as zout:
         for info in zin.infolist():
-            zout.writestr(info.filename, buf.getvalue() if info.filename == "diff3d.npy"
-                          else zin.read(info))
+            zout.writestr(
+                info.filename, buf.getvalue() if info.filename == "diff3d.npy" else zin.read(info)
+            )
     with pytest.raises(DataError, match="diff3d: holds Python objects"):
         read_npz(path)

@@ -24,8 +24,10 @@ def test_cli_parser_is_light():
 
 def test_cli_parser_does_not_import_torch():
     # `ptychopinn --help` and every argument error answer without the 2 s torch import
-    code = ("import sys\nfrom ptychopinn.cli.main import build_parser\nbuild_parser()\n"
-            "print('torch' in sys.modules)")
+    code = (
+        "import sys\nfrom ptychopinn.cli.main import build_parser\nbuild_parser()\n"
+        "print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"

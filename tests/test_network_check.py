@@ -15,11 +15,17 @@ from ptychopinn.training.fit import fit
 
 
 def _fit(train, test, tmp_path, epochs, **model):
-    return fit([train], test, model_config=ModelConfig(n=train.patch_size, **model),
-               data_config=DataConfig(), training_config=TrainingConfig(max_epochs=epochs),
-               execution_config=ExecutionConfig(logger="none", quiet=True, accelerator="cpu",
-                                                enable_checkpointing=False, seed=0),
-               output_dir=tmp_path / "model")
+    return fit(
+        [train],
+        test,
+        model_config=ModelConfig(n=train.patch_size, **model),
+        data_config=DataConfig(),
+        training_config=TrainingConfig(max_epochs=epochs),
+        execution_config=ExecutionConfig(
+            logger="none", quiet=True, accelerator="cpu", enable_checkpointing=False, seed=0
+        ),
+        output_dir=tmp_path / "model",
+    )
 
 
 def test_the_check_is_measured_and_kept_in_the_bundle(tmp_path, tiny_scan):
@@ -32,7 +38,9 @@ def test_the_check_is_measured_and_kept_in_the_bundle(tmp_path, tiny_scan):
     with zipfile.ZipFile(result.bundle_path) as zf:
         stored = json.loads(zf.read("execution.json"))["validation_check"]
     assert stored["network"] == pytest.approx(check["network"])
-    assert load_bundle(result.bundle_path).execution["validation_check"]["flat"] == pytest.approx(check["flat"])
+    assert load_bundle(result.bundle_path).execution["validation_check"]["flat"] == pytest.approx(
+        check["flat"]
+    )
 
 
 def test_no_ground_truth_no_check(tmp_path, tiny_scan):
@@ -46,7 +54,9 @@ def test_no_ground_truth_no_check(tmp_path, tiny_scan):
 def test_a_network_worse_than_its_input_is_warned_about(log_records):
     report({"network": 0.30, "estimate": 0.20, "flat": 0.9, "groups": 5})
     warned = [r for r in log_records if r.levelno == logging.WARNING]
-    assert len(warned) == 1 and "WORSE than its own physics-estimate input" in warned[0].getMessage()
+    assert (
+        len(warned) == 1 and "WORSE than its own physics-estimate input" in warned[0].getMessage()
+    )
     log_records.clear()
     report({"network": 0.10, "estimate": 0.20, "flat": 0.9, "groups": 5})
     assert not [r for r in log_records if r.levelno == logging.WARNING]

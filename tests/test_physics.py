@@ -7,10 +7,25 @@ import numpy as np
 import pytest
 import torch
 
-from ptychopinn.physics import (ForwardModel, amplitude_mae, canvas_geometry, diffraction_intensity,
-                                extract_patches, far_field, init_gain, overlap_constrain,
-                                place_patches, poisson_nll, probe_weight)
-from ptychopinn.physics.probe import apply_soft_mask, incoherent_modes, make_probe, scale_probe
+from ptychopinn.physics import (
+    ForwardModel,
+    amplitude_mae,
+    canvas_geometry,
+    diffraction_intensity,
+    extract_patches,
+    far_field,
+    init_gain,
+    overlap_constrain,
+    place_patches,
+    poisson_nll,
+    probe_weight,
+)
+from ptychopinn.physics.probe import (
+    apply_soft_mask,
+    incoherent_modes,
+    make_probe,
+    scale_probe,
+)
 from ptychopinn.physics.shifts import SHIFT_PAD
 
 C128 = torch.complex128
@@ -18,8 +33,10 @@ C128 = torch.complex128
 
 def crandn(*shape, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return torch.complex(torch.randn(*shape, generator=g, dtype=torch.float64),
-                         torch.randn(*shape, generator=g, dtype=torch.float64))
+    return torch.complex(
+        torch.randn(*shape, generator=g, dtype=torch.float64),
+        torch.randn(*shape, generator=g, dtype=torch.float64),
+    )
 
 
 def smooth_canvas(h, w, sigma=2.0, seed=0):
@@ -27,8 +44,10 @@ def smooth_canvas(h, w, sigma=2.0, seed=0):
     rng = np.random.default_rng(seed)
     ky = np.fft.fftfreq(h)[:, None]
     kx = np.fft.fftfreq(w)[None, :]
-    g = np.exp(-2 * (np.pi * sigma) ** 2 * (kx ** 2 + ky ** 2))
-    f = np.fft.ifft2(np.fft.fft2(rng.standard_normal((h, w)) + 1j * rng.standard_normal((h, w))) * g)
+    g = np.exp(-2 * (np.pi * sigma) ** 2 * (kx**2 + ky**2))
+    f = np.fft.ifft2(
+        np.fft.fft2(rng.standard_normal((h, w)) + 1j * rng.standard_normal((h, w))) * g
+    )
     return 1.0 + 0.5 * f / np.abs(f).std()
 
 
@@ -49,10 +68,10 @@ def numpy_window(obj, x, y, n, pad=2):
     ix, iy = int(np.floor(x)), int(np.floor(y))
     fx, fy = x - ix, y - iy
     y0, x0 = iy - n // 2, ix - n // 2
-    w = obj[y0 - pad:y0 + n + pad, x0 - pad:x0 + n + pad]
+    w = obj[y0 - pad : y0 + n + pad, x0 - pad : x0 + n + pad]
     ramp = _ramp(w.shape[0], fy)[:, None] * _ramp(w.shape[1], fx)[None, :]
     w = np.fft.ifft2(np.fft.fft2(w) * ramp)
-    return w[pad:pad + n, pad:pad + n]
+    return w[pad : pad + n, pad : pad + n]
 
 
 # ----------------------------------------------------------------------------- far field
@@ -65,8 +84,11 @@ def test_far_field_matches_numpy_ortho_fftshift(n):
     ref = np.fft.fftshift(np.fft.fft2(x.numpy(), norm="ortho"), axes=(-2, -1))
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12)
     # the unbatched 2-D case against the literal expression of PHYSICS.md
-    np.testing.assert_allclose(far_field(x[0]).numpy(),
-                               np.fft.fftshift(np.fft.fft2(x[0].numpy(), norm="ortho")), atol=1e-12)
+    np.testing.assert_allclose(
+        far_field(x[0]).numpy(),
+        np.fft.fftshift(np.fft.fft2(x[0].numpy(), norm="ortho")),
+        atol=1e-12,
+    )
 
 
 def test_far_field_zero_frequency_at_centre():
@@ -94,8 +116,9 @@ def test_incoherent_modes_add_intensities_not_amplitudes():
     coherent = far_field(obj * probe.sum(0)).abs().square()
     assert (total - coherent).abs().max() > 1e-3 * total.max()
     # a 2-D probe is one mode
-    torch.testing.assert_close(diffraction_intensity(obj, probe[0]),
-                               far_field(obj * probe[0]).abs().square())
+    torch.testing.assert_close(
+        diffraction_intensity(obj, probe[0]), far_field(obj * probe[0]).abs().square()
+    )
 
 
 # ----------------------------------------------------------------------------- shifts
@@ -106,8 +129,8 @@ def test_extract_integer_positions_is_exact_slicing():
     canvas = crandn(40, 36, seed=3)
     pos = torch.tensor([[10.0, 12.0], [20.0, 30.0], [29.0, 9.0]], dtype=torch.float64)  # (x, y)
     patches = extract_patches(canvas, pos, n)
-    for (x, y), p in zip(pos.long().tolist(), patches):
-        ref = canvas[y - n // 2:y - n // 2 + n, x - n // 2:x - n // 2 + n]
+    for (x, y), p in zip(pos.long().tolist(), patches, strict=False):
+        ref = canvas[y - n // 2 : y - n // 2 + n, x - n // 2 : x - n // 2 + n]
         torch.testing.assert_close(p, ref, rtol=0, atol=1e-13)
         # the documented convention: patch pixel (N//2, N//2) is the object pixel at (x, y)
         assert abs(p[n // 2, n // 2] - canvas[y, x]) < 1e-13
@@ -128,7 +151,10 @@ def test_extract_subpixel_matches_numpy_oracle():
 def test_extract_batched_equals_unbatched():
     n = 8
     canvas = crandn(2, 30, 30, seed=5)
-    pos = torch.rand(2, 4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) * 10 + 10
+    pos = (
+        torch.rand(2, 4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) * 10
+        + 10
+    )
     batched = extract_patches(canvas, pos, n)
     for b in range(2):
         torch.testing.assert_close(batched[b], extract_patches(canvas[b], pos[b], n))
@@ -138,21 +164,29 @@ def test_extract_outside_canvas_raises():
     with pytest.raises(ValueError, match="outside"):
         extract_patches(torch.zeros(20, 20, dtype=C128), torch.tensor([[3.0, 10.0]]), 8)
     with pytest.raises(ValueError, match="kernel"):
-        extract_patches(torch.zeros(20, 20, dtype=C128), torch.tensor([[10.0, 10.0]]), 8, kernel="cubic")
+        extract_patches(
+            torch.zeros(20, 20, dtype=C128), torch.tensor([[10.0, 10.0]]), 8, kernel="cubic"
+        )
 
 
 def test_bilinear_extract_matches_numpy_interpolation():
     n = 8
     canvas = crandn(30, 30, seed=27)
     x, y = 14.3, 12.8
-    got = extract_patches(canvas, torch.tensor([[x, y]], dtype=torch.float64), n, kernel="bilinear")[0]
+    got = extract_patches(
+        canvas, torch.tensor([[x, y]], dtype=torch.float64), n, kernel="bilinear"
+    )[0]
     c = canvas.numpy()
     rows = np.arange(n) + y - n // 2
     cols = np.arange(n) + x - n // 2
     r0, c0 = np.floor(rows).astype(int), np.floor(cols).astype(int)
     fy, fx = (rows - r0)[:, None], (cols - c0)[None, :]
-    ref = ((1 - fy) * (1 - fx) * c[np.ix_(r0, c0)] + (1 - fy) * fx * c[np.ix_(r0, c0 + 1)]
-           + fy * (1 - fx) * c[np.ix_(r0 + 1, c0)] + fy * fx * c[np.ix_(r0 + 1, c0 + 1)])
+    ref = (
+        (1 - fy) * (1 - fx) * c[np.ix_(r0, c0)]
+        + (1 - fy) * fx * c[np.ix_(r0, c0 + 1)]
+        + fy * (1 - fx) * c[np.ix_(r0 + 1, c0)]
+        + fy * fx * c[np.ix_(r0 + 1, c0 + 1)]
+    )
     np.testing.assert_allclose(got.numpy(), ref, atol=1e-13)
 
 
@@ -164,8 +198,13 @@ def test_place_is_adjoint_of_extract(batched, kernel):
     c = crandn(*lead, *shape, seed=6)
     q = crandn(*lead, 5, n, n, seed=7)
     g = torch.Generator().manual_seed(8)
-    pos = torch.stack([torch.rand(*lead, 5, generator=g, dtype=torch.float64) * 16 + 8,
-                       torch.rand(*lead, 5, generator=g, dtype=torch.float64) * 12 + 8], dim=-1)
+    pos = torch.stack(
+        [
+            torch.rand(*lead, 5, generator=g, dtype=torch.float64) * 16 + 8,
+            torch.rand(*lead, 5, generator=g, dtype=torch.float64) * 12 + 8,
+        ],
+        dim=-1,
+    )
     lhs = torch.vdot(extract_patches(c, pos, n, kernel=kernel).flatten(), q.flatten())
     rhs = torch.vdot(c.flatten(), place_patches(q, pos, shape, kernel=kernel).flatten())
     assert abs(lhs - rhs) <= 1e-12 * abs(lhs)
@@ -179,7 +218,9 @@ def test_place_then_extract_integer_round_trip_exact(dtype, atol, kernel):
     pos = torch.tensor([[8.0, 8.0], [22.0, 8.0], [8.0, 22.0], [22.0, 22.0]])  # windows disjoint
     canvas = place_patches(patches, pos, (31, 31), kernel=kernel)
     assert canvas.dtype == dtype
-    torch.testing.assert_close(extract_patches(canvas, pos, n, kernel=kernel), patches, rtol=0, atol=atol)
+    torch.testing.assert_close(
+        extract_patches(canvas, pos, n, kernel=kernel), patches, rtol=0, atol=atol
+    )
     # and the canvas holds each patch at its documented place (pixel N//2 at (x, y))
     torch.testing.assert_close(canvas[18:26, 4:12], patches[2], rtol=0, atol=atol)
 
@@ -192,10 +233,12 @@ def test_place_then_extract_subpixel_round_trip():
     with errors of ~0.3 of the peak.)"""
     n = 16
     y, x = np.mgrid[0:n, 0:n] - n // 2
-    envelope = np.exp(-(x ** 2 + y ** 2) / (2 * 2.5 ** 2))
+    envelope = np.exp(-(x**2 + y**2) / (2 * 2.5**2))
     patch = torch.as_tensor(smooth_canvas(n, n, seed=3) * envelope)
     patches = torch.stack([patch, patch.conj(), patch * 1j, patch.flip(0)])
-    pos = torch.tensor([[12.3, 12.7], [40.5, 12.1], [12.9, 40.25], [40.01, 40.99]], dtype=torch.float64)
+    pos = torch.tensor(
+        [[12.3, 12.7], [40.5, 12.1], [12.9, 40.25], [40.01, 40.99]], dtype=torch.float64
+    )
     back = extract_patches(place_patches(patches, pos, (60, 60)), pos, n)
     assert (back - patches).abs().max() < 1e-3 * patches.abs().max()
 
@@ -207,7 +250,7 @@ def test_subpixel_shift_of_a_compact_feature_is_accurate():
     n, s = 16, 1.5
 
     def gauss(cx, cy, shape):
-        y, x = np.mgrid[0:shape[0], 0:shape[1]].astype(float)
+        y, x = np.mgrid[0 : shape[0], 0 : shape[1]].astype(float)
         return np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * s * s))
 
     patch = torch.as_tensor(gauss(n // 2, n // 2, (n, n)) + 0j)
@@ -227,7 +270,11 @@ def test_subpixel_extract_of_extended_object_interior_accuracy():
     n, h = 16, 64
 
     def f(x, y):
-        return np.exp(1j * (0.37 * x + 0.21 * y)) + 0.5 * np.cos(0.8 * x - 0.3 * y + 0.5) + 0.3 * np.sin(0.15 * y)
+        return (
+            np.exp(1j * (0.37 * x + 0.21 * y))
+            + 0.5 * np.cos(0.8 * x - 0.3 * y + 0.5)
+            + 0.3 * np.sin(0.15 * y)
+        )
 
     y, x = np.mgrid[0:h, 0:h].astype(float)
     obj = torch.as_tensor(f(x, y))
@@ -237,7 +284,7 @@ def test_subpixel_extract_of_extended_object_interior_accuracy():
         got = extract_patches(obj, torch.tensor([[px, py]], dtype=torch.float64), n)[0].numpy()
         err = np.abs(got - f(px - n // 2 + xx, py - n // 2 + yy))
         assert err[n // 2, n // 2] < 0.04
-        assert err[n // 4:-n // 4, n // 4:-n // 4].max() < 0.1
+        assert err[n // 4 : -n // 4, n // 4 : -n // 4].max() < 0.1
 
 
 def test_canvas_geometry_windows_fit_and_are_tight():
@@ -266,7 +313,9 @@ def test_canvas_geometry_uses_object_frame_when_positions_fit():
     # too close to the border: a new canvas with an offset is returned instead
     shape2, offset2 = canvas_geometry([[3.0, 30.0]], n, object_shape=(80, 90))
     assert offset2[0] > 0
-    extract_patches(torch.zeros(shape2, dtype=C128), torch.as_tensor(np.array([[3.0, 30.0]]) + offset2), n)
+    extract_patches(
+        torch.zeros(shape2, dtype=C128), torch.as_tensor(np.array([[3.0, 30.0]]) + offset2), n
+    )
 
 
 # ----------------------------------------------------------------------------- overlap constraint
@@ -283,13 +332,16 @@ def test_overlap_constrain_single_patch_groups_unchanged():
     torch.testing.assert_close(out, p)
 
 
-@pytest.mark.parametrize("offsets,centre,tol", [
-    # integer offsets: measured 9.0e-3 of the peak where lit (the 1e-3 * max regulariser of the
-    # average pulls towards a flat object where the weights are small)
-    ([[-3.0, -2.0], [3.0, -2.0], [-3.0, 2.0], [3.0, 2.0]], [32.0, 31.0], 2e-2),
-    # sub-pixel offsets: bilinear re-interpolation blurs; measured 5.7e-2 of the peak where lit
-    ([[-2.3, -1.9], [2.1, -2.4], [-1.7, 2.2], [1.9, 2.1]], [32.4, 31.7], 0.1),
-])
+@pytest.mark.parametrize(
+    "offsets,centre,tol",
+    [
+        # integer offsets: measured 9.0e-3 of the peak where lit (the 1e-3 * max regulariser of the
+        # average pulls towards a flat object where the weights are small)
+        ([[-3.0, -2.0], [3.0, -2.0], [-3.0, 2.0], [3.0, 2.0]], [32.0, 31.0], 2e-2),
+        # sub-pixel offsets: bilinear re-interpolation blurs; measured 5.7e-2 of the peak where lit
+        ([[-2.3, -1.9], [2.1, -2.4], [-1.7, 2.2], [1.9, 2.1]], [32.4, 31.7], 0.1),
+    ],
+)
 def test_overlap_constrain_keeps_consistent_patches(offsets, centre, tol):
     """Patches cut from one smooth object at the group offsets are left (nearly) unchanged where
     the probe is lit (weight > 0.1 of the peak)."""
@@ -309,10 +361,14 @@ def test_overlap_constrain_is_stable_for_subpixel_offsets():
     Fourier-kernel version amplified random patches up to 1e5-fold here.)"""
     n = 16
     w = _weight(n)
-    offsets = torch.tensor([[[-2.3, -1.9], [2.1, -2.4], [-1.7, 2.2], [1.9, 2.1]]], dtype=torch.float64)
+    offsets = torch.tensor(
+        [[[-2.3, -1.9], [2.1, -2.4], [-1.7, 2.2], [1.9, 2.1]]], dtype=torch.float64
+    )
     g = torch.Generator().manual_seed(26)
-    rand = torch.polar(0.5 + 0.5 * torch.rand(8, 4, n, n, dtype=torch.float64, generator=g),
-                       torch.randn(8, 4, n, n, dtype=torch.float64, generator=g))
+    rand = torch.polar(
+        0.5 + 0.5 * torch.rand(8, 4, n, n, dtype=torch.float64, generator=g),
+        torch.randn(8, 4, n, n, dtype=torch.float64, generator=g),
+    )
     out = overlap_constrain(rand, offsets.expand(8, 4, 2), w)
     assert torch.isfinite(out).all()
     assert out.abs().max() <= 1.0 + 1e-9
@@ -329,7 +385,9 @@ def test_overlap_constrain_on_a_simulated_scan_preserves_diffraction(tiny_scan):
     obj = torch.as_tensor(tiny_scan.object_truth).to(C128)
     pos = torch.as_tensor(tiny_scan.positions_px)[torch.as_tensor(groups.indices)]
     patches = extract_patches(obj, pos.reshape(-1, 2), n).reshape(len(groups), 4, n, n)
-    out = overlap_constrain(patches, torch.as_tensor(groups.offsets_px).double(), probe_weight(probe).double())
+    out = overlap_constrain(
+        patches, torch.as_tensor(groups.offsets_px).double(), probe_weight(probe).double()
+    )
     before = diffraction_intensity(patches, probe)
     change = (diffraction_intensity(out, probe) - before).abs().sum((-2, -1)) / before.sum((-2, -1))
     assert change.median() < 0.02
@@ -339,7 +397,9 @@ def test_overlap_constrain_on_a_simulated_scan_preserves_diffraction(tiny_scan):
 def test_overlap_constrain_makes_inconsistent_patches_consistent():
     n = 16
     w = _weight(n)
-    offsets = torch.tensor([[-2.0, -3.0], [2.0, -3.0], [-2.0, 3.0], [2.0, 3.0]], dtype=torch.float64)
+    offsets = torch.tensor(
+        [[-2.0, -3.0], [2.0, -3.0], [-2.0, 3.0], [2.0, 3.0]], dtype=torch.float64
+    )
     offsets = offsets.expand(3, 4, 2)
     patches = crandn(3, 4, n, n, seed=14)
     out = overlap_constrain(patches, offsets, w)
@@ -357,7 +417,6 @@ def test_overlap_constrain_makes_inconsistent_patches_consistent():
     # (the regularised average pulls the unlit border towards 1 on every application)
     again = overlap_constrain(out, offsets, w)
     assert (again - out)[..., w > 0.1].abs().max() < 0.1 * out.abs().max()
-
 
 
 # ----------------------------------------------------------------------------- forward model
@@ -379,7 +438,9 @@ def test_init_gain_makes_unit_object_predict_mean_counts(modes):
 def test_init_gain_on_simulated_scan(tiny_scan):
     probe = torch.as_tensor(tiny_scan.probe)
     model = ForwardModel(probe, gain=init_gain(tiny_scan.mean_counts, probe))
-    unit = model(torch.ones(1, 1, tiny_scan.patch_size, tiny_scan.patch_size, dtype=torch.complex64))
+    unit = model(
+        torch.ones(1, 1, tiny_scan.patch_size, tiny_scan.patch_size, dtype=torch.complex64)
+    )
     assert float(unit.detach().sum()) == pytest.approx(tiny_scan.mean_counts, rel=1e-5)
 
 
@@ -425,9 +486,12 @@ def test_gain_can_be_fixed():
 
 def _expected_counts(seed=16, n=16, photons=1e3):
     probe = torch.as_tensor(scale_probe(make_probe("pinhole", n, n / 2), photons)).to(C128)
-    obj = torch.polar(0.7 + 0.3 * torch.rand(3, n, n, dtype=torch.float64,
-                                             generator=torch.Generator().manual_seed(seed)),
-                      torch.randn(3, n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)))
+    obj = torch.polar(
+        0.7
+        + 0.3
+        * torch.rand(3, n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)),
+        torch.randn(3, n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)),
+    )
     return diffraction_intensity(obj, probe), obj, probe
 
 
@@ -449,7 +513,9 @@ def test_poisson_nll_minimal_at_the_truth():
     g = torch.Generator().manual_seed(17)
     for scale in (0.01, 0.05, 0.2):
         for _ in range(5):
-            perturbed = truth * (1 + scale * torch.randn(truth.shape, generator=g, dtype=torch.float64)).clamp_min(0)
+            perturbed = truth * (
+                1 + scale * torch.randn(truth.shape, generator=g, dtype=torch.float64)
+            ).clamp_min(0)
             assert poisson_nll(truth, perturbed) > at_truth
     for gain in (0.9, 0.99, 1.01, 1.1):
         assert poisson_nll(truth, gain * truth) > at_truth
@@ -495,10 +561,14 @@ def test_bad_pixel_mask_excludes_pixels(loss):
 
 def _small_setup(n=6, seed=19):
     g = torch.Generator().manual_seed(seed)
-    probe = torch.complex(torch.randn(2, n, n, generator=g, dtype=torch.float64),
-                          torch.randn(2, n, n, generator=g, dtype=torch.float64))
-    obj = torch.complex(1 + 0.1 * torch.randn(2, n, n, generator=g, dtype=torch.float64),
-                        0.1 * torch.randn(2, n, n, generator=g, dtype=torch.float64))
+    probe = torch.complex(
+        torch.randn(2, n, n, generator=g, dtype=torch.float64),
+        torch.randn(2, n, n, generator=g, dtype=torch.float64),
+    )
+    obj = torch.complex(
+        1 + 0.1 * torch.randn(2, n, n, generator=g, dtype=torch.float64),
+        0.1 * torch.randn(2, n, n, generator=g, dtype=torch.float64),
+    )
     with torch.no_grad():
         measured = torch.poisson(3.0 * diffraction_intensity(obj, probe), generator=g)
     return obj, probe, measured
@@ -512,8 +582,9 @@ def test_gradcheck_losses_through_diffraction_intensity(loss):
     def f(o, p, g):
         return loss(measured, g * diffraction_intensity(o, p))
 
-    assert torch.autograd.gradcheck(f, (obj.requires_grad_(), probe.requires_grad_(), gain.requires_grad_()),
-                                    fast_mode=True)
+    assert torch.autograd.gradcheck(
+        f, (obj.requires_grad_(), probe.requires_grad_(), gain.requires_grad_()), fast_mode=True
+    )
 
 
 @pytest.mark.parametrize("kernel", ["fourier", "bilinear"])
@@ -521,10 +592,12 @@ def test_gradcheck_extract_and_place_patches(kernel):
     canvas = crandn(14, 14, seed=20).requires_grad_()
     patches = crandn(2, 6, 6, seed=21).requires_grad_()
     pos = torch.tensor([[6.3, 7.6], [7.9, 6.2]], dtype=torch.float64)
-    assert torch.autograd.gradcheck(lambda c: extract_patches(c, pos, 6, kernel=kernel), (canvas,),
-                                    fast_mode=True)
-    assert torch.autograd.gradcheck(lambda p: place_patches(p, pos, (14, 14), kernel=kernel), (patches,),
-                                    fast_mode=True)
+    assert torch.autograd.gradcheck(
+        lambda c: extract_patches(c, pos, 6, kernel=kernel), (canvas,), fast_mode=True
+    )
+    assert torch.autograd.gradcheck(
+        lambda p: place_patches(p, pos, (14, 14), kernel=kernel), (patches,), fast_mode=True
+    )
 
 
 def test_gradcheck_loss_through_extract_patches():
@@ -532,8 +605,10 @@ def test_gradcheck_loss_through_extract_patches():
     canvas = (1 + 0.1 * crandn(14, 14, seed=22)).requires_grad_()
     pos = torch.tensor([[6.3, 7.6], [7.9, 6.2]], dtype=torch.float64)
     with torch.no_grad():
-        measured = torch.poisson(diffraction_intensity(extract_patches(canvas, pos, 6), probe),
-                                 generator=torch.Generator().manual_seed(23))
+        measured = torch.poisson(
+            diffraction_intensity(extract_patches(canvas, pos, 6), probe),
+            generator=torch.Generator().manual_seed(23),
+        )
 
     def f(c):
         return poisson_nll(measured, diffraction_intensity(extract_patches(c, pos, 6), probe))
@@ -544,9 +619,13 @@ def test_gradcheck_loss_through_extract_patches():
 def test_gradcheck_overlap_constrain():
     n = 6
     patches = crandn(1, 4, n, n, seed=24).requires_grad_()
-    offsets = torch.tensor([[[-1.2, -0.9], [1.1, -1.3], [-0.7, 1.2], [0.8, 1.0]]], dtype=torch.float64)
+    offsets = torch.tensor(
+        [[[-1.2, -0.9], [1.1, -1.3], [-0.7, 1.2], [0.8, 1.0]]], dtype=torch.float64
+    )
     w = torch.rand(n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(25)) + 0.1
-    assert torch.autograd.gradcheck(lambda p: overlap_constrain(p, offsets, w), (patches,), fast_mode=True)
+    assert torch.autograd.gradcheck(
+        lambda p: overlap_constrain(p, offsets, w), (patches,), fast_mode=True
+    )
 
 
 def test_poisson_nll_is_mean_of_documented_formula():

@@ -21,14 +21,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("ptychodus") is None,
-                                reason="ptychodus is not installed")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("ptychodus") is None, reason="ptychodus is not installed"
+)
 
 N = 16
 GRID_KW = dict(pixel_width_m=1e-8, pixel_height_m=1e-8, center_x_m=3e-6, center_y_m=-1.5e-6)
 ATTRS = {"name": "adapter", "detector_object_distance_m": 2.0, "photon_energy_eV": 8000.0}
-FAST = {"MaxEpochs": 1, "NFiltersScale": 1, "BatchSize": 8, "EarlyStopping": False,
-        "Accelerator": "cpu", "Seed": 0}
+FAST = {
+    "MaxEpochs": 1,
+    "NFiltersScale": 1,
+    "BatchSize": 8,
+    "EarlyStopping": False,
+    "Accelerator": "cpu",
+    "Seed": 0,
+}
 
 
 def _threads():
@@ -40,8 +47,16 @@ def scan():
     """36 patterns of 16 x 16 with two bad pixels, on a grid centred off the origin."""
     from ptychopinn.data.simulate import SimulationConfig, simulate_scan
 
-    s = simulate_scan(SimulationConfig(patch_size=N, n_positions=36, object_kind="lines",
-                                       probe_kind="pinhole", photons=1e5, seed=5))
+    s = simulate_scan(
+        SimulationConfig(
+            patch_size=N,
+            n_positions=36,
+            object_kind="lines",
+            probe_kind="pinhole",
+            photons=1e5,
+            seed=5,
+        )
+    )
     bad = np.zeros((N, N), bool)
     bad[2, 3] = bad[11, 6] = True
     d = s.diffraction.copy()
@@ -52,15 +67,31 @@ def scan():
 @pytest.fixture(scope="module")
 def batch_dir(tmp_path_factory, scan):
     """Ptychodus's batch layout: product.h5 + diffraction.h5 (written by our part-1 writers)."""
-    from ptychopinn.data.ptychodus_h5 import ObjectGrid, write_diffraction, write_product
+    from ptychopinn.data.ptychodus_h5 import (
+        ObjectGrid,
+        write_diffraction,
+        write_product,
+    )
 
     d = tmp_path_factory.mktemp("batch")
     grid = ObjectGrid(scan.object_truth.shape, **GRID_KW)
-    write_product(d / "product.h5", object_=scan.object_truth, grid=grid, probe=scan.probe,
-                  positions_px=scan.positions_px, scan_index=np.arange(100, 100 + scan.n_patterns),
-                  attrs=ATTRS)
-    write_diffraction(d / "diffraction.h5", scan.diffraction, np.arange(100, 100 + scan.n_patterns),
-                      scan.bad_pixels, detector_pixel_size_m=75e-6, dtype=np.uint16)
+    write_product(
+        d / "product.h5",
+        object_=scan.object_truth,
+        grid=grid,
+        probe=scan.probe,
+        positions_px=scan.positions_px,
+        scan_index=np.arange(100, 100 + scan.n_patterns),
+        attrs=ATTRS,
+    )
+    write_diffraction(
+        d / "diffraction.h5",
+        scan.diffraction,
+        np.arange(100, 100 + scan.n_patterns),
+        scan.bad_pixels,
+        detector_pixel_size_m=75e-6,
+        dtype=np.uint16,
+    )
     return d
 
 
@@ -69,8 +100,9 @@ def _reconstruct_input(folder: Path):
     from ptychodus.api.io import load_diffraction_data, load_product
     from ptychodus.api.reconstruct import prepare_reconstruct_input
 
-    return prepare_reconstruct_input(load_diffraction_data(folder / "diffraction.h5"),
-                                     load_product(folder / "product.h5"))
+    return prepare_reconstruct_input(
+        load_diffraction_data(folder / "diffraction.h5"), load_product(folder / "product.h5")
+    )
 
 
 def _reconstruct_input_scan(reconstruct_input):
@@ -147,26 +179,46 @@ def test_library_name_keys_settings_and_logger(tmp_path):
     registry = SettingsRegistry()
     library = PtychoPINNLibrary(registry)
     ini = tmp_path / "settings.ini"
-    ini.write_text("[PtychoPINNLightning]\nGridsize = 2\nLoss = MAE\nMaxEpochs = 3\nBatchSize = 4\n"
-                   "LearningRate = 0.005\nValFraction = 0.2\nSupervisedWeight = 0.5\nSeed = 7\n"
-                   "PhysicsIterations = 2\nNFiltersScale = 3\n")
+    ini.write_text(
+        "[PtychoPINNLightning]\nGridsize = 2\nLoss = MAE\nMaxEpochs = 3\nBatchSize = 4\n"
+        "LearningRate = 0.005\nValFraction = 0.2\nSupervisedWeight = 0.5\nSeed = 7\n"
+        "PhysicsIterations = 2\nNFiltersScale = 3\n"
+    )
     registry.open_settings(ini)
     rc = library.settings.run_config(supervised=True)
-    assert (rc.model.gridsize, rc.model.loss, rc.model.physics_iterations, rc.model.n_filters_scale) == \
-        (2, "mae", 2, 3)
-    assert (rc.training.max_epochs, rc.training.batch_size, rc.training.supervised_weight) == (3, 4, 0.5)
+    assert (
+        rc.model.gridsize,
+        rc.model.loss,
+        rc.model.physics_iterations,
+        rc.model.n_filters_scale,
+    ) == (2, "mae", 2, 3)
+    assert (rc.training.max_epochs, rc.training.batch_size, rc.training.supervised_weight) == (
+        3,
+        4,
+        0.5,
+    )
     assert (rc.execution.learning_rate, rc.execution.seed, rc.data.val_fraction) == (0.005, 7, 0.2)
     assert rc.sources["training.max_epochs"] == "Ptychodus settings"
-    assert (rc.execution.devices, rc.execution.logger, rc.execution.enable_checkpointing) == (1, "none", False)
+    assert (rc.execution.devices, rc.execution.logger, rc.execution.enable_checkpointing) == (
+        1,
+        "none",
+        False,
+    )
     assert library.settings.run_config(supervised=False).training.supervised_weight == 0.0
     assert library.pinn.get_progress_goal() == 3 + 1  # epochs + the stitched object
 
     # a config file supplies options that are not settings; the settings take precedence
     cfg = tmp_path / "run.yaml"
-    cfg.write_text("execution:\n  scheduler: Exponential\n  lr_gamma: 0.5\ntraining:\n  max_epochs: 9\n")
+    cfg.write_text(
+        "execution:\n  scheduler: Exponential\n  lr_gamma: 0.5\ntraining:\n  max_epochs: 9\n"
+    )
     library.settings.config_file.set_value(str(cfg))
     rc = library.settings.run_config(supervised=False)
-    assert (rc.execution.scheduler, rc.execution.lr_gamma, rc.training.max_epochs) == ("Exponential", 0.5, 3)
+    assert (rc.execution.scheduler, rc.execution.lr_gamma, rc.training.max_epochs) == (
+        "Exponential",
+        0.5,
+        3,
+    )
 
     library.settings.loss.set_value("l2")
     with pytest.raises(PtychoPINNError, match=r"^PtychoPINNLightning\.Loss: invalid value 'l2'"):
@@ -191,8 +243,11 @@ def test_scan_from_reconstruct_input_equals_our_reader(reconstruct_input, batch_
     np.testing.assert_array_equal(ours.scan_index, np.arange(100, 100 + scan.n_patterns))
     assert ObjectGrid.from_metadata(ours.metadata) == ObjectGrid(scan.object_truth.shape, **GRID_KW)
     attrs = ours.metadata["ptychodus_product_attrs"]
-    assert (attrs["name"], attrs["photon_energy_eV"], attrs["detector_object_distance_m"]) == \
-        ("adapter", 8000.0, 2.0)
+    assert (attrs["name"], attrs["photon_energy_eV"], attrs["detector_object_distance_m"]) == (
+        "adapter",
+        8000.0,
+        2.0,
+    )
 
 
 # ------------------------------------------------------------------------------ reconstruct
@@ -239,8 +294,9 @@ def test_self_supervised_reconstruct_yields_products_on_the_input_grid(reconstru
     assert not _threads()
 
 
-def test_closing_the_generator_early_stops_training_and_cleans_up(reconstruct_input, tmp_path,
-                                                                  monkeypatch):
+def test_closing_the_generator_early_stops_training_and_cleans_up(
+    reconstruct_input, tmp_path, monkeypatch
+):
     monkeypatch.chdir(tmp_path)  # Lightning's default root: nothing may be written there
     library = make_library(MaxEpochs=500)
     gen = library.pinn.reconstruct(reconstruct_input)
@@ -276,9 +332,15 @@ def test_supervised_needs_a_model_and_a_real_ground_truth(reconstruct_input, bat
     from ptychopinn.data.ptychodus_h5 import read_ptychodus
 
     s = read_ptychodus(batch_dir / "product.h5", batch_dir / "diffraction.h5")
-    write_product(flat / "product.h5", object_=np.ones(s.object_truth.shape, np.complex64),
-                  grid=ObjectGrid.from_metadata(s.metadata), probe=s.probe, positions_px=s.positions_px,
-                  scan_index=s.scan_index, attrs=ATTRS)
+    write_product(
+        flat / "product.h5",
+        object_=np.ones(s.object_truth.shape, np.complex64),
+        grid=ObjectGrid.from_metadata(s.metadata),
+        probe=s.probe,
+        positions_px=s.positions_px,
+        scan_index=s.scan_index,
+        attrs=ATTRS,
+    )
     with pytest.raises(DataError, match="uniform"):
         next(library.supervised.train(flat, tmp_path / "out"))
     assert not (tmp_path / "out").exists()
@@ -292,7 +354,7 @@ def test_supervised_train_uses_the_product_object(batch_dir, reconstruct_input, 
     assert [o.progress for o in outputs] == [1, 2]
     bundle = library.supervised.bundle
     scan = _reconstruct_input_scan(reconstruct_input)
-    per_pixel = scan.mean_counts / N ** 2  # the weight is relative to the dose
+    per_pixel = scan.mean_counts / N**2  # the weight is relative to the dose
     assert bundle.training_config.supervised_weight == pytest.approx(2.0 * per_pixel, rel=1e-6)
     # same data, settings and seed as the PINN model of `trained`: the supervised term changed it
     pinn = trained[0].pinn.bundle.state_dict
@@ -315,7 +377,9 @@ def test_train_on_batch_layout_yields_losses_and_writes_the_model(trained, recon
     assert all(isinstance(o, TrainOutput) for o in outputs)
     assert [o.progress for o in outputs] == [1, 2]  # epoch 1, then the saved model (goal)
     last = outputs[-1]
-    assert [lv.epoch for lv in last.training_loss] == [1] and [lv.epoch for lv in last.validation_loss] == [1]
+    assert [lv.epoch for lv in last.training_loss] == [1] and [
+        lv.epoch for lv in last.validation_loss
+    ] == [1]
     assert np.isfinite(last.training_loss[0].value) and np.isfinite(last.validation_loss[0].value)
     assert (out / "model.ptpinn").is_file()
     audit = read_audit(out / "config.resolved.yaml")
@@ -341,7 +405,9 @@ def test_loaded_model_reconstructs_in_one_pass(trained, reconstruct_input):
     scan = scan_from_reconstruct_input(reconstruct_input)
     recon = reconstruct(r.bundle, scan, batch_size=r.bundle.training_config.batch_size, seed=0)
     expected = canvas_to_grid(recon.object, recon.offset_px, scan.object_truth.shape)
-    np.testing.assert_allclose(outputs[0].product.object_.get_array()[0], expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        outputs[0].product.object_.get_array()[0], expected, rtol=0, atol=1e-6
+    )
 
 
 def test_save_and_load_model_round_trip(trained, reconstruct_input, tmp_path):
@@ -411,8 +477,11 @@ def test_train_input_errors(tmp_path):
 def test_processing_core_wrapper_adds_our_library_once():
     from ptychodus.api.settings import SettingsRegistry
 
-    from ptychopinn.integrations.ptychodus import (PtychoPINNLibrary, patch_ptychodus,
-                                                   wrap_processing_core)
+    from ptychopinn.integrations.ptychodus import (
+        PtychoPINNLibrary,
+        patch_ptychodus,
+        wrap_processing_core,
+    )
 
     calls = []
 
@@ -439,8 +508,11 @@ def test_processing_core_wrapper_adds_our_library_once():
 def test_launcher_command(monkeypatch, capsys):
     from ptychopinn.cli.main import main
 
-    proc = subprocess.run([sys.executable, "-m", "ptychopinn.cli.main", "ptychodus", "--", "--version"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ptychopinn.cli.main", "ptychodus", "--", "--version"],
+        capture_output=True,
+        text=True,
+    )
     if importlib.util.find_spec("httpx") is not None:  # full install: Ptychodus's own --version
         assert proc.returncode == 0 and "1.7" in proc.stdout + proc.stderr
     else:  # API-only install: one line naming the missing module and the extra
@@ -449,8 +521,9 @@ def test_launcher_command(monkeypatch, capsys):
         assert "'httpx'" in lines[0] and "ptychopinn[ptychodus]" in lines[0]
 
     real, hidden = importlib.util.find_spec, set()
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name in hidden else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in hidden else real(name, *a)
+    )
     hidden.add("PyQt5")  # the GUI (no -b) needs it: a hint, not Ptychodus's silent exit code
     assert main(["ptychodus"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -487,9 +560,21 @@ def test_infer_ptychodus_input_writes_product_on_the_input_grid(trained, batch_d
 
     _, _, model_dir = trained
     out = tmp_path / "o"
-    args = ["infer", "--model", str(model_dir), "--product", str(batch_dir / "product.h5"),
-            "--diffraction", str(batch_dir / "diffraction.h5"), "--output-dir", str(out),
-            "--product-output", "--refine-epochs", "1", "--quiet"]
+    args = [
+        "infer",
+        "--model",
+        str(model_dir),
+        "--product",
+        str(batch_dir / "product.h5"),
+        "--diffraction",
+        str(batch_dir / "diffraction.h5"),
+        "--output-dir",
+        str(out),
+        "--product-output",
+        "--refine-epochs",
+        "1",
+        "--quiet",
+    ]
     assert main(args) == 0
     assert (out / "reconstruction.npz").is_file() and (out / "product.h5").is_file()
     back = read_ptychodus(out / "product.h5", batch_dir / "diffraction.h5")
@@ -497,27 +582,64 @@ def test_infer_ptychodus_input_writes_product_on_the_input_grid(trained, batch_d
     assert back.metadata["object_grid"] == ref.metadata["object_grid"]
     np.testing.assert_array_equal(back.scan_index, ref.scan_index)
     np.testing.assert_allclose(back.positions_px, ref.positions_px, rtol=0, atol=1e-9)
-    assert np.isfinite(back.object_truth).all() and not np.allclose(back.object_truth, ref.object_truth)
+    assert np.isfinite(back.object_truth).all() and not np.allclose(
+        back.object_truth, ref.object_truth
+    )
     theirs = load_product(out / "product.h5")  # and Ptychodus reads it on the same grid
-    assert theirs.object_.get_geometry() == load_product(batch_dir / "product.h5").object_.get_geometry()
+    assert (
+        theirs.object_.get_geometry()
+        == load_product(batch_dir / "product.h5").object_.get_geometry()
+    )
     assert theirs.metadata.name == "adapter" and len(theirs.losses) == 1
     # refuses to overwrite; --data together with --product is an error
     assert main(args) == 2
-    assert main(["infer", "--model", str(model_dir), "--data", str(tmp_path / "x.npz"), "--product",
-                 str(batch_dir / "product.h5"), "--output-dir", str(tmp_path / "o2")]) == 2
+    assert (
+        main(
+            [
+                "infer",
+                "--model",
+                str(model_dir),
+                "--data",
+                str(tmp_path / "x.npz"),
+                "--product",
+                str(batch_dir / "product.h5"),
+                "--output-dir",
+                str(tmp_path / "o2"),
+            ]
+        )
+        == 2
+    )
 
 
 def test_infer_npz_input_product_output_uses_the_scan_grid(trained, scan, tmp_path):
     from ptychopinn.cli.main import main
     from ptychopinn.data.npz import write_npz
-    from ptychopinn.data.ptychodus_h5 import read_ptychodus, scan_object_grid, write_diffraction_for_scan
+    from ptychopinn.data.ptychodus_h5 import (
+        read_ptychodus,
+        scan_object_grid,
+        write_diffraction_for_scan,
+    )
 
     _, _, model_dir = trained
     npz_scan = replace(scan, metadata={**scan.metadata, "object_pixel_size_m": 2e-8})
     write_npz(npz_scan, tmp_path / "scan.npz")
     out = tmp_path / "o"
-    assert main(["infer", "--model", str(model_dir), "--data", str(tmp_path / "scan.npz"),
-                 "--output-dir", str(out), "--product-output", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "infer",
+                "--model",
+                str(model_dir),
+                "--data",
+                str(tmp_path / "scan.npz"),
+                "--output-dir",
+                str(out),
+                "--product-output",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     write_diffraction_for_scan(tmp_path / "d.h5", npz_scan)
     back = read_ptychodus(out / "product.h5", tmp_path / "d.h5")
     grid = scan_object_grid(npz_scan)
@@ -530,8 +652,12 @@ def test_infer_npz_input_product_output_uses_the_scan_grid(trained, scan, tmp_pa
 
 
 def _launch(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "ptychopinn.cli.main", "ptychodus", "--", *args],
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "ptychopinn.cli.main", "ptychodus", "--", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.mark.ptychodus_full
@@ -546,7 +672,8 @@ def test_ptychodus_batch_train_and_reconstruct_through_the_launcher(batch_dir, t
         (inp / name).write_bytes((batch_dir / name).read_bytes())
     (inp / "settings.ini").write_text(
         "[Processing]\nAlgorithm = ptychopinnlightning_pinn\n\n[PtychoPINNLightning]\n"
-        "MaxEpochs = 2\nNFiltersScale = 1\nBatchSize = 8\nRefineEpochs = 1\nAccelerator = cpu\n")
+        "MaxEpochs = 2\nNFiltersScale = 1\nBatchSize = 8\nRefineEpochs = 1\nAccelerator = cpu\n"
+    )
 
     # self-supervised reconstruction (no model in IN): one product per step, the last = goal
     out = tmp_path / "out"

@@ -12,17 +12,30 @@ import pytest
 from ptychopinn.cli.common import add_scan_input_flags, load_scan_from_args
 from ptychopinn.data import load_scan
 from ptychopinn.data.npz import write_npz
-from ptychopinn.data.ptychodus_h5 import (ObjectGrid, canvas_to_grid, export_scan, read_ptychodus,
-                                          scan_object_grid, write_diffraction, write_product,
-                                          write_product_for_scan)
+from ptychopinn.data.ptychodus_h5 import (
+    ObjectGrid,
+    canvas_to_grid,
+    export_scan,
+    read_ptychodus,
+    scan_object_grid,
+    write_diffraction,
+    write_product,
+    write_product_for_scan,
+)
 from ptychopinn.errors import DataError, PtychoPINNError
 
 N = 32
-ATTRS = {"name": "tiny", "comments": "test", "detector_object_distance_m": 2.5,
-         "photon_energy_eV": 8000.0, "mass_attenuation_m2_per_kg": 0.25, "exposure_time_s": 0.1,
-         "probe_photon_count": 1e5, "tomography_angle_deg": 12.0, "far_field": True}
-
-
+ATTRS = {
+    "name": "tiny",
+    "comments": "test",
+    "detector_object_distance_m": 2.5,
+    "photon_energy_eV": 8000.0,
+    "mass_attenuation_m2_per_kg": 0.25,
+    "exposure_time_s": 0.1,
+    "probe_photon_count": 1e5,
+    "tomography_angle_deg": 12.0,
+    "far_field": True,
+}
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +45,12 @@ def scan(tiny_scan):
     bad[3, 4] = bad[20, 7] = True
     d = tiny_scan.diffraction.copy()
     d[:, bad] = 0
-    return replace(tiny_scan, diffraction=d, bad_pixels=bad,
-                   metadata={**tiny_scan.metadata, "object_pixel_size_m": 1e-8})
+    return replace(
+        tiny_scan,
+        diffraction=d,
+        bad_pixels=bad,
+        metadata={**tiny_scan.metadata, "object_pixel_size_m": 1e-8},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +62,22 @@ def grid(scan):
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, scan, grid):
     d = tmp_path_factory.mktemp("ptychodus")
-    write_product(d / "product.h5", object_=scan.object_truth, grid=grid, probe=scan.probe,
-                  positions_px=scan.positions_px, attrs=ATTRS, losses=[3.0, 2.0, 1.5])
-    write_diffraction(d / "diffraction.h5", scan.diffraction, bad_pixels=scan.bad_pixels,
-                      detector_pixel_size_m=75e-6, dtype=np.uint16)
+    write_product(
+        d / "product.h5",
+        object_=scan.object_truth,
+        grid=grid,
+        probe=scan.probe,
+        positions_px=scan.positions_px,
+        attrs=ATTRS,
+        losses=[3.0, 2.0, 1.5],
+    )
+    write_diffraction(
+        d / "diffraction.h5",
+        scan.diffraction,
+        bad_pixels=scan.bad_pixels,
+        detector_pixel_size_m=75e-6,
+        dtype=np.uint16,
+    )
     return d / "product.h5", d / "diffraction.h5"
 
 
@@ -88,12 +117,17 @@ def test_product_layout(files, scan, grid):
         a = fh.attrs
         assert a["photon_energy_eV"] == a["probe_energy_eV"] == 8000.0
         assert a["mass_attenuation_m2_per_kg"] == a["mass_attenuation_m2_kg"] == 0.25
-        assert a["detector_object_distance_m"] == 2.5 and a["name"] == "tiny" and bool(a["far_field"])
+        assert (
+            a["detector_object_distance_m"] == 2.5 and a["name"] == "tiny" and bool(a["far_field"])
+        )
         assert fh["probe"].shape == (1, 1, N, N) and np.iscomplexobj(fh["probe"][()])
         assert fh["probe"].attrs["pixel_width_m"] == grid.pixel_width_m
         h, w = scan.object_truth.shape
         assert fh["object"].shape == (1, h, w)
-        assert fh["object"].attrs["center_x_m"] == 3.0e-6 and fh["object"].attrs["center_y_m"] == -1.5e-6
+        assert (
+            fh["object"].attrs["center_x_m"] == 3.0e-6
+            and fh["object"].attrs["center_y_m"] == -1.5e-6
+        )
         assert fh["object"].attrs["pixel_height_m"] == 2.5e-8
         assert fh["object_layer_spacing_m"].shape == (0,)
         # the inverse of x_px = (x_m - cx) / pw + (W - 1) / 2, computed independently
@@ -141,7 +175,11 @@ def test_scan_without_geometry_gets_placeholder_grid(tmp_path, tiny_scan, log_re
     np.testing.assert_allclose(r.positions_px, tiny_scan.positions_px, atol=1e-9)
     assert "placeholder" in r.metadata["ptychodus_product_attrs"]["comments"]
     # far-field pixel size follows from energy, distance and detector pixel when known
-    md = {"photon_energy_eV": 10000.0, "detector_object_distance_m": 2.0, "detector_pixel_width_m": 75e-6}
+    md = {
+        "photon_energy_eV": 10000.0,
+        "detector_object_distance_m": 2.0,
+        "detector_pixel_width_m": 75e-6,
+    }
     g = scan_object_grid(replace(bare, metadata=md))
     assert g.pixel_width_m == pytest.approx(1.239841984e-10 * 2.0 / (N * 75e-6), rel=1e-12)
 
@@ -154,8 +192,14 @@ def test_amplitude_units_square_the_patterns(files, scan):
 def test_bad_pixels_are_zeroed_even_when_not_finite(tmp_path, scan):
     d = scan.diffraction[:4].copy()
     d[:, 3, 4] = np.nan  # a bad pixel's value carries no information
-    write_product(tmp_path / "p.h5", object_=scan.object_truth, grid=scan_object_grid(scan),
-                  probe=scan.probe, positions_px=scan.positions_px[:4], attrs=ATTRS)
+    write_product(
+        tmp_path / "p.h5",
+        object_=scan.object_truth,
+        grid=scan_object_grid(scan),
+        probe=scan.probe,
+        positions_px=scan.positions_px[:4],
+        attrs=ATTRS,
+    )
     write_diffraction(tmp_path / "d.h5", d, bad_pixels=scan.bad_pixels, detector_pixel_size_m=1e-4)
     r = read_ptychodus(tmp_path / "p.h5", tmp_path / "d.h5")
     assert np.isfinite(r.diffraction).all() and (r.diffraction[:, 3, 4] == 0).all()
@@ -182,10 +226,18 @@ def write_indexed(tmp_path, pos_index, pat_index, probe, obj_shape=(40, 40)):
     pos_index = np.asarray(pos_index)
     grid = ObjectGrid(obj_shape, 1e-8, 1e-8, 0.0, 0.0)
     pos_px = grid.to_px(pos_index * 1e-8, -pos_index * 1e-8)
-    write_product(tmp_path / "p.h5", object_=np.ones(obj_shape, np.complex64), grid=grid, probe=probe,
-                  positions_px=pos_px, scan_index=pos_index, attrs=ATTRS)
-    pats = np.broadcast_to(np.asarray(pat_index, np.float32)[:, None, None].clip(0),
-                           (len(pat_index), N, N)).copy()
+    write_product(
+        tmp_path / "p.h5",
+        object_=np.ones(obj_shape, np.complex64),
+        grid=grid,
+        probe=probe,
+        positions_px=pos_px,
+        scan_index=pos_index,
+        attrs=ATTRS,
+    )
+    pats = np.broadcast_to(
+        np.asarray(pat_index, np.float32)[:, None, None].clip(0), (len(pat_index), N, N)
+    ).copy()
     write_diffraction(tmp_path / "d.h5", pats, np.asarray(pat_index), detector_pixel_size_m=1e-4)
     return grid
 
@@ -193,7 +245,9 @@ def write_indexed(tmp_path, pos_index, pat_index, probe, obj_shape=(40, 40)):
 def test_pairs_by_index_value_not_row(tmp_path, scan, log_records):
     rng = np.random.default_rng(3)
     pos_index = rng.permutation(np.arange(10, 30))  # shuffled rows
-    pat_index = np.array([25, 12, 40, 18, -1, 11, 29, 3, 20])  # 40 and 3 have no position; -1 unfilled
+    pat_index = np.array(
+        [25, 12, 40, 18, -1, 11, 29, 3, 20]
+    )  # 40 and 3 have no position; -1 unfilled
     grid = write_indexed(tmp_path, pos_index, pat_index, scan.probe)
     r = read_ptychodus(tmp_path / "p.h5", tmp_path / "d.h5")
     kept = np.array([25, 12, 18, 11, 29, 20])  # pattern file order is kept
@@ -208,9 +262,18 @@ def test_pairs_by_index_value_not_row(tmp_path, scan, log_records):
 def test_duplicate_position_indexes_are_averaged(tmp_path, scan, log_records):
     grid = ObjectGrid((40, 40), 1e-8, 1e-8)
     pos_px = np.array([[10.0, 10.0], [12.0, 14.0], [20.0, 20.0]])
-    write_product(tmp_path / "p.h5", object_=np.ones((40, 40), np.complex64), grid=grid,
-                  probe=scan.probe, positions_px=pos_px, scan_index=[5, 5, 6], attrs=ATTRS)
-    write_diffraction(tmp_path / "d.h5", np.ones((2, N, N), np.float32), [6, 5], detector_pixel_size_m=1e-4)
+    write_product(
+        tmp_path / "p.h5",
+        object_=np.ones((40, 40), np.complex64),
+        grid=grid,
+        probe=scan.probe,
+        positions_px=pos_px,
+        scan_index=[5, 5, 6],
+        attrs=ATTRS,
+    )
+    write_diffraction(
+        tmp_path / "d.h5", np.ones((2, N, N), np.float32), [6, 5], detector_pixel_size_m=1e-4
+    )
     r = read_ptychodus(tmp_path / "p.h5", tmp_path / "d.h5")
     np.testing.assert_allclose(r.positions_px, [[20.0, 20.0], [11.0, 12.0]], atol=1e-9)
     assert any("more than once" in rec.getMessage() for rec in log_records)
@@ -251,7 +314,9 @@ def test_old_attribute_spellings_and_probe_ranks_accepted(files, tmp_path, scan)
 def test_first_coherent_mode_and_all_incoherent_modes(files, tmp_path, log_records):
     p, d = copy_files(files, tmp_path)
     rng = np.random.default_rng(0)
-    probe = (rng.standard_normal((2, 3, N, N)) + 1j * rng.standard_normal((2, 3, N, N))).astype(np.complex64)
+    probe = (rng.standard_normal((2, 3, N, N)) + 1j * rng.standard_normal((2, 3, N, N))).astype(
+        np.complex64
+    )
     with h5py.File(p, "r+") as fh:
         del fh["probe"]
         fh["probe"] = probe
@@ -284,12 +349,14 @@ def test_multilayer_object_becomes_its_product(files, tmp_path, log_records):
 def _del(key):
     def edit(fh):
         del fh[key]
+
     return edit
 
 
 def _del_attr(key, obj="/"):
     def edit(fh):
         del fh[obj].attrs[key]
+
     return edit
 
 
@@ -300,6 +367,7 @@ def _replace(key, value, keep_attrs=True):
         del fh[key]
         fh[key] = new
         fh[key].attrs.update(attrs)
+
     return edit
 
 
@@ -308,6 +376,7 @@ def _with_nan(key):
         arr = fh[key][()].astype(np.complex64 if np.iscomplexobj(fh[key][()]) else np.float32)
         arr.reshape(-1)[0] = np.nan
         return arr
+
     return value
 
 
@@ -316,19 +385,34 @@ PRODUCT_ERRORS = [
     ("probe_position_indexes", _del("probe_position_indexes"), "missing dataset"),
     ("probe", _del("probe"), "missing dataset"),
     ("object", _del("object"), "missing dataset"),
-    ("detector_object_distance_m", _del_attr("detector_object_distance_m"), "missing required attribute"),
+    (
+        "detector_object_distance_m",
+        _del_attr("detector_object_distance_m"),
+        "missing required attribute",
+    ),
     ("object.center_x_m", _del_attr("center_x_m", "object"), "missing required attribute"),
     ("object.pixel_width_m", _del_attr("pixel_width_m", "object"), "missing required attribute"),
     ("object", _replace("object", lambda fh: fh["object"][()].real), "expected a complex array"),
     ("object", _replace("object", _with_nan("object")), "NaN"),
     ("object", _replace("object", lambda fh: np.zeros((1, 0, 0), np.complex64)), "empty object"),
-    ("probe", _replace("probe", lambda fh: np.ones((1, 1, 16, 16), np.complex64)), "16 x 16 but the patterns"),
+    (
+        "probe",
+        _replace("probe", lambda fh: np.ones((1, 1, 16, 16), np.complex64)),
+        "16 x 16 but the patterns",
+    ),
     ("probe", _replace("probe", _with_nan("probe")), "NaN"),
-    ("probe", _replace("probe", lambda fh: np.zeros((1, 1, N, N), np.complex64)), "zero everywhere"),
+    (
+        "probe",
+        _replace("probe", lambda fh: np.zeros((1, 1, N, N), np.complex64)),
+        "zero everywhere",
+    ),
     ("probe_position_y_m", _replace("probe_position_y_m", _with_nan("probe_position_y_m")), "NaN"),
     ("probe_position_x_m", _replace("probe_position_x_m", np.zeros(3)), "3 values but"),
-    ("probe_position_indexes", _replace("probe_position_indexes", lambda fh: np.zeros(49) + 0.5),
-     "expected integers"),
+    (
+        "probe_position_indexes",
+        _replace("probe_position_indexes", lambda fh: np.zeros(49) + 0.5),
+        "expected integers",
+    ),
 ]
 
 
@@ -346,7 +430,11 @@ def _make_group(fh):
 
 
 PRODUCT_ERRORS += [
-    ("photon_energy_eV", _drop_energy, "missing required attribute (or the older 'probe_energy_eV')"),
+    (
+        "photon_energy_eV",
+        _drop_energy,
+        "missing required attribute (or the older 'probe_energy_eV')",
+    ),
     ("photon_energy_eV", _edit_energy, "> 0"),
     ("object", _make_group, "is a Group, expected a dataset"),
 ]
@@ -354,10 +442,17 @@ PRODUCT_ERRORS += [
 DIFFRACTION_ERRORS = [
     ("patterns", _del("patterns"), "missing dataset"),
     ("indexes", _del("indexes"), "missing dataset"),
-    ("patterns.detector_pixel_width_m", _del_attr("detector_pixel_width_m", "patterns"),
-     "missing required attribute"),
+    (
+        "patterns.detector_pixel_width_m",
+        _del_attr("detector_pixel_width_m", "patterns"),
+        "missing required attribute",
+    ),
     ("patterns", _replace("patterns", lambda fh: fh["patterns"][()].astype(np.float32)[0]), "3-D"),
-    ("patterns", _replace("patterns", lambda fh: -fh["patterns"][()].astype(np.float32)), "negative counts"),
+    (
+        "patterns",
+        _replace("patterns", lambda fh: -fh["patterns"][()].astype(np.float32)),
+        "negative counts",
+    ),
     ("patterns", _replace("patterns", _with_nan("patterns")), "NaN"),
     ("patterns", _replace("patterns", lambda fh: fh["patterns"][()] * 1j), "expected real counts"),
     ("indexes", _replace("indexes", np.arange(5)), "expected shape (49,)"),
@@ -367,9 +462,11 @@ DIFFRACTION_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize("which,key,edit,problem",
-                         [("product", *e) for e in PRODUCT_ERRORS] + [("diffraction", *e) for e in DIFFRACTION_ERRORS],
-                         ids=lambda v: v if isinstance(v, str) and len(v) < 40 else None)
+@pytest.mark.parametrize(
+    "which,key,edit,problem",
+    [("product", *e) for e in PRODUCT_ERRORS] + [("diffraction", *e) for e in DIFFRACTION_ERRORS],
+    ids=lambda v: v if isinstance(v, str) and len(v) < 40 else None,
+)
 def test_validation_errors_name_file_and_key(files, tmp_path, which, key, edit, problem):
     p, d = copy_files(files, tmp_path)
     target = p if which == "product" else d
@@ -408,13 +505,17 @@ def test_writer_errors(tmp_path, scan, grid, files):
     with pytest.raises(PtychoPINNError, match="object is 10 x 10 but the product grid is"):
         write_product(tmp_path / "a.h5", object_=np.ones((10, 10), np.complex64), **common)
     with pytest.raises(PtychoPINNError, match="'photon_energy_eV' is required"):
-        write_product(tmp_path / "a.h5", object_=scan.object_truth,
-                      **{**common, "attrs": {"detector_object_distance_m": 1.0}})
+        write_product(
+            tmp_path / "a.h5",
+            object_=scan.object_truth,
+            **{**common, "attrs": {"detector_object_distance_m": 1.0}},
+        )
     with pytest.raises(PtychoPINNError, match=r"scan_index must be \(49,\)"):
         write_product(tmp_path / "a.h5", object_=scan.object_truth, scan_index=[1, 2], **common)
     with pytest.raises(PtychoPINNError, match="cannot be stored as uint16"):
-        write_diffraction(tmp_path / "d.h5", scan.diffraction + 0.5, detector_pixel_size_m=1e-4,
-                          dtype=np.uint16)
+        write_diffraction(
+            tmp_path / "d.h5", scan.diffraction + 0.5, detector_pixel_size_m=1e-4, dtype=np.uint16
+        )
     with pytest.raises(PtychoPINNError, match="detector_pixel_size_m"):
         write_diffraction(tmp_path / "d.h5", scan.diffraction, detector_pixel_size_m=0.0)
     assert not list(tmp_path.iterdir())  # nothing half-written
@@ -424,11 +525,19 @@ def test_writer_errors(tmp_path, scan, grid, files):
     with pytest.raises(PtychoPINNError, match="already exists"):
         write_product(p, object_=scan.object_truth, **common)
     assert p.read_bytes() == before
-    write_product(p, object_=scan.object_truth, overwrite=True, **{**common, "attrs": {**ATTRS, "name": "new"}})
+    write_product(
+        p,
+        object_=scan.object_truth,
+        overwrite=True,
+        **{**common, "attrs": {**ATTRS, "name": "new"}},
+    )
     assert read_ptychodus(p, d).metadata["ptychodus_product_attrs"]["name"] == "new"
     # an older-spelled attribute mapping is accepted by the writer too
-    write_product(tmp_path / "old.h5", object_=scan.object_truth,
-                  **{**common, "attrs": {"detector_object_distance_m": 1.0, "probe_energy_eV": 7000.0}})
+    write_product(
+        tmp_path / "old.h5",
+        object_=scan.object_truth,
+        **{**common, "attrs": {"detector_object_distance_m": 1.0, "probe_energy_eV": 7000.0}},
+    )
     with h5py.File(tmp_path / "old.h5", "r") as fh:
         assert fh.attrs["photon_energy_eV"] == fh.attrs["probe_energy_eV"] == 7000.0
 
@@ -455,17 +564,27 @@ def test_cli_scan_input_flags(files, tmp_path, scan):
     add_scan_input_flags(parser)
     add_scan_input_flags(parser, "test-data")
     parser.add_argument("--diffraction-units", default="auto")
-    args = parser.parse_args(["--product", str(files[0]), "--diffraction", str(files[1]),
-                              "--diffraction-units", "amplitude"])
+    args = parser.parse_args(
+        [
+            "--product",
+            str(files[0]),
+            "--diffraction",
+            str(files[1]),
+            "--diffraction-units",
+            "amplitude",
+        ]
+    )
     got = load_scan_from_args(args)
     np.testing.assert_allclose(got.diffraction, np.square(scan.diffraction), rtol=1e-6)
     npz = write_npz(scan, tmp_path / "s.npz")
     got = load_scan_from_args(parser.parse_args(["--test-data", str(npz)]), "test-data")
     np.testing.assert_array_equal(got.diffraction, scan.diffraction)
-    cases = {(): "no input scan: give --data F (NPZ) or --product P --diffraction D",
-             ("--data", str(npz), "--product", "p.h5"): "not both",
-             ("--diffraction", "d.h5"): "--diffraction needs --product",
-             ("--product", "p.h5"): "--product needs --diffraction"}
+    cases = {
+        (): "no input scan: give --data F (NPZ) or --product P --diffraction D",
+        ("--data", str(npz), "--product", "p.h5"): "not both",
+        ("--diffraction", "d.h5"): "--diffraction needs --product",
+        ("--product", "p.h5"): "--product needs --diffraction",
+    }
     for argv, message in cases.items():
         with pytest.raises(PtychoPINNError, match=message.replace("(", r"\(").replace(")", r"\)")):
             load_scan_from_args(parser.parse_args(list(argv)))
@@ -486,7 +605,10 @@ def test_module_does_not_import_ptychodus():
     import subprocess
     import sys
 
-    code = "import sys, ptychopinn.data.ptychodus_h5; print(any(m.startswith('ptychodus') for m in sys.modules))"
+    code = (
+        "import sys, ptychopinn.data.ptychodus_h5; "
+        "print(any(m.startswith('ptychodus') for m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -495,8 +617,9 @@ def test_module_does_not_import_ptychodus():
 
 # CI installs ptychodus 1.7 (--no-deps + its API deps). Skip only when the distribution is absent
 # altogether; when it is installed, a broken import fails these tests instead of skipping them.
-needs_ptychodus = pytest.mark.skipif(importlib.util.find_spec("ptychodus") is None,
-                                     reason="ptychodus is not installed")
+needs_ptychodus = pytest.mark.skipif(
+    importlib.util.find_spec("ptychodus") is None, reason="ptychodus is not installed"
+)
 
 
 @needs_ptychodus
@@ -506,7 +629,9 @@ def test_ptychodus_loads_our_files(files, scan, grid):
     product = load_product(files[0])
     md = product.metadata
     assert (md.name, md.detector_distance_m, md.photon_energy_eV) == ("tiny", 2.5, 8000.0)
-    assert md.mass_attenuation_m2_per_kg == 0.25 and md.tomography_angle_deg == 12.0 and md.far_field
+    assert (
+        md.mass_attenuation_m2_per_kg == 0.25 and md.tomography_angle_deg == 12.0 and md.far_field
+    )
     geom = product.object_.get_geometry()
     assert (geom.width_px, geom.height_px) == (grid.width_px, grid.height_px)
     assert (geom.pixel_width_m, geom.pixel_height_m) == (grid.pixel_width_m, grid.pixel_height_m)
@@ -518,10 +643,18 @@ def test_ptychodus_loads_our_files(files, scan, grid):
     positions = product.probe_positions
     np.testing.assert_array_equal(positions.get_indexes(), np.arange(scan.n_patterns))
     # Ptychodus's own metre -> object pixel mapping gives back our positions
-    np.testing.assert_allclose(geom.map_probe_positions_to_object_x_px(positions), scan.positions_px[:, 0],
-                               rtol=0, atol=1e-9)
-    np.testing.assert_allclose(geom.map_probe_positions_to_object_y_px(positions), scan.positions_px[:, 1],
-                               rtol=0, atol=1e-9)
+    np.testing.assert_allclose(
+        geom.map_probe_positions_to_object_x_px(positions),
+        scan.positions_px[:, 0],
+        rtol=0,
+        atol=1e-9,
+    )
+    np.testing.assert_allclose(
+        geom.map_probe_positions_to_object_y_px(positions),
+        scan.positions_px[:, 1],
+        rtol=0,
+        atol=1e-9,
+    )
     assert [(loss.epoch, loss.value) for loss in product.losses] == [(0, 3.0), (1, 2.0), (2, 1.5)]
 
     data = load_diffraction_data(files[1])
@@ -550,19 +683,34 @@ def test_files_saved_by_ptychodus_read_back_equal(tmp_path, scan):
     pos_index = rng.permutation(np.arange(100, 100 + scan.n_patterns + 2))
     x_m = (rng.uniform(20, w - 20, pos_index.size) - (w - 1) / 2) * 2e-8 - 4e-6
     y_m = (rng.uniform(20, h - 20, pos_index.size) - (h - 1) / 2) * 3e-8 + 2e-6
-    points = [ProbePosition(int(i), float(x), float(y)) for i, x, y in zip(pos_index, x_m, y_m)]
+    points = [
+        ProbePosition(int(i), float(x), float(y))
+        for i, x, y in zip(pos_index, x_m, y_m, strict=False)
+    ]
     probe = np.stack([scan.probe, 0.5 * scan.probe])  # two coherent (OPR) modes; we take the first
-    metadata = ProductMetadata(name="from-ptychodus", comments="", detector_distance_m=1.5,
-                               photon_energy_eV=7000.0, probe_photon_count=1e6, exposure_time_s=0.2,
-                               mass_attenuation_m2_per_kg=0.125, tomography_angle_deg=0.0)
-    product = Product(metadata=metadata, probe_positions=ProbePositionSequence(points),
-                      probes=ProbeSequence(array=probe, opr_weights=None, pixel_geometry=px),
-                      object_=Object(array=scan.object_truth, pixel_geometry=px, center=center),
-                      losses=[LossValue(1, 0.5)])
+    metadata = ProductMetadata(
+        name="from-ptychodus",
+        comments="",
+        detector_distance_m=1.5,
+        photon_energy_eV=7000.0,
+        probe_photon_count=1e6,
+        exposure_time_s=0.2,
+        mass_attenuation_m2_per_kg=0.125,
+        tomography_angle_deg=0.0,
+    )
+    product = Product(
+        metadata=metadata,
+        probe_positions=ProbePositionSequence(points),
+        probes=ProbeSequence(array=probe, opr_weights=None, pixel_geometry=px),
+        object_=Object(array=scan.object_truth, pixel_geometry=px, center=center),
+        losses=[LossValue(1, 0.5)],
+    )
     # patterns in another order than the positions; one pattern index (400) has no position
     pat_index = np.concatenate([rng.permutation(np.arange(100, 100 + scan.n_patterns)), [400]])
     patterns = np.concatenate([scan.diffraction, scan.diffraction[:1]]).astype(np.uint16)
-    data = AssembledDiffractionData(pat_index, patterns, PixelGeometry(55e-6, 55e-6), scan.bad_pixels)
+    data = AssembledDiffractionData(
+        pat_index, patterns, PixelGeometry(55e-6, 55e-6), scan.bad_pixels
+    )
     save_product(tmp_path / "product.h5", product)
     save_diffraction_data(tmp_path / "diffraction.h5", data)
 
@@ -573,17 +721,23 @@ def test_files_saved_by_ptychodus_read_back_equal(tmp_path, scan):
     geom = ref.product.object_.get_geometry()
     np.testing.assert_array_equal(ours.scan_index, ref_pos.get_indexes())
     np.testing.assert_array_equal(ours.diffraction, ref.diffraction_patterns.astype(np.float32))
-    np.testing.assert_allclose(ours.positions_px[:, 0], geom.map_probe_positions_to_object_x_px(ref_pos),
-                               rtol=0, atol=1e-9)
-    np.testing.assert_allclose(ours.positions_px[:, 1], geom.map_probe_positions_to_object_y_px(ref_pos),
-                               rtol=0, atol=1e-9)
+    np.testing.assert_allclose(
+        ours.positions_px[:, 0], geom.map_probe_positions_to_object_x_px(ref_pos), rtol=0, atol=1e-9
+    )
+    np.testing.assert_allclose(
+        ours.positions_px[:, 1], geom.map_probe_positions_to_object_y_px(ref_pos), rtol=0, atol=1e-9
+    )
     np.testing.assert_array_equal(ours.probe, scan.probe)
     np.testing.assert_array_equal(ours.object_truth, scan.object_truth)
     np.testing.assert_array_equal(ours.bad_pixels, scan.bad_pixels)
     g = ObjectGrid.from_metadata(ours.metadata)
     assert g == ObjectGrid((h, w), 2e-8, 3e-8, -4e-6, 2e-6)
     a = ours.metadata["ptychodus_product_attrs"]
-    assert (a["name"], a["photon_energy_eV"], a["detector_object_distance_m"]) == ("from-ptychodus", 7000.0, 1.5)
+    assert (a["name"], a["photon_energy_eV"], a["detector_object_distance_m"]) == (
+        "from-ptychodus",
+        7000.0,
+        1.5,
+    )
     assert a["mass_attenuation_m2_per_kg"] == 0.125 and a["exposure_time_s"] == 0.2
     assert ours.metadata["detector_pixel_width_m"] == 55e-6
 
@@ -594,8 +748,16 @@ def test_files_saved_by_ptychodus_read_back_equal(tmp_path, scan):
     back = load_product(tmp_path / "back.h5")
     assert back.object_.get_geometry() == geom
     np.testing.assert_array_equal(back.probe_positions.get_indexes(), ref_pos.get_indexes())
-    np.testing.assert_allclose(back.probe_positions.get_coordinates_x_m(), ref_pos.get_coordinates_x_m(),
-                               rtol=1e-12, atol=0)
-    np.testing.assert_allclose(back.probe_positions.get_coordinates_y_m(), ref_pos.get_coordinates_y_m(),
-                               rtol=1e-12, atol=0)
+    np.testing.assert_allclose(
+        back.probe_positions.get_coordinates_x_m(),
+        ref_pos.get_coordinates_x_m(),
+        rtol=1e-12,
+        atol=0,
+    )
+    np.testing.assert_allclose(
+        back.probe_positions.get_coordinates_y_m(),
+        ref_pos.get_coordinates_y_m(),
+        rtol=1e-12,
+        atol=0,
+    )
     assert back.metadata == metadata

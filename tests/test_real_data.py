@@ -19,7 +19,11 @@ from ptychopinn.cli.main import main
 from ptychopinn.data import load_scan
 from ptychopinn.data.readers import READERS, detect_format, register_reader
 from ptychopinn.errors import DataError
-from ptychopinn.evaluation.reference_free import data_residual, half_scan_frc, split_halves
+from ptychopinn.evaluation.reference_free import (
+    data_residual,
+    half_scan_frc,
+    split_halves,
+)
 from ptychopinn.refinement import refine
 
 CROP = Path(__file__).parent / "data" / "siemens-star-crop.npz.bz2"
@@ -45,8 +49,9 @@ def raw():
 
 
 def _residual(scan, epochs=15, refine_probe=False):
-    r = refine(scan, epochs=epochs, refine_probe=refine_probe, quiet=True,
-               stop_when_converged=False)
+    r = refine(
+        scan, epochs=epochs, refine_probe=refine_probe, quiet=True, stop_when_converged=False
+    )
     return data_residual(r.object, r.offset_px, r.probe, scan), r
 
 
@@ -71,11 +76,13 @@ def test_documented_conventions_explain_the_measured_counts_best(crop):
     swapped position axes (equivalent to transposed patterns) and far better than unshifted
     patterns. Measured, 15 epochs: deviance per pixel 2.6 vs 3.6 (swapped) vs 41 (unshifted)."""
     right, _ = _residual(crop, refine_probe=True)
-    swapped, _ = _residual(replace(crop, positions_px=crop.positions_px[:, ::-1].copy()),
-                           refine_probe=True)
-    unshifted, _ = _residual(replace(
-        crop, diffraction=np.fft.ifftshift(crop.diffraction, axes=(-2, -1)).copy()),
-        refine_probe=True)
+    swapped, _ = _residual(
+        replace(crop, positions_px=crop.positions_px[:, ::-1].copy()), refine_probe=True
+    )
+    unshifted, _ = _residual(
+        replace(crop, diffraction=np.fft.ifftshift(crop.diffraction, axes=(-2, -1)).copy()),
+        refine_probe=True,
+    )
     dev = right["poisson_deviance_per_pixel"]
     assert dev * 1.25 < swapped["poisson_deviance_per_pixel"], (dev, swapped)
     assert dev * 5 < unshifted["poisson_deviance_per_pixel"], (dev, unshifted)
@@ -96,8 +103,9 @@ def test_data_residual_is_lowest_for_the_truth(tiny_scan):
     """On a simulated scan the true object scores a deviance near the Poisson floor and a
     flat object a much larger one."""
     truth = data_residual(tiny_scan.object_truth, np.zeros(2), tiny_scan.probe, tiny_scan)
-    flat = data_residual(np.ones_like(tiny_scan.object_truth), np.zeros(2), tiny_scan.probe,
-                         tiny_scan)
+    flat = data_residual(
+        np.ones_like(tiny_scan.object_truth), np.zeros(2), tiny_scan.probe, tiny_scan
+    )
     assert truth["poisson_deviance_per_pixel"] < 1.5  # ~1 or below at these counts
     assert flat["poisson_deviance_per_pixel"] > 3 * truth["poisson_deviance_per_pixel"]
     assert truth["r_factor"] < flat["r_factor"]
@@ -107,15 +115,18 @@ def test_data_residual_is_lowest_for_the_truth(tiny_scan):
 def test_half_scan_frc_of_a_good_reconstruction_beats_a_bad_one():
     from ptychopinn.data.simulate import SimulationConfig, simulate_scan
 
-    scan = simulate_scan(SimulationConfig(patch_size=32, n_positions=100, object_kind="lines",
-                                          photons=1e6, seed=3))
+    scan = simulate_scan(
+        SimulationConfig(patch_size=32, n_positions=100, object_kind="lines", photons=1e6, seed=3)
+    )
     even, odd = split_halves(scan)
     assert even.n_patterns + odd.n_patterns == scan.n_patterns
     assert even.metadata["patterns"] == "even"
 
     def halves(epochs):
-        return [refine(h, epochs=epochs, batch_size=16, quiet=True, stop_when_converged=False)
-                for h in (even, odd)]
+        return [
+            refine(h, epochs=epochs, batch_size=16, quiet=True, stop_when_converged=False)
+            for h in (even, odd)
+        ]
 
     good = half_scan_frc(*halves(40))
     bad = half_scan_frc(*halves(1))
@@ -125,22 +136,67 @@ def test_half_scan_frc_of_a_good_reconstruction_beats_a_bad_one():
 
 def test_cli_half_scan_frc_and_reference_free_evaluate(tmp_path, capsys):
     out = tmp_path / "r"
-    assert main(["reconstruct", "--data", str(CROP), "--output-dir", str(out), "--refine-only",
-                 "--refine-epochs", "4", "--refine-probe", "off", "--half-scan-frc",
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "reconstruct",
+                "--data",
+                str(CROP),
+                "--output-dir",
+                str(out),
+                "--refine-only",
+                "--refine-epochs",
+                "4",
+                "--refine-probe",
+                "off",
+                "--half-scan-frc",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     import json
 
     frc = json.loads((out / "half_scan_frc.json").read_text())
     assert frc["frc_resolution_px"] > 2 and (out / "half_scan_frc.png").stat().st_size > 1000
     # the halves by hand give the same number as --half-scan-frc
     for which in ("even", "odd"):
-        assert main(["reconstruct", "--data", str(CROP), "--output-dir", str(tmp_path / which),
-                     "--refine-only", "--refine-epochs", "4", "--refine-probe", "off",
-                     "--patterns", which, "--quiet"]) == 0
+        assert (
+            main(
+                [
+                    "reconstruct",
+                    "--data",
+                    str(CROP),
+                    "--output-dir",
+                    str(tmp_path / which),
+                    "--refine-only",
+                    "--refine-epochs",
+                    "4",
+                    "--refine-probe",
+                    "off",
+                    "--patterns",
+                    which,
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
     capsys.readouterr()
-    assert main(["evaluate", "--reconstruction", str(tmp_path / "even" / "reconstruction.npz"),
-                 "--reference", str(tmp_path / "odd" / "reconstruction.npz"),
-                 "--data", str(CROP), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--reconstruction",
+                str(tmp_path / "even" / "reconstruction.npz"),
+                "--reference",
+                str(tmp_path / "odd" / "reconstruction.npz"),
+                "--data",
+                str(CROP),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "R-factor" in text and "FRC vs reference" in text
     metrics = json.loads((tmp_path / "even" / "metrics.json").read_text())
@@ -159,8 +215,9 @@ def test_evaluate_needs_something_to_compare_with(tmp_path, capsys):
 # CXI
 
 
-def _write_cxi(path, scan, pixel_m=1e-8, *, probe_path="entry_1/instrument_1/source_1/illumination",
-               mask=None):
+def _write_cxi(
+    path, scan, pixel_m=1e-8, *, probe_path="entry_1/instrument_1/source_1/illumination", mask=None
+):
     with h5py.File(path, "w") as fh:
         fh["entry_1/data_1/data"] = scan.diffraction.astype(np.uint32)
         xyz = np.zeros((scan.n_patterns, 3))
@@ -190,7 +247,9 @@ def test_cxi_reader_round_trip_and_ptychodus_agrees(tmp_path, tiny_scan):
     from ptychodus.plugins.cxi_file import CXIDiffractionFileReader, CXIProductFileIO
 
     dataset = CXIDiffractionFileReader().read(path)
-    np.testing.assert_array_equal(np.asarray(dataset[0].get_patterns())[0], tiny_scan.diffraction[0])
+    np.testing.assert_array_equal(
+        np.asarray(dataset[0].get_patterns())[0], tiny_scan.diffraction[0]
+    )
     with h5py.File(path, "a") as fh:  # Ptychodus' product reader wants its own metadata
         fh["entry_1/image_2/data"] = np.ones((1, 8, 8), np.complex64)
     try:
@@ -201,8 +260,7 @@ def test_cxi_reader_round_trip_and_ptychodus_agrees(tmp_path, tiny_scan):
     np.testing.assert_allclose(xs / 1e-8, scan.positions_px[:, 0], atol=1e-6)
 
 
-def test_large_cxi_patterns_are_read_in_slices_like_a_full_read(tmp_path, tiny_scan,
-                                                                monkeypatch):
+def test_large_cxi_patterns_are_read_in_slices_like_a_full_read(tmp_path, tiny_scan, monkeypatch):
     """Above the mapping threshold a CXI integer dataset is converted in slices into a scratch
     file (no scan-sized read), with the same counts, bad pixels zeroed."""
     from ptychopinn.data import ptychodus_h5
@@ -237,7 +295,9 @@ def test_cxi_errors_name_the_dataset(tmp_path, tiny_scan):
 
 def test_tike_errors_and_format_override(tmp_path, tiny_scan_file):
     bad = tmp_path / "bad.npz"
-    np.savez(bad, data=np.zeros((1, 4, 8, 8)), scan=np.zeros((1, 3, 2)), probe=np.ones((8, 8), complex))
+    np.savez(
+        bad, data=np.zeros((1, 4, 8, 8)), scan=np.zeros((1, 3, 2)), probe=np.ones((8, 8), complex)
+    )
     with pytest.raises(DataError, match="scan: expected 4 positions"):
         load_scan(bad)
     with pytest.raises(DataError, match="'data'"):
@@ -263,25 +323,76 @@ def test_simulate_with_the_probe_and_positions_of_a_measured_scan(tmp_path, crop
     """The experiment's own probe and scan in training data: simulate --probe-from/--positions-from
     with the measured crop (its probe guess, its positions) and with a reconstruction file."""
     out = tmp_path / "sim.npz"
-    assert main(["simulate", "--output", str(out), "--patch-size", "128", "--probe-from", str(CROP),
-                 "--positions-from", str(CROP), "--object", "natural", "--photons", "1e5",
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                "--output",
+                str(out),
+                "--patch-size",
+                "128",
+                "--probe-from",
+                str(CROP),
+                "--positions-from",
+                str(CROP),
+                "--object",
+                "natural",
+                "--photons",
+                "1e5",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     sim = load_scan(out)
     assert sim.n_patterns == crop.n_patterns
     shift = sim.positions_px - crop.positions_px
     np.testing.assert_allclose(shift, shift[:1].repeat(len(shift), 0), atol=1e-9)  # same scan
-    c = np.vdot(sim.probe.ravel(), crop.probe.ravel()) / np.vdot(sim.probe.ravel(), sim.probe.ravel())
+    c = np.vdot(sim.probe.ravel(), crop.probe.ravel()) / np.vdot(
+        sim.probe.ravel(), sim.probe.ravel()
+    )
     np.testing.assert_allclose(c * sim.probe, crop.probe, atol=1e-5 * np.abs(crop.probe).max())
     assert np.sum(np.abs(sim.probe) ** 2) == pytest.approx(1e5, rel=1e-4)
-    assert sim.metadata["probe_from"] == str(CROP) and sim.metadata["simulation"]["n_positions"] == 64
+    assert (
+        sim.metadata["probe_from"] == str(CROP) and sim.metadata["simulation"]["n_positions"] == 64
+    )
     # from a reconstruction: its (retrieved) probe and (corrected) positions
     rec = tmp_path / "rec"
-    assert main(["reconstruct", "--data", str(CROP), "--output-dir", str(rec), "--refine-epochs", "3",
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "reconstruct",
+                "--data",
+                str(CROP),
+                "--output-dir",
+                str(rec),
+                "--refine-epochs",
+                "3",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     out2 = tmp_path / "sim2.npz"
-    assert main(["simulate", "--output", str(out2), "--patch-size", "128", "--probe-from",
-                 str(rec / "reconstruction.npz"), "--positions-from", str(rec / "reconstruction.npz"),
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                "--output",
+                str(out2),
+                "--patch-size",
+                "128",
+                "--probe-from",
+                str(rec / "reconstruction.npz"),
+                "--positions-from",
+                str(rec / "reconstruction.npz"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert load_scan(out2).n_patterns == 64
-    code = main(["simulate", "--output", str(tmp_path / "x.npz"), "--probe-from", str(CROP), "--quiet"])
+    code = main(
+        ["simulate", "--output", str(tmp_path / "x.npz"), "--probe-from", str(CROP), "--quiet"]
+    )
     assert code == 2  # a 128 x 128 probe for the default --patch-size 64

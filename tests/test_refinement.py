@@ -10,7 +10,7 @@ from ptychopinn.data.simulate import SimulationConfig, simulate_scan
 from ptychopinn.errors import PtychoPINNError
 from ptychopinn.physics.forward import diffraction_intensity
 from ptychopinn.physics.shifts import extract_patches
-from ptychopinn.refinement import RefineResult, Refiner, intensity_centroid_xy, refine
+from ptychopinn.refinement import Refiner, RefineResult, intensity_centroid_xy, refine
 
 
 def region_of(result: RefineResult, fraction: float = 0.1) -> np.ndarray:
@@ -34,15 +34,17 @@ def _one_thread(torch_threads):
 
 @pytest.fixture(scope="module")
 def scan():
-    return simulate_scan(SimulationConfig(patch_size=32, n_positions=49, object_kind="lines",
-                                          photons=1e6, seed=1))
+    return simulate_scan(
+        SimulationConfig(patch_size=32, n_positions=49, object_kind="lines", photons=1e6, seed=1)
+    )
 
 
 @pytest.fixture(scope="module")
 def flat_run(scan):
     calls = []
-    result = refine(scan, epochs=8, batch_size=16, quiet=True,
-                    progress=lambda e, l: calls.append((e, l)))
+    result = refine(
+        scan, epochs=8, batch_size=16, quiet=True, progress=lambda e, l: calls.append((e, l))
+    )
     return result, calls
 
 
@@ -56,14 +58,16 @@ def test_subpixel_folding_matches_extract_patches(scan):
     obj = torch.as_tensor(scan.object_truth)
     reference = diffraction_intensity(
         extract_patches(obj, torch.as_tensor(scan.positions_px), scan.patch_size),
-        torch.as_tensor(scan.probe)).numpy()
+        torch.as_tensor(scan.probe),
+    ).numpy()
     rel = np.linalg.norm(folded - reference) / np.linalg.norm(reference)
     assert rel < 2e-3
     # The check is sensitive: dropping the sub-pixel part (integer windows, unshifted probe)
     # is far off.
     rounded = diffraction_intensity(
         extract_patches(obj, torch.as_tensor(np.floor(scan.positions_px)), scan.patch_size),
-        torch.as_tensor(scan.probe)).numpy()
+        torch.as_tensor(scan.probe),
+    ).numpy()
     assert np.linalg.norm(rounded - reference) / np.linalg.norm(reference) > 20 * rel
 
 
@@ -138,8 +142,9 @@ def test_probe_refinement_runs_and_keeps_probe_finite(scan):
     guess = (scan.probe * np.exp(0.3j)).astype(np.complex64)
     guess[0] = guess[0] * (1.0 + 0.1 * np.random.default_rng(0).standard_normal(guess[0].shape))
     start = replace(scan, probe=guess)
-    result = refine(start, epochs=4, batch_size=16, refine_probe=True, probe_start_epoch=1,
-                    quiet=True)
+    result = refine(
+        start, epochs=4, batch_size=16, refine_probe=True, probe_start_epoch=1, quiet=True
+    )
     assert np.isfinite(result.probe).all() and np.isfinite(result.object).all()
     assert not np.allclose(result.probe, guess)
     # Total probe power is kept (the gain absorbs the flux).
@@ -155,8 +160,9 @@ def test_bad_pixels_are_honoured(scan):
     garbage = scan.diffraction.copy()
     garbage[:, bad] = 1e7 * np.random.default_rng(0).random((scan.n_patterns, 2))
     clean = refine(scan, epochs=4, batch_size=16, quiet=True)
-    masked = refine(replace(scan, diffraction=garbage, bad_pixels=bad), epochs=4, batch_size=16,
-                    quiet=True)
+    masked = refine(
+        replace(scan, diffraction=garbage, bad_pixels=bad), epochs=4, batch_size=16, quiet=True
+    )
     unmasked = refine(replace(scan, diffraction=garbage), epochs=4, batch_size=16, quiet=True)
     region = region_of(clean)
     truth = scan.object_truth
@@ -188,7 +194,7 @@ def test_initial_object_outside_scan_is_padded(scan):
     # The padded canvas is the truth in its frame where the crop had data, 1 where it was padded.
     expected = np.ones((h, w), np.complex64)
     x0, y0 = int(-ox), int(-oy)
-    expected[10 - y0:, 7 - x0:] = truth[10:y0 + h, 7:x0 + w]
+    expected[10 - y0 :, 7 - x0 :] = truth[10 : y0 + h, 7 : x0 + w]
     np.testing.assert_array_equal(refiner.current_object(), expected)
     # The scan's windows lie inside the padded canvas; the model differs from the full truth's
     # only through the faint probe tails that reach the padded pixels.
@@ -221,8 +227,9 @@ def test_prior_keeps_refinement_near_the_start(scan):
     prior pins it."""
     truth = scan.object_truth
     rng = np.random.default_rng(0)
-    start = (truth + 0.05 * (rng.standard_normal(truth.shape)
-                             + 1j * rng.standard_normal(truth.shape))).astype(np.complex64)
+    start = (
+        truth + 0.05 * (rng.standard_normal(truth.shape) + 1j * rng.standard_normal(truth.shape))
+    ).astype(np.complex64)
     free = refine(scan, start, epochs=4, batch_size=16, quiet=True)
     # sigma 0.01 moves the object 19% less than no prior (measured 0.063 vs 0.078); 0.05 moved
     # it 1% less, within the difference between Adam's local and dense forms
@@ -244,14 +251,28 @@ def test_stops_at_time_limit_and_when_converged(scan):
     one = refine(scan, epochs=50, batch_size=16, time_limit_s=1e-9, quiet=True)
     assert len(one.losses) == 1
     calls = []
-    run = refine(scan, epochs=300, batch_size=16, lr=0.1, patience=1, quiet=True,
-                 progress=lambda e, l: calls.append(e))
+    run = refine(
+        scan,
+        epochs=300,
+        batch_size=16,
+        lr=0.1,
+        patience=1,
+        quiet=True,
+        progress=lambda e, l: calls.append(e),
+    )
     assert len(run.losses) < 300 and calls == list(range(1, len(run.losses) + 1))
 
 
 def test_adam_probe_optimizer(scan):
-    result = refine(scan, epochs=3, batch_size=16, refine_probe=True, probe_start_epoch=1,
-                    probe_optimizer="adam", quiet=True)
+    result = refine(
+        scan,
+        epochs=3,
+        batch_size=16,
+        refine_probe=True,
+        probe_start_epoch=1,
+        probe_optimizer="adam",
+        quiet=True,
+    )
     assert np.isfinite(result.probe).all()
     assert not np.array_equal(result.probe, scan.probe)
 
@@ -320,8 +341,16 @@ def test_probe_retrieval_moves_a_wrong_probe_toward_the_true_one(tmp_path):
     from ptychopinn.physics.probe import make_probe
     from ptychopinn.workflows import probe_change, probe_is_known
 
-    truth = simulate_scan(SimulationConfig(patch_size=32, n_positions=100, probe_kind="pinhole",
-                                           scan_kind="random", photons=1e6, seed=3))
+    truth = simulate_scan(
+        SimulationConfig(
+            patch_size=32,
+            n_positions=100,
+            probe_kind="pinhole",
+            scan_kind="random",
+            photons=1e6,
+            seed=3,
+        )
+    )
     guess = make_probe("pinhole", 32, diameter=8.0).astype(np.complex64)
     guess *= np.sqrt(np.sum(np.abs(truth.probe) ** 2) / np.sum(np.abs(guess) ** 2))
     meta = {k: v for k, v in truth.metadata.items() if k != "simulation"}
@@ -329,15 +358,30 @@ def test_probe_retrieval_moves_a_wrong_probe_toward_the_true_one(tmp_path):
     assert probe_is_known(truth) and not probe_is_known(scan)
     path = write_npz(scan, tmp_path / "guess.npz")
     out = tmp_path / "out"
-    assert main(["reconstruct", "--data", str(path), "--output-dir", str(out), "--refine-only",
-                 "--refine-epochs", "150", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "reconstruct",
+                "--data",
+                str(path),
+                "--output-dir",
+                str(out),
+                "--refine-only",
+                "--refine-epochs",
+                "150",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     recon = load_reconstruction(out / "reconstruction.npz")
     before = probe_change(truth.probe[0], guess)
     after = probe_change(truth.probe[0], recon.probe[0])
     assert after < 0.65 * before, (before, after)  # measured: 0.84 -> 0.42
     assert recon.metadata["refine_probe"] is True
-    assert recon.metadata["probe_change"] == pytest.approx(probe_change(guess, recon.probe[0]),
-                                                           rel=1e-5)
+    assert recon.metadata["probe_change"] == pytest.approx(
+        probe_change(guess, recon.probe[0]), rel=1e-5
+    )
 
 
 def test_gauge_fix_changes_no_modelled_intensity_and_removes_the_object_ramp(scan):
@@ -347,8 +391,11 @@ def test_gauge_fix_changes_no_modelled_intensity_and_removes_the_object_ramp(sca
     r.run_epoch()
     with torch.no_grad():  # give the object a ramp and the probe the opposite one, and roll both
         h, w = r.shape
-        yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32),
-                                torch.arange(w, dtype=torch.float32), indexing="ij")
+        yy, xx = torch.meshgrid(
+            torch.arange(h, dtype=torch.float32),
+            torch.arange(w, dtype=torch.float32),
+            indexing="ij",
+        )
         r.obj.data.mul_(torch.polar(torch.ones(()), 0.05 * xx - 0.03 * yy))
         ar = torch.arange(r.n, dtype=torch.float32)
         r.probe.data.mul_(torch.polar(torch.ones(()), -(0.05 * ar[None, :] - 0.03 * ar[:, None])))
@@ -360,7 +407,9 @@ def test_gauge_fix_changes_no_modelled_intensity_and_removes_the_object_ramp(sca
     # exact up to the canvas border that the whole-pixel roll wraps (measured: 32 of 50176
     # pixels differ by <1%, all in windows at the canvas edge)
     close = np.isclose(after, before, rtol=2e-3, atol=1e-3 * float(before.max()))
-    assert close.mean() > 0.999 and np.allclose(after, before, rtol=0.01, atol=1e-3 * float(before.max()))
+    assert close.mean() > 0.999 and np.allclose(
+        after, before, rtol=0.01, atol=1e-3 * float(before.max())
+    )
     np.testing.assert_allclose(after.sum(axis=(1, 2)), before.sum(axis=(1, 2)), rtol=1e-3)
     gx, gy = r.object_phase_gradient()
     assert abs(float(gx)) < 5e-3 and abs(float(gy)) < 5e-3  # imposed 0.05 and 0.03 rad/px
@@ -383,8 +432,16 @@ def test_position_correction_recovers_a_random_perturbation(tmp_path):
     from ptychopinn.data.simulate import SimulationConfig, simulate_scan
     from ptychopinn.inference import load_reconstruction
 
-    truth = simulate_scan(SimulationConfig(patch_size=32, n_positions=100, object_kind="natural",
-                                           scan_kind="random", photons=1e6, seed=3))
+    truth = simulate_scan(
+        SimulationConfig(
+            patch_size=32,
+            n_positions=100,
+            object_kind="natural",
+            scan_kind="random",
+            photons=1e6,
+            seed=3,
+        )
+    )
     rng = np.random.default_rng(0)
     p0 = truth.positions_px
     bad = p0.mean(0) + (p0 - p0.mean(0)) * 1.03 + rng.normal(0, 1.5 / np.sqrt(2), p0.shape)
@@ -392,9 +449,26 @@ def test_position_correction_recovers_a_random_perturbation(tmp_path):
     before = _rms_after_affine(bad, p0)
     path = write_npz(scan, tmp_path / "bad.npz")
     out = tmp_path / "out"
-    assert main(["reconstruct", "--data", str(path), "--output-dir", str(out), "--refine-epochs",
-                 "150", "--refine-probe", "off", "--correct-positions", "--position-step-px", "0.5",
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "reconstruct",
+                "--data",
+                str(path),
+                "--output-dir",
+                str(out),
+                "--refine-epochs",
+                "150",
+                "--refine-probe",
+                "off",
+                "--correct-positions",
+                "--position-step-px",
+                "0.5",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     recon = load_reconstruction(out / "reconstruction.npz")
     after = _rms_after_affine(recon.positions_px, p0)
     assert after < 0.5 * before, (before, after)

@@ -33,16 +33,39 @@ from ptychopinn.io.bundle import BUNDLE_NAME, load_bundle
 from ptychopinn.io.lock import LOCK_NAME, output_lock
 from ptychopinn.training.fit import fit
 
-TINY = dict(n_filters_scale=1, max_epochs=2, batch_size=4, n_groups=8, val_fraction=0.25,
-            quiet=True, logger="none")
-TRAIN_FLAGS = ["--n-filters-scale", "1", "--max-epochs", "1", "--batch-size", "4", "--n-groups",
-               "8", "--logger", "none", "--quiet"]
+TINY = dict(
+    n_filters_scale=1,
+    max_epochs=2,
+    batch_size=4,
+    n_groups=8,
+    val_fraction=0.25,
+    quiet=True,
+    logger="none",
+)
+TRAIN_FLAGS = [
+    "--n-filters-scale",
+    "1",
+    "--max-epochs",
+    "1",
+    "--batch-size",
+    "4",
+    "--n-groups",
+    "8",
+    "--logger",
+    "none",
+    "--quiet",
+]
 
 
 def cli(*args, env=None, **kw):
-    return subprocess.run([sys.executable, "-m", "ptychopinn.cli.main", *map(str, args)],
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "ptychopinn.cli.main", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +95,16 @@ def test_user_errors_are_one_line_and_debug_shows_the_traceback(tmp_path):
     plain = cli("reconstruct", "--data", missing, "--output-dir", tmp_path / "o")
     assert plain.returncode == 2
     assert plain.stderr.strip().splitlines() == [
-        f"ptychopinn reconstruct: error: {missing}: file: no such file"]
-    debug = cli("reconstruct", "--data", missing, "--output-dir", tmp_path / "o",
-                env={"PTYCHOPINN_DEBUG": "1"})
+        f"ptychopinn reconstruct: error: {missing}: file: no such file"
+    ]
+    debug = cli(
+        "reconstruct",
+        "--data",
+        missing,
+        "--output-dir",
+        tmp_path / "o",
+        env={"PTYCHOPINN_DEBUG": "1"},
+    )
     assert debug.returncode == 2
     assert "Traceback (most recent call last)" in debug.stderr
     assert debug.stderr.strip().splitlines()[-1] == plain.stderr.strip()
@@ -117,12 +147,16 @@ def test_a_malicious_pickle_bundle_is_refused_in_one_line(model_dir, tmp_path, t
     assert "weights_only=False" not in out.stderr
     assert not marker.exists() and not (tmp_path / "o").exists()
     # a plain pickle (not torch's format) and a non-dict payload are refused the same way
-    raw = _bundle_with_weights(model_dir / BUNDLE_NAME, tmp_path / "raw.ptpinn",
-                               pickle.dumps(_Payload(marker)))
+    raw = _bundle_with_weights(
+        model_dir / BUNDLE_NAME, tmp_path / "raw.ptpinn", pickle.dumps(_Payload(marker))
+    )
     tensor = io.BytesIO()
     torch.save(torch.zeros(3), tensor)
-    not_dict = _bundle_with_weights(model_dir / BUNDLE_NAME, tmp_path / "t.ptpinn", tensor.getvalue())
+    not_dict = _bundle_with_weights(
+        model_dir / BUNDLE_NAME, tmp_path / "t.ptpinn", tensor.getvalue()
+    )
     from ptychopinn.errors import BundleError
+
     for path in (raw, not_dict):
         with pytest.raises(BundleError, match="not a safe ptychopinn bundle"):
             load_bundle(path)
@@ -132,15 +166,23 @@ def test_a_malicious_pickle_bundle_is_refused_in_one_line(model_dir, tmp_path, t
 # --- one run per output directory ---------------------------------------------------------------
 def test_a_second_run_into_a_busy_output_dir_is_refused_at_once(tmp_path, tiny_scan_file, capsys):
     out = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c",
-                               "import sys, time\nfrom ptychopinn.io.lock import output_lock\n"
-                               f"with output_lock({str(out)!r}):\n print('held', flush=True)\n"
-                               " time.sleep(120)"], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom ptychopinn.io.lock import output_lock\n"
+            f"with output_lock({str(out)!r}):\n print('held', flush=True)\n"
+            " time.sleep(120)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         t0 = time.perf_counter()
-        code = main(["train", "--train-data", str(tiny_scan_file), "--output-dir", str(out),
-                     *TRAIN_FLAGS])
+        code = main(
+            ["train", "--train-data", str(tiny_scan_file), "--output-dir", str(out), *TRAIN_FLAGS]
+        )
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1
         assert f"in use by another ptychopinn run (pid {holder.pid}" in err[0]
@@ -151,8 +193,10 @@ def test_a_second_run_into_a_busy_output_dir_is_refused_at_once(tmp_path, tiny_s
         holder.wait()
     # the holder died without cleaning up: its lock is stale and the next run takes it over
     assert (out / LOCK_NAME).exists()
-    assert main(["train", "--train-data", str(tiny_scan_file), "--output-dir", str(out),
-                 *TRAIN_FLAGS]) == 0
+    assert (
+        main(["train", "--train-data", str(tiny_scan_file), "--output-dir", str(out), *TRAIN_FLAGS])
+        == 0
+    )
     assert (out / BUNDLE_NAME).exists() and not (out / LOCK_NAME).exists()
 
 
@@ -178,21 +222,28 @@ class PoisonWeights(L.Callback):
                 next(pl_module.generator.parameters()).view(-1)[0] = float("nan")
 
 
-def test_non_finite_training_stops_with_no_bundle_and_keeps_earlier_checkpoints(tmp_path, tiny_scan):
+def test_non_finite_training_stops_with_no_bundle_and_keeps_earlier_checkpoints(
+    tmp_path, tiny_scan
+):
     out = tmp_path / "run"
     rc = build_run_config({**TINY, "max_epochs": 3, "early_stopping": False})
-    with pytest.raises(TrainingDivergedError, match=r"training diverged: non-finite loss .* epoch 1"):
+    with pytest.raises(
+        TrainingDivergedError, match=r"training diverged: non-finite loss .* epoch 1"
+    ):
         fit([tiny_scan], run_config=rc, output_dir=out, callbacks=[PoisonWeights(1)])
     assert not (out / BUNDLE_NAME).exists()
     last = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["epoch"] == 0  # written at the end of epoch 0, before the fault
-    assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+    assert all(
+        torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point()
+    )
     assert not (out / LOCK_NAME).exists()
 
 
 def test_detect_anomaly_reaches_the_trainer(tmp_path, tiny_scan):
-    result = fit([tiny_scan], run_config=build_run_config({**TINY, "max_epochs": 1,
-                                                           "detect_anomaly": True}))
+    result = fit(
+        [tiny_scan], run_config=build_run_config({**TINY, "max_epochs": 1, "detect_anomaly": True})
+    )
     assert result.trainer._detect_anomaly is True  # noqa: SLF001
 
 
@@ -201,22 +252,46 @@ def test_detect_anomaly_reaches_the_trainer(tmp_path, tiny_scan):
 def slow_scan(tmp_path_factory):
     """A scan whose epochs take ~1 s on one thread, so a signal lands inside a run."""
     path = tmp_path_factory.mktemp("slow") / "scan.npz"
-    write_npz(simulate_scan(SimulationConfig(patch_size=32, n_positions=144, photons=1e5,
-                                             seed=5)), path)
+    write_npz(
+        simulate_scan(SimulationConfig(patch_size=32, n_positions=144, photons=1e5, seed=5)), path
+    )
     return path
 
 
 def _train_args(scan, out, epochs):
-    return ["train", "--train-data", scan, "--output-dir", out, "--n-filters-scale", "1",
-            "--max-epochs", epochs, "--batch-size", "4", "--n-groups", "144",
-            "--physics-iterations", "2", "--val-fraction", "0.25", "--no-early-stopping",
-            "--seed", "3", "--quiet"]
+    return [
+        "train",
+        "--train-data",
+        scan,
+        "--output-dir",
+        out,
+        "--n-filters-scale",
+        "1",
+        "--max-epochs",
+        epochs,
+        "--batch-size",
+        "4",
+        "--n-groups",
+        "144",
+        "--physics-iterations",
+        "2",
+        "--val-fraction",
+        "0.25",
+        "--no-early-stopping",
+        "--seed",
+        "3",
+        "--quiet",
+    ]
 
 
 def _start(args):
-    return subprocess.Popen([sys.executable, "-m", "ptychopinn.cli.main", *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.Popen(
+        [sys.executable, "-m", "ptychopinn.cli.main", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 def _wait_for(path: Path, proc, timeout=240):
@@ -243,8 +318,11 @@ def test_ctrl_c_exits_130_without_a_bundle_and_keeps_last_ckpt(tmp_path, slow_sc
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
-    assert stderr.strip().splitlines()[-1].startswith(
-        "ptychopinn train: interrupted (training interrupted at epoch")
+    assert (
+        stderr.strip()
+        .splitlines()[-1]
+        .startswith("ptychopinn train: interrupted (training interrupted at epoch")
+    )
     assert "--resume-from last" in stderr and "Traceback" not in stderr
     assert not (out / BUNDLE_NAME).exists() and last.exists() and stdout == ""
     assert not (out / LOCK_NAME).exists()
@@ -268,8 +346,9 @@ def test_killed_training_resumes_to_the_same_result(tmp_path, slow_scan):
 
 
 # --- no side effects of library calls -----------------------------------------------------------
-def test_fit_without_output_dir_writes_nothing_and_leaves_global_state(tmp_path, tiny_scan,
-                                                                       monkeypatch):
+def test_fit_without_output_dir_writes_nothing_and_leaves_global_state(
+    tmp_path, tiny_scan, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     torch_state, np_state = torch.get_rng_state(), np.random.get_state()
     env = dict(os.environ)
@@ -293,7 +372,9 @@ def test_the_seed_alone_decides_the_weights(tiny_scan):
     a = fit([tiny_scan], run_config=rc).bundle.state_dict
     torch.manual_seed(2)  # another global state: same run
     b = fit([tiny_scan], run_config=rc).bundle.state_dict
-    c = fit([tiny_scan], run_config=build_run_config({**TINY, "max_epochs": 1, "seed": 12})).bundle.state_dict
+    c = fit(
+        [tiny_scan], run_config=build_run_config({**TINY, "max_epochs": 1, "seed": 12})
+    ).bundle.state_dict
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
@@ -305,8 +386,11 @@ def test_outputs_are_fsynced_before_the_rename(tmp_path, monkeypatch, tiny_scan)
     events = []
     for name in ("fsync_file", "fsync_dir", "rename_new"):
         real = getattr(atomic, name)
-        monkeypatch.setattr(atomic, name, lambda *a, _n=name, _f=real: (
-            events.append((_n, Path(a[-1]).name)), _f(*a))[1])
+        monkeypatch.setattr(
+            atomic,
+            name,
+            lambda *a, _n=name, _f=real: (events.append((_n, Path(a[-1]).name)), _f(*a))[1],
+        )
     write_npz(tiny_scan, tmp_path / "scan.npz")
     assert [e[0] for e in events] == ["fsync_file", "rename_new", "fsync_dir"]
     assert events[1][1] == "scan.npz" and events[2][1] == tmp_path.name

@@ -18,7 +18,8 @@ from ptychopinn.physics.shifts import canvas_geometry, extract_patches, place_pa
 
 def _reference_stitch(patches, positions_px, probe, object_shape, iterations=10):
     """The stitching this package shipped before the O(M) rewrite: each ring aligned to the whole
-    canvas divided by its coverage, patches rotated and kept (M, N, N), a new canvas per placement."""
+    canvas divided by its coverage, patches rotated and kept (M, N, N), a new canvas per
+    placement."""
     n = patches.shape[-1]
     shape, offset = canvas_geometry(positions_px, n, object_shape)
     pos = torch.as_tensor(positions_px + offset, dtype=torch.float64)
@@ -37,10 +38,15 @@ def _reference_stitch(patches, positions_px, probe, object_shape, iterations=10)
     for ring in _rings(positions_px):
         idx = torch.as_tensor(ring)
         if cover.max() > 0:
-            ref = extract_patches(num / (cover + 1e-3 * cover.max()), pos[idx], n, kernel="bilinear")
+            ref = extract_patches(
+                num / (cover + 1e-3 * cover.max()), pos[idx], n, kernel="bilinear"
+            )
             patches[idx] = rotate(patches[idx], ref)
         num = num + place_patches(patches[idx] * wc, pos[idx], shape, kernel="bilinear")
-        cover = cover + place_patches(wc.expand(len(idx), n, n), pos[idx], shape, kernel="bilinear").real
+        cover = (
+            cover
+            + place_patches(wc.expand(len(idx), n, n), pos[idx], shape, kernel="bilinear").real
+        )
     for _ in range(iterations):
         canvas = place_patches(patches * wc, pos, shape, kernel="bilinear") / norm
         patches = rotate(patches, extract_patches(canvas, pos, n, kernel="bilinear"))
@@ -53,8 +59,16 @@ def _reference_stitch(patches, positions_px, probe, object_shape, iterations=10)
 def dephased():
     """True object patches of a 144-pattern scan, and the same patches each with a random global
     phase (what the network's free phases look like to stitching)."""
-    scan = simulate_scan(SimulationConfig(patch_size=32, n_positions=144, object_kind="natural",
-                                          probe_kind="pinhole", photons=1e5, seed=3))
+    scan = simulate_scan(
+        SimulationConfig(
+            patch_size=32,
+            n_positions=144,
+            object_kind="natural",
+            probe_kind="pinhole",
+            photons=1e5,
+            seed=3,
+        )
+    )
     truth = torch.as_tensor(scan.object_truth)
     patches = extract_patches(truth, torch.as_tensor(scan.positions_px), 32, kernel="bilinear")
     phases = torch.as_tensor(np.random.default_rng(0).uniform(-np.pi, np.pi, scan.n_patterns))
@@ -76,13 +90,17 @@ def test_linear_stitch_gives_the_object_of_the_whole_canvas_stitch(dephased):
     assert np.abs(new - old)[lit].max() < 2e-3
     # the random patch phases are undone: the same object as stitching the undisturbed patches
     # (one global phase apart), while the scrambled patches averaged as they are are not it
-    clean = stitch(true_patches, scan.positions_px, scan.probe, shape, phase_sync_iterations=0)[0][lit]
+    clean = stitch(true_patches, scan.positions_px, scan.probe, shape, phase_sync_iterations=0)[0][
+        lit
+    ]
     scale = np.abs(clean).mean()
     assert np.abs(_phase_matched(new[lit], clean) - clean).mean() < 0.01 * scale
     wc = probe_weight(torch.as_tensor(scan.probe), floor=0.0).to(torch.complex64)
     pos = torch.as_tensor(scan.positions_px + offset)
-    unsynced = (place_patches(patches * wc, pos, shape, kernel="bilinear")
-                / place_patches(wc.expand(patches.shape), pos, shape, kernel="bilinear")).numpy()[lit]
+    unsynced = (
+        place_patches(patches * wc, pos, shape, kernel="bilinear")
+        / place_patches(wc.expand(patches.shape), pos, shape, kernel="bilinear")
+    ).numpy()[lit]
     assert np.abs(_phase_matched(unsynced, clean) - clean).mean() > 0.1 * scale
 
 
@@ -93,18 +111,22 @@ def test_patches_in_a_temporary_file_stitch_like_patches_in_memory(dephased):
     assert not store.in_memory
     order = np.random.default_rng(1).permutation(m)  # written in group order, not pattern order
     for s in range(0, m, 50):
-        store.write(order[s:s + 50], patches[order[s:s + 50]])
+        store.write(order[s : s + 50], patches[order[s : s + 50]])
     assert torch.equal(store.tensor(), patches)
     assert torch.equal(store.read(np.array([5, 2, 99])), patches[[5, 2, 99]])
     in_memory = stitch(patches, scan.positions_px, scan.probe, scan.object_truth.shape)[0]
-    from_file = stitch(store, scan.positions_px, scan.probe, scan.object_truth.shape, chunk_size=17)[0]
+    from_file = stitch(
+        store, scan.positions_px, scan.probe, scan.object_truth.shape, chunk_size=17
+    )[0]
     store.close()
     np.testing.assert_allclose(from_file, in_memory, atol=1e-5)
 
 
 def test_place_patches_into_a_canvas_adds_in_place():
     rng = np.random.default_rng(2)
-    p = torch.as_tensor(rng.normal(size=(6, 8, 8)) + 1j * rng.normal(size=(6, 8, 8))).to(torch.complex64)
+    p = torch.as_tensor(rng.normal(size=(6, 8, 8)) + 1j * rng.normal(size=(6, 8, 8))).to(
+        torch.complex64
+    )
     pos = torch.as_tensor(rng.uniform(8, 22, size=(6, 2)))
     for kernel in ("bilinear", "fourier"):
         whole = place_patches(p, pos, (30, 30), kernel=kernel)
@@ -123,7 +145,7 @@ def test_rings_partition_the_scan_by_distance_from_its_centre():
     assert sorted(flat.tolist()) == list(range(2000))
     dist = np.linalg.norm(pos - pos.mean(axis=0), axis=1)
     assert len(rings[0]) == 1 and dist[rings[0][0]] == dist.min()
-    for inner, outer in zip(rings, rings[1:]):
+    for inner, outer in zip(rings, rings[1:], strict=False):
         assert dist[inner].max() <= dist[outer].min()
 
 
@@ -135,7 +157,9 @@ print(code, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 
 
 def _peak_rss_mb(cmd) -> float:
-    out = subprocess.run([sys.executable, "-c", RSS, *cmd], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", RSS, *cmd], capture_output=True, text=True, check=True
+    )
     code, kb = out.stdout.split()
     assert code == "0", cmd
     return int(kb) / 1024
@@ -158,24 +182,47 @@ def test_infer_memory_grows_with_the_scan_not_its_square(tmp_path):
     large = simulate_scan(SimulationConfig(patch_size=16, n_positions=6000, seed=2))
     write_npz(small, tmp_path / "small.npz")
     write_npz(large, tmp_path / "large.npz")
-    result = fit([small], None, model_config=ModelConfig(n=16), data_config=DataConfig(),
-                 training_config=TrainingConfig(max_epochs=1),
-                 execution_config=ExecutionConfig(logger="none", quiet=True, accelerator="cpu",
-                                                  enable_checkpointing=False),
-                 output_dir=tmp_path / "model")
-    exe = [sys.executable, "-m", "ptychopinn.cli.main", "infer", "--model", str(result.bundle_path),
-           "--accelerator", "cpu", "--quiet"]
-    base = _peak_rss_mb([*exe, "--data", str(tmp_path / "small.npz"), "--output-dir", str(tmp_path / "a")])
-    peak = _peak_rss_mb([*exe, "--data", str(tmp_path / "large.npz"), "--output-dir", str(tmp_path / "b")])
+    result = fit(
+        [small],
+        None,
+        model_config=ModelConfig(n=16),
+        data_config=DataConfig(),
+        training_config=TrainingConfig(max_epochs=1),
+        execution_config=ExecutionConfig(
+            logger="none", quiet=True, accelerator="cpu", enable_checkpointing=False
+        ),
+        output_dir=tmp_path / "model",
+    )
+    exe = [
+        sys.executable,
+        "-m",
+        "ptychopinn.cli.main",
+        "infer",
+        "--model",
+        str(result.bundle_path),
+        "--accelerator",
+        "cpu",
+        "--quiet",
+    ]
+    base = _peak_rss_mb(
+        [*exe, "--data", str(tmp_path / "small.npz"), "--output-dir", str(tmp_path / "a")]
+    )
+    peak = _peak_rss_mb(
+        [*exe, "--data", str(tmp_path / "large.npz"), "--output-dir", str(tmp_path / "b")]
+    )
     assert (tmp_path / "b" / "reconstruction.npz").is_file()
-    assert peak - base < 200, f"infer of 6000 patterns peaked at {peak:.0f} MB vs {base:.0f} MB for 49"
+    assert peak - base < 200, (
+        f"infer of 6000 patterns peaked at {peak:.0f} MB vs {base:.0f} MB for 49"
+    )
 
 
 def test_a_spilled_array_pickles_by_reference_and_its_creator_removes_the_file(tmp_path):
     import os
     import pickle
 
-    values = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2 * 3, 4, 4).to(torch.complex64)
+    values = (
+        torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2 * 3, 4, 4).to(torch.complex64)
+    )
     spilled = SpillArray(values.shape, np.complex64, memory_bytes=0, directory=tmp_path)
     spilled.write(slice(None), values)
     blob = pickle.dumps(spilled)
@@ -281,7 +328,9 @@ def test_local_pgd_step_equals_the_canvas_wide_step(tiny_scan):
 
     def loss_of(windows):
         inten = r._intensity(windows, probes)
-        return poisson_nll(counts, r._closed_form_gain(idx, inten).detach() * inten, eps=r.eps), inten
+        return poisson_nll(
+            counts, r._closed_form_gain(idx, inten).detach() * inten, eps=r.eps
+        ), inten
 
     r.obj.grad = None
     loss, inten = loss_of(torch.take(r.obj, win))
@@ -354,7 +403,8 @@ def test_refiner_adam_without_prior_is_local(tiny_scan):
 
 @pytest.mark.parametrize("layout", ["contiguous-float32", "lzf-uint32-interleaved"])
 def test_large_hdf5_patterns_are_mapped_or_sliced_and_read_like_a_full_read(
-        tmp_path, tiny_scan, monkeypatch, layout):
+    tmp_path, tiny_scan, monkeypatch, layout
+):
     """Ptychodus diffraction files above the mapping threshold are not read whole: a contiguous
     float32 dataset is memory-mapped copy-on-write (bad pixels zeroed in the process's copy, the
     file untouched), a compressed integer one with patterns that pair with no position between
@@ -370,15 +420,17 @@ def test_large_hdf5_patterns_are_mapped_or_sliced_and_read_like_a_full_read(
     row, col = np.unravel_index(np.argmax(counts[0]), bad.shape)
     bad[row, col] = True  # a pixel with counts in every pattern's file page
     if layout == "contiguous-float32":
-        ph.write_diffraction(diffraction, counts, index, bad, detector_pixel_size_m=75e-6,
-                             compression=None)
+        ph.write_diffraction(
+            diffraction, counts, index, bad, detector_pixel_size_m=75e-6, compression=None
+        )
     else:  # an unpaired pattern (index no position has) after every second one
         extra = np.arange(m // 2) * 2 + 1
         rows = np.insert(np.arange(m), extra, -1)
         pats = np.where((rows >= 0)[:, None, None], counts[rows.clip(0)], 7.0)
         ids = np.where(rows >= 0, index[rows.clip(0)], 10**6 + np.arange(len(rows)))
-        ph.write_diffraction(diffraction, pats, ids, bad, detector_pixel_size_m=75e-6,
-                             dtype=np.uint32)
+        ph.write_diffraction(
+            diffraction, pats, ids, bad, detector_pixel_size_m=75e-6, dtype=np.uint32
+        )
     full = ph.read_ptychodus(product, diffraction)
     monkeypatch.setattr(ph, "MAP_BYTES", 0)
     monkeypatch.setattr(ph, "SLICE_BYTES", 5 * counts[0].nbytes)  # several slices
@@ -401,7 +453,7 @@ def test_scratch_array_is_file_backed_and_leaves_no_file(tmp_path):
     """scratch_array gives a writable array whose file is already removed from the directory, and
     a clear error when the space cannot be reserved."""
     from ptychopinn.errors import PtychoPINNError
-    from ptychopinn.io.spill import scratch_array
+    from ptychopinn.io.scratch import scratch_array
 
     a = scratch_array((3, 4, 5), np.float32, directory=tmp_path)
     a[:] = 2.5

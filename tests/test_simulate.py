@@ -33,16 +33,27 @@ def cli_logging():
 
 
 def run_cli(args):
-    return subprocess.run([sys.executable, "-m", "ptychopinn.cli.main", *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "ptychopinn.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 # ----------------------------------------------------------------------------- simulate_scan
 
 
 def test_simulation_matches_its_config():
-    config = SimulationConfig(patch_size=32, n_positions=30, object_size=90, probe_modes=2,
-                              photons=2e4, scan_kind="fermat", seed=3)
+    config = SimulationConfig(
+        patch_size=32,
+        n_positions=30,
+        object_size=90,
+        probe_modes=2,
+        photons=2e4,
+        scan_kind="fermat",
+        seed=3,
+    )
     scan = simulate_scan(config)
     n = 32
     assert scan.diffraction.shape == (30, n, n) and scan.diffraction.dtype == np.float32
@@ -69,7 +80,9 @@ def test_noiseless_counts_equal_forward_model_on_truth():
     scan = simulate_scan(SimulationConfig(**SMALL, noise=False, seed=4))
     obj = torch.as_tensor(scan.object_truth).to(torch.complex128)
     patches = extract_patches(obj, torch.as_tensor(scan.positions_px), scan.patch_size)
-    expected = diffraction_intensity(patches, torch.as_tensor(scan.probe).to(torch.complex128)).numpy()
+    expected = diffraction_intensity(
+        patches, torch.as_tensor(scan.probe).to(torch.complex128)
+    ).numpy()
     np.testing.assert_allclose(scan.diffraction, expected, rtol=1e-5, atol=1e-3)
 
 
@@ -109,6 +122,7 @@ def test_scan_patterns_have_the_requested_step(kind):
 
 def _png(tmp_path, name, seed):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -118,8 +132,20 @@ def _png(tmp_path, name, seed):
     return path
 
 
-@pytest.mark.parametrize("spec", ["lines", "grf", "blobs", "natural", "natural-test",
-                                  "skimage:camera,moon", "skimage:coins", "file", "file2"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "lines",
+        "grf",
+        "blobs",
+        "natural",
+        "natural-test",
+        "skimage:camera,moon",
+        "skimage:coins",
+        "file",
+        "file2",
+    ],
+)
 def test_object_kinds(tmp_path, spec):
     test_split = spec == "natural-test"
     if spec == "natural-test":
@@ -128,15 +154,27 @@ def test_object_kinds(tmp_path, spec):
         spec = f"file:{_png(tmp_path, 'a.png', 0)}"
     elif spec == "file2":
         spec = f"file:{_png(tmp_path, 'a.png', 0)},{_png(tmp_path, 'b.png', 1)}"
-    obj = make_object(spec, (48, 40), np.random.default_rng(0), amplitude_contrast=0.4,
-                      phase_range=1.0, test_split=test_split)
+    obj = make_object(
+        spec,
+        (48, 40),
+        np.random.default_rng(0),
+        amplitude_contrast=0.4,
+        phase_range=1.0,
+        test_split=test_split,
+    )
     assert obj.shape == (48, 40) and obj.dtype == np.complex64
     amp, phase = np.abs(obj), np.angle(obj)
     assert amp.min() >= 0.6 - 1e-5 and amp.max() <= 1 + 1e-5
     assert phase.min() >= -0.5 - 1e-5 and phase.max() <= 0.5 + 1e-5
     assert amp.std() > 0.01 and phase.std() > 0.01  # real structure, not a flat object
-    again = make_object(spec, (48, 40), np.random.default_rng(0), amplitude_contrast=0.4,
-                        phase_range=1.0, test_split=test_split)
+    again = make_object(
+        spec,
+        (48, 40),
+        np.random.default_rng(0),
+        amplitude_contrast=0.4,
+        phase_range=1.0,
+        test_split=test_split,
+    )
     np.testing.assert_array_equal(obj, again)
 
 
@@ -146,12 +184,15 @@ def test_file_object_simulates(tmp_path):
     assert scan.object_truth is not None and scan.diffraction.shape == (25, 32, 32)
 
 
-@pytest.mark.parametrize("spec,match", [
-    ("stripes", "unknown kind"),
-    ("skimage:no_such_image", "no_such_image"),
-    ("skimage:", "expected"),
-    ("file:/nonexistent/img.png", "cannot read"),
-])
+@pytest.mark.parametrize(
+    "spec,match",
+    [
+        ("stripes", "unknown kind"),
+        ("skimage:no_such_image", "no_such_image"),
+        ("skimage:", "expected"),
+        ("file:/nonexistent/img.png", "cannot read"),
+    ],
+)
 def test_object_spec_errors(spec, match):
     with pytest.raises(PtychoPINNError, match=match):
         make_object(spec, (32, 32), np.random.default_rng(0))
@@ -182,15 +223,35 @@ def test_unknown_probe_kind():
 # ----------------------------------------------------------------------------- config validation
 
 
-@pytest.mark.parametrize("field,value", [
-    ("patch_size", 31), ("patch_size", 4), ("n_positions", 0), ("probe_kind", "laser"),
-    ("scan_kind", "spiral"), ("overlap", 1.0), ("overlap", -0.1), ("step", 0.0), ("step", -2.0),
-    ("step", math.nan), ("step", math.inf), ("photons", 0.0), ("photons", math.nan),
-    ("photons", math.inf), ("jitter", 0.6), ("probe_modes", 0), ("probe_modes", 7),
-    ("probe_diameter", 0.0), ("probe_diameter", 40.0), ("object_size", 0),
-    ("amplitude_contrast", 1.0), ("amplitude_contrast", -0.2), ("phase_range", math.nan),
-    ("phase_range", math.inf),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("patch_size", 31),
+        ("patch_size", 4),
+        ("n_positions", 0),
+        ("probe_kind", "laser"),
+        ("scan_kind", "spiral"),
+        ("overlap", 1.0),
+        ("overlap", -0.1),
+        ("step", 0.0),
+        ("step", -2.0),
+        ("step", math.nan),
+        ("step", math.inf),
+        ("photons", 0.0),
+        ("photons", math.nan),
+        ("photons", math.inf),
+        ("jitter", 0.6),
+        ("probe_modes", 0),
+        ("probe_modes", 7),
+        ("probe_diameter", 0.0),
+        ("probe_diameter", 40.0),
+        ("object_size", 0),
+        ("amplitude_contrast", 1.0),
+        ("amplitude_contrast", -0.2),
+        ("phase_range", math.nan),
+        ("phase_range", math.inf),
+    ],
+)
 def test_config_validation(field, value):
     with pytest.raises(ValueError) as info:
         SimulationConfig(**{**SMALL, field: value})
@@ -209,14 +270,45 @@ def test_object_size_too_small():
 
 def test_cli_output_reads_back_identically(tmp_path, cli_logging, capsys):
     out = tmp_path / "scan.npz"
-    rc = main(["simulate", "--output", str(out), "--patch-size", "32", "--n-positions", "25",
-               "--photons", "1e5", "--probe", "gaussian", "--scan", "fermat", "--seed", "11",
-               "--object", "blobs", "--probe-modes", "2", "--quiet"])
+    rc = main(
+        [
+            "simulate",
+            "--output",
+            str(out),
+            "--patch-size",
+            "32",
+            "--n-positions",
+            "25",
+            "--photons",
+            "1e5",
+            "--probe",
+            "gaussian",
+            "--scan",
+            "fermat",
+            "--seed",
+            "11",
+            "--object",
+            "blobs",
+            "--probe-modes",
+            "2",
+            "--quiet",
+        ]
+    )
     assert rc == 0
     assert capsys.readouterr().err == ""  # --quiet: nothing on stderr
     back = read_npz(out)
-    ref = simulate_scan(SimulationConfig(patch_size=32, n_positions=25, photons=1e5, probe_kind="gaussian",
-                                         scan_kind="fermat", seed=11, object_kind="blobs", probe_modes=2))
+    ref = simulate_scan(
+        SimulationConfig(
+            patch_size=32,
+            n_positions=25,
+            photons=1e5,
+            probe_kind="gaussian",
+            scan_kind="fermat",
+            seed=11,
+            object_kind="blobs",
+            probe_modes=2,
+        )
+    )
     for field in ("diffraction", "positions_px", "probe", "object_truth"):
         np.testing.assert_array_equal(getattr(back, field), getattr(ref, field))
     assert back.metadata["simulation"] == ref.metadata["simulation"]
@@ -225,8 +317,22 @@ def test_cli_output_reads_back_identically(tmp_path, cli_logging, capsys):
 
 def test_cli_n_scans_writes_one_file_per_scan(tmp_path, cli_logging, capsys):
     out = tmp_path / "sim.npz"
-    rc = main(["simulate", "--output", str(out), "--patch-size", "32", "--n-positions", "16",
-               "--n-scans", "2", "--seed", "3", "--noiseless"])
+    rc = main(
+        [
+            "simulate",
+            "--output",
+            str(out),
+            "--patch-size",
+            "32",
+            "--n-positions",
+            "16",
+            "--n-scans",
+            "2",
+            "--seed",
+            "3",
+            "--noiseless",
+        ]
+    )
     assert rc == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sim_0.npz", "sim_1.npz"]
     a, b = read_npz(tmp_path / "sim_0.npz"), read_npz(tmp_path / "sim_1.npz")
@@ -289,7 +395,9 @@ RUN_RULES = {
 def test_cli_value_errors_one_line_exit_2(tmp_path, case, cli_logging, capsys):
     extra, name = RUN_RULES[case]
     out = tmp_path / "x.npz"
-    rc = main(["simulate", "--output", str(out), "--patch-size", "32", "--n-positions", "16", *extra])
+    rc = main(
+        ["simulate", "--output", str(out), "--patch-size", "32", "--n-positions", "16", *extra]
+    )
     err = capsys.readouterr().err
     assert rc == 2
     lines = err.splitlines()
@@ -301,8 +409,19 @@ def test_cli_value_errors_one_line_exit_2(tmp_path, case, cli_logging, capsys):
 
 def test_cli_value_error_in_a_real_process(tmp_path):
     out = tmp_path / "x.npz"
-    proc = run_cli(["simulate", "--output", str(out), "--patch-size", "32", "--n-positions", "16",
-                    "--object-size", "20"])
+    proc = run_cli(
+        [
+            "simulate",
+            "--output",
+            str(out),
+            "--patch-size",
+            "32",
+            "--n-positions",
+            "16",
+            "--object-size",
+            "20",
+        ]
+    )
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [proc.stderr.strip()] and "object_size" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -312,7 +431,16 @@ def test_cli_value_error_in_a_real_process(tmp_path):
 def test_cli_refuses_existing_output(tmp_path, cli_logging, capsys):
     out = tmp_path / "x.npz"
     out.write_bytes(b"precious")
-    args = ["simulate", "--output", str(out), "--patch-size", "32", "--n-positions", "16", "--quiet"]
+    args = [
+        "simulate",
+        "--output",
+        str(out),
+        "--patch-size",
+        "32",
+        "--n-positions",
+        "16",
+        "--quiet",
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "already exists" in err and "--overwrite" in err
@@ -323,8 +451,19 @@ def test_cli_refuses_existing_output(tmp_path, cli_logging, capsys):
 
 def test_cli_n_scans_checks_every_output_before_writing(tmp_path, cli_logging, capsys):
     (tmp_path / "s_1.npz").write_bytes(b"old")
-    rc = main(["simulate", "--output", str(tmp_path / "s.npz"), "--patch-size", "32",
-               "--n-positions", "16", "--n-scans", "2"])
+    rc = main(
+        [
+            "simulate",
+            "--output",
+            str(tmp_path / "s.npz"),
+            "--patch-size",
+            "32",
+            "--n-positions",
+            "16",
+            "--n-scans",
+            "2",
+        ]
+    )
     assert rc == 2
     assert "s_1.npz" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s_1.npz"]  # s_0 was not written

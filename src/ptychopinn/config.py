@@ -62,9 +62,15 @@ class ModelConfig:
         return self.gridsize * self.gridsize
 
     def generator_kwargs(self) -> dict:
-        return dict(n=self.n, channels=self.channels, n_filters_scale=self.n_filters_scale,
-                    skip=self.skip_connections, amp_max=self.amp_max, support=self.support,
-                    estimate_input=self.physics_iterations > 0)
+        return dict(
+            n=self.n,
+            channels=self.channels,
+            n_filters_scale=self.n_filters_scale,
+            skip=self.skip_connections,
+            amp_max=self.amp_max,
+            support=self.support,
+            estimate_input=self.physics_iterations > 0,
+        )
 
 
 @dataclass(frozen=True)
@@ -84,7 +90,11 @@ class DataConfig:
         if not 0 <= self.val_fraction < 1:
             _bad("val_fraction", self.val_fraction, "a fraction in [0, 1)")
         if self.diffraction_units not in ("auto", "counts", "amplitude"):
-            _bad("diffraction_units", self.diffraction_units, "one of ['auto', 'counts', 'amplitude']")
+            _bad(
+                "diffraction_units",
+                self.diffraction_units,
+                "one of ['auto', 'counts', 'amplitude']",
+            )
 
 
 @dataclass(frozen=True)
@@ -117,7 +127,9 @@ def from_dict(cls, data: dict):
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"{cls.__name__}: unknown keys {unknown}; expected some of {sorted(names)}")
+        raise ConfigError(
+            f"{cls.__name__}: unknown keys {unknown}; expected some of {sorted(names)}"
+        )
     return cls(**data)
 
 
@@ -144,8 +156,14 @@ ACCELERATOR_NAMES = ("auto", "cpu", "gpu", "cuda", "mps")
 PRECISION_NAMES = ("32-true", "16-mixed", "bf16-mixed", "64-true")
 #: DDP variants only: the other Lightning strategies (deepspeed, fsdp, xla) are untested with the
 #: complex-valued physics and are rejected rather than half supported.
-STRATEGY_NAMES = ("auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook",
-                  "ddp_find_unused_parameters_true")
+STRATEGY_NAMES = (
+    "auto",
+    "ddp",
+    "ddp_spawn",
+    "ddp_fork",
+    "ddp_notebook",
+    "ddp_find_unused_parameters_true",
+)
 GRADIENT_CLIP_ALGORITHMS = ("norm", "value")
 CHECKPOINT_MODES = ("min", "max")
 #: ``resume_from`` value meaning ``OUTPUT_DIR/checkpoints/last.ckpt``.
@@ -159,12 +177,16 @@ def _is_int(value) -> bool:
 def _is_number(value) -> bool:
     import math
 
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value))
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _check_int(field: str, value, minimum: int | None = None, allow_none: bool = False,
-               expected: str | None = None) -> None:
+def _check_int(
+    field: str,
+    value,
+    minimum: int | None = None,
+    allow_none: bool = False,
+    expected: str | None = None,
+) -> None:
     if value is None and allow_none:
         return
     if not _is_int(value) or (minimum is not None and value < minimum):
@@ -240,8 +262,12 @@ class ExecutionConfig:
     def __post_init__(self):
         # Trainer
         if self.accelerator == "tpu":
-            _bad("accelerator", "tpu", f"one of {list(ACCELERATOR_NAMES)}; TPUs are not supported "
-                 "(the complex-valued FFT physics has no XLA path here)")
+            _bad(
+                "accelerator",
+                "tpu",
+                f"one of {list(ACCELERATOR_NAMES)}; TPUs are not supported "
+                "(the complex-valued FFT physics has no XLA path here)",
+            )
         _check_choice("accelerator", self.accelerator, ACCELERATOR_NAMES)
         devices = self.devices
         if isinstance(devices, str) and devices.strip().isdigit():
@@ -261,12 +287,18 @@ class ExecutionConfig:
         _check_bool("pin_memory", self.pin_memory)
         _check_bool("persistent_workers", self.persistent_workers)
         if self.persistent_workers and self.num_workers == 0:
-            _bad("persistent_workers", True, "false when num_workers is 0 (no worker to keep alive); "
-                 "set num_workers > 0")
+            _bad(
+                "persistent_workers",
+                True,
+                "false when num_workers is 0 (no worker to keep alive); set num_workers > 0",
+            )
         _check_int("prefetch_factor", self.prefetch_factor, 1, allow_none=True)
         if self.prefetch_factor is not None and self.num_workers == 0:
-            _bad("prefetch_factor", self.prefetch_factor, "None when num_workers is 0 (only worker "
-                 "processes prefetch); set num_workers > 0")
+            _bad(
+                "prefetch_factor",
+                self.prefetch_factor,
+                "None when num_workers is 0 (only worker processes prefetch); set num_workers > 0",
+            )
         # Optimisation
         if not _is_number(self.learning_rate) or not self.learning_rate > 0:
             _bad("learning_rate", self.learning_rate, "a number > 0")
@@ -278,52 +310,81 @@ class ExecutionConfig:
         if self.scheduler in SCHEDULER_ALIASES:
             object.__setattr__(self, "scheduler", SCHEDULER_ALIASES[self.scheduler])
         if self.scheduler not in SCHEDULER_NAMES:
-            _bad("scheduler", self.scheduler,
-                 f"one of {list(SCHEDULER_NAMES)} (alias: ReduceLROnPlateau = Adaptive)")
+            _bad(
+                "scheduler",
+                self.scheduler,
+                f"one of {list(SCHEDULER_NAMES)} (alias: ReduceLROnPlateau = Adaptive)",
+            )
         if not _is_number(self.lr_gamma) or not 0 < self.lr_gamma <= 1:
             _bad("lr_gamma", self.lr_gamma, "a decay factor in (0, 1]")
         milestones = self.lr_milestones
         if isinstance(milestones, list):
             milestones = tuple(milestones)
             object.__setattr__(self, "lr_milestones", milestones)
-        if (not isinstance(milestones, tuple) or not all(_is_int(m) and m >= 1 for m in milestones)
-                or list(milestones) != sorted(set(milestones))):
+        if (
+            not isinstance(milestones, tuple)
+            or not all(_is_int(m) and m >= 1 for m in milestones)
+            or list(milestones) != sorted(set(milestones))
+        ):
             _bad("lr_milestones", self.lr_milestones, "strictly increasing epoch numbers >= 1")
         if self.scheduler == "MultiStage" and not milestones:
-            _bad("lr_milestones", milestones, "at least one epoch for scheduler MultiStage "
-                 "(e.g. lr_milestones: [10, 20])")
+            _bad(
+                "lr_milestones",
+                milestones,
+                "at least one epoch for scheduler MultiStage (e.g. lr_milestones: [10, 20])",
+            )
         if not _is_number(self.plateau_factor) or not 0 < self.plateau_factor < 1:
             _bad("plateau_factor", self.plateau_factor, "a factor in (0, 1)")
         _check_int("plateau_patience", self.plateau_patience, 0)
         if not _is_number(self.min_lr) or self.min_lr < 0:
             _bad("min_lr", self.min_lr, "a number >= 0")
         if self.scheduler in ("Adaptive", "WarmupCosine") and self.min_lr >= self.learning_rate:
-            _bad("min_lr", self.min_lr, f"a number below learning_rate ({self.learning_rate}) "
-                 f"for scheduler {self.scheduler}")
+            _bad(
+                "min_lr",
+                self.min_lr,
+                f"a number below learning_rate ({self.learning_rate}) "
+                f"for scheduler {self.scheduler}",
+            )
         _check_int("warmup_epochs", self.warmup_epochs, 0)
         _check_int("accumulate_grad_batches", self.accumulate_grad_batches, 1)
         if self.gradient_clip_val is not None and (
-                not _is_number(self.gradient_clip_val) or not self.gradient_clip_val > 0):
+            not _is_number(self.gradient_clip_val) or not self.gradient_clip_val > 0
+        ):
             _bad("gradient_clip_val", self.gradient_clip_val, "a number > 0 or None (no clipping)")
-        _check_choice("gradient_clip_algorithm", self.gradient_clip_algorithm, GRADIENT_CLIP_ALGORITHMS)
+        _check_choice(
+            "gradient_clip_algorithm", self.gradient_clip_algorithm, GRADIENT_CLIP_ALGORITHMS
+        )
         # Checkpointing and early stopping
         _check_bool("enable_checkpointing", self.enable_checkpointing)
-        _check_int("checkpoint_save_top_k", self.checkpoint_save_top_k, -1,
-                   expected="-1 (keep all), 0 (only last.ckpt) or an integer k >= 1")
+        _check_int(
+            "checkpoint_save_top_k",
+            self.checkpoint_save_top_k,
+            -1,
+            expected="-1 (keep all), 0 (only last.ckpt) or an integer k >= 1",
+        )
         if not isinstance(self.checkpoint_monitor, str) or not self.checkpoint_monitor.strip():
-            _bad("checkpoint_monitor", self.checkpoint_monitor,
-                 "'val_loss' or the name of a metric the model logs")
+            _bad(
+                "checkpoint_monitor",
+                self.checkpoint_monitor,
+                "'val_loss' or the name of a metric the model logs",
+            )
         _check_choice("checkpoint_mode", self.checkpoint_mode, CHECKPOINT_MODES)
         _check_bool("early_stopping", self.early_stopping)
-        _check_int("early_stop_patience", self.early_stop_patience, 1,
-                   expected="an integer >= 1 (disable early stopping with early_stopping: false)")
-        if self.resume_from is not None and (not isinstance(self.resume_from, str)
-                                             or not self.resume_from.strip()):
+        _check_int(
+            "early_stop_patience",
+            self.early_stop_patience,
+            1,
+            expected="an integer >= 1 (disable early stopping with early_stopping: false)",
+        )
+        if self.resume_from is not None and (
+            not isinstance(self.resume_from, str) or not self.resume_from.strip()
+        ):
             _bad("resume_from", self.resume_from, f"a checkpoint path, {RESUME_LAST!r} or None")
         # Logging and output
         _check_choice("logger", self.logger, LOGGER_NAMES)
-        if self.mlflow_tracking_uri is not None and (not isinstance(self.mlflow_tracking_uri, str)
-                                                     or not self.mlflow_tracking_uri.strip()):
+        if self.mlflow_tracking_uri is not None and (
+            not isinstance(self.mlflow_tracking_uri, str) or not self.mlflow_tracking_uri.strip()
+        ):
             _bad("mlflow_tracking_uri", self.mlflow_tracking_uri, "a URI string or None")
         if not isinstance(self.experiment_name, str) or not self.experiment_name.strip():
             _bad("experiment_name", self.experiment_name, "a non-empty name")

@@ -43,10 +43,19 @@ from typing import Any, Mapping
 from ptychopinn.config import DataConfig, ExecutionConfig, ModelConfig, TrainingConfig
 from ptychopinn.errors import ConfigError
 
-SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig,
-                             "training": TrainingConfig, "execution": ExecutionConfig}
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "training": TrainingConfig,
+    "execution": ExecutionConfig,
+}
 SOURCE_DEFAULT, SOURCE_FILE, SOURCE_CLI, SOURCE_PYTHON, SOURCE_DATA = (
-    "default", "config file", "CLI", "python", "data")
+    "default",
+    "config file",
+    "CLI",
+    "python",
+    "data",
+)
 #: Top-level keys of ``config.resolved.yaml`` that are metadata, skipped when read as a config.
 AUDIT_KEYS = ("ptychopinn_version", "config_file", "sources", "runtime")
 AUDIT_NAME = "config.resolved.yaml"
@@ -71,7 +80,8 @@ def flag_name(key: str) -> str:
 
 
 def resolve_key(name: str, where: str = "config") -> str:
-    """``learning_rate`` / ``execution.learning_rate`` / ``learning-rate`` -> ``execution.learning_rate``."""
+    """``learning_rate`` / ``execution.learning_rate`` / ``learning-rate`` ->
+    ``execution.learning_rate``."""
     text = str(name).strip().replace("-", "_")
     keys = all_keys()
     if "." in text:
@@ -86,8 +96,10 @@ def resolve_key(name: str, where: str = "config") -> str:
     flat = sorted(_flat_index())
     close = difflib.get_close_matches(text.split(".")[-1], flat, n=3)
     hint = f"did you mean {close}?" if close else "see `ptychopinn train --help` for the keys"
-    raise ConfigError(f"{where}: unknown key {name!r}; expected a field of {list(SECTIONS)} "
-                     f"(e.g. learning_rate or execution.learning_rate); {hint}")
+    raise ConfigError(
+        f"{where}: unknown key {name!r}; expected a field of {list(SECTIONS)} "
+        f"(e.g. learning_rate or execution.learning_rate); {hint}"
+    )
 
 
 # --- values ---------------------------------------------------------------------------------
@@ -109,7 +121,8 @@ def _describe(hint) -> str:
     if typing.get_origin(hint) is tuple:
         return "a list of integers"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
-        hint, str(hint))
+        hint, str(hint)
+    )
 
 
 def _coerce_one(hint, value):
@@ -120,7 +133,16 @@ def _coerce_one(hint, value):
     if hint is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.strip().lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+        if isinstance(value, str) and value.strip().lower() in (
+            "true",
+            "yes",
+            "on",
+            "1",
+            "false",
+            "no",
+            "off",
+            "0",
+        ):
             return value.strip().lower() in ("true", "yes", "on", "1")
         raise TypeError
     if hint is int:
@@ -165,12 +187,20 @@ def coerce_value(key: str, value, label: str | None = None):
     Raises ValueError ``label: invalid value ...; expected <type>``.
     """
     hint = _hint(key)
-    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    options = (
+        typing.get_args(hint)
+        if typing.get_origin(hint) in (typing.Union, types.UnionType)
+        else (hint,)
+    )
     # None first so that "none" is not taken as a string; str last so "2" is an int for int | str
     order = sorted(options, key=lambda a: (a is not type(None), a is str))
     for option in order:
-        if option is str and type(None) in options and isinstance(value, str) \
-                and value.strip().lower() in ("none", "null"):
+        if (
+            option is str
+            and type(None) in options
+            and isinstance(value, str)
+            and value.strip().lower() in ("none", "null")
+        ):
             continue
         try:
             return _coerce_one(option, value)
@@ -195,8 +225,9 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of config keys at the top level, "
-                         f"got {type(data).__name__}")
+        raise ConfigError(
+            f"{path}: expected a mapping of config keys at the top level, got {type(data).__name__}"
+        )
     out: dict[str, Any] = {}
 
     def put(name: str, value):
@@ -212,8 +243,10 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
             if value is None:
                 continue
             if not isinstance(value, dict):
-                raise ConfigError(f"{path}: section {name!r} must be a mapping of keys, "
-                                 f"got {type(value).__name__}")
+                raise ConfigError(
+                    f"{path}: section {name!r} must be a mapping of keys, "
+                    f"got {type(value).__name__}"
+                )
             for sub, v in value.items():
                 qualified = str(sub).replace("-", "_")
                 if f"{name}.{qualified}" not in all_keys():
@@ -263,7 +296,8 @@ class RunConfig:
         return out
 
     def with_values(self, source: str, **qualified) -> "RunConfig":
-        """A copy with ``{"model.n": 32}``-style values replaced (``with_values("data", **{...})``)."""
+        """A copy with ``{"model.n": 32}``-style values replaced
+        (``with_values("data", **{...})``)."""
         per_section: dict[str, dict] = {}
         for key, value in qualified.items():
             s, name = key.split(".", 1)
@@ -274,7 +308,8 @@ class RunConfig:
         return replace(self, **updates, sources=sources)
 
     def as_dict(self) -> dict:
-        """``{"model": {...}, "data": {...}, "training": {...}, "execution": {...}}`` plain values."""
+        """``{"model": {...}, "data": {...}, "training": {...}, "execution": {...}}`` plain
+        values."""
         out: dict[str, dict] = {s: {} for s in SECTIONS}
         for key, value, _ in self.items():
             s, name = key.split(".", 1)
@@ -290,9 +325,12 @@ def _label(key: str, source: str, config_file: Path | None) -> str:
     return key
 
 
-def build_run_config(overrides: Mapping[str, Any] | None = None, *,
-                     config_file: str | Path | None = None,
-                     override_source: str = SOURCE_PYTHON) -> RunConfig:
+def build_run_config(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    config_file: str | Path | None = None,
+    override_source: str = SOURCE_PYTHON,
+) -> RunConfig:
     """Resolve all four configs: explicit ``overrides`` > ``config_file`` > dataclass defaults.
 
     ``overrides`` maps keys (flat ``learning_rate``, qualified ``execution.learning_rate``, or a
@@ -338,9 +376,12 @@ def _locate(message: str, section: str, sources: dict, path: Path | None) -> str
     return f"{_label(key, sources.get(key, SOURCE_DEFAULT), path)}:{rest}"
 
 
-def run_config_from_objects(model: ModelConfig | None = None, data: DataConfig | None = None,
-                            training: TrainingConfig | None = None,
-                            execution: ExecutionConfig | None = None) -> RunConfig:
+def run_config_from_objects(
+    model: ModelConfig | None = None,
+    data: DataConfig | None = None,
+    training: TrainingConfig | None = None,
+    execution: ExecutionConfig | None = None,
+) -> RunConfig:
     """A RunConfig from ready dataclasses (Python API): values that differ from the defaults are
     recorded with source ``python``, the rest as ``default``. Goes through ``build_run_config``."""
     given = {"model": model, "data": data, "training": training, "execution": execution}
@@ -349,7 +390,9 @@ def run_config_from_objects(model: ModelConfig | None = None, data: DataConfig |
         if obj is None:
             continue
         if not isinstance(obj, SECTIONS[s]):
-            raise TypeError(f"{s} config: expected {SECTIONS[s].__name__}, got {type(obj).__name__}")
+            raise TypeError(
+                f"{s} config: expected {SECTIONS[s].__name__}, got {type(obj).__name__}"
+            )
         default = SECTIONS[s]()
         for f in fields(obj):
             value = getattr(obj, f.name)
@@ -365,24 +408,51 @@ def check_run(rc: RunConfig) -> list[str]:
     e, t = rc.execution, rc.training
     warnings = []
     if e.scheduler == "WarmupCosine" and e.warmup_epochs >= t.max_epochs:
-        raise ConfigError(f"{_label('execution.warmup_epochs', rc.sources['execution.warmup_epochs'], rc.config_file)}: "
-                         f"invalid value {e.warmup_epochs}; expected fewer than max_epochs "
-                         f"({t.max_epochs}) for scheduler WarmupCosine")
+        label = _label(
+            "execution.warmup_epochs", rc.sources["execution.warmup_epochs"], rc.config_file
+        )
+        raise ConfigError(
+            f"{label}: "
+            f"invalid value {e.warmup_epochs}; expected fewer than max_epochs "
+            f"({t.max_epochs}) for scheduler WarmupCosine"
+        )
     if e.scheduler == "MultiStage":
         late = [m for m in e.lr_milestones if m >= t.max_epochs]
         if late:
-            warnings.append(f"lr_milestones {late} are at or beyond max_epochs ({t.max_epochs}): "
-                            "those learning-rate steps never happen in this run")
-    for key in ("lr_gamma", "plateau_factor", "plateau_patience", "min_lr", "warmup_epochs", "lr_milestones"):
-        users = {"lr_gamma": ("Exponential", "MultiStage"), "lr_milestones": ("MultiStage",),
-                 "plateau_factor": ("Adaptive",), "plateau_patience": ("Adaptive",),
-                 "min_lr": ("Adaptive", "WarmupCosine"), "warmup_epochs": ("WarmupCosine",)}[key]
-        if rc.sources.get(f"execution.{key}") not in (None, SOURCE_DEFAULT) and e.scheduler not in users:
-            warnings.append(f"{key} is set but scheduler {e.scheduler} does not use it "
-                            f"(used by {', '.join(users)})")
+            warnings.append(
+                f"lr_milestones {late} are at or beyond max_epochs ({t.max_epochs}): "
+                "those learning-rate steps never happen in this run"
+            )
+    for key in (
+        "lr_gamma",
+        "plateau_factor",
+        "plateau_patience",
+        "min_lr",
+        "warmup_epochs",
+        "lr_milestones",
+    ):
+        users = {
+            "lr_gamma": ("Exponential", "MultiStage"),
+            "lr_milestones": ("MultiStage",),
+            "plateau_factor": ("Adaptive",),
+            "plateau_patience": ("Adaptive",),
+            "min_lr": ("Adaptive", "WarmupCosine"),
+            "warmup_epochs": ("WarmupCosine",),
+        }[key]
+        if (
+            rc.sources.get(f"execution.{key}") not in (None, SOURCE_DEFAULT)
+            and e.scheduler not in users
+        ):
+            warnings.append(
+                f"{key} is set but scheduler {e.scheduler} does not use it "
+                f"(used by {', '.join(users)})"
+            )
     if rc.sources.get("execution.momentum") not in (None, SOURCE_DEFAULT) and e.optimizer != "sgd":
         warnings.append(f"momentum is set but optimizer {e.optimizer} does not use it (sgd only)")
-    if e.early_stopping is False and rc.sources.get("execution.early_stop_patience") not in (None, SOURCE_DEFAULT):
+    if e.early_stopping is False and rc.sources.get("execution.early_stop_patience") not in (
+        None,
+        SOURCE_DEFAULT,
+    ):
         warnings.append("early_stop_patience is set but early stopping is disabled")
     return warnings
 
@@ -411,12 +481,13 @@ def audit_text(rc: RunConfig, runtime: Mapping[str, Any] | None = None) -> str:
         f"# ptychopinn {__version__}: resolved configuration of a training run.",
         "# Every key with its value and, after '#', its source (default / config file / CLI /",
         "# python / data). Precedence: CLI flag (or Python argument) > config file > default.",
-        "# 'sources' repeats the sources for programs; 'runtime' holds values resolved at run time.",
+        "# 'sources' repeats the sources for programs; 'runtime' holds values resolved at run "
+        "time.",
         "# This file is a valid --config: its header keys are ignored when read back.",
         f"ptychopinn_version: {_yaml_scalar(__version__)}",
         f"config_file: {_yaml_scalar(str(rc.config_file.resolve()) if rc.config_file else None)}",
     ]
-    width = max(len(k.split('.', 1)[1]) for k in all_keys()) + 2
+    width = max(len(k.split(".", 1)[1]) for k in all_keys()) + 2
     for s in SECTIONS:
         lines.append(f"{s}:")
         for key, value, source in rc.items():
@@ -430,13 +501,19 @@ def audit_text(rc: RunConfig, runtime: Mapping[str, Any] | None = None) -> str:
     runtime = dict(runtime or {})
     lines.append("runtime:" + ("" if runtime else " {}"))
     if runtime:
-        body = yaml.safe_dump({k: (list(v) if isinstance(v, tuple) else v) for k, v in runtime.items()},
-                              sort_keys=False, default_flow_style=False, width=10_000)
+        body = yaml.safe_dump(
+            {k: (list(v) if isinstance(v, tuple) else v) for k, v in runtime.items()},
+            sort_keys=False,
+            default_flow_style=False,
+            width=10_000,
+        )
         lines += ["  " + line for line in body.strip().splitlines()]
     return "\n".join(lines) + "\n"
 
 
-def write_audit(rc: RunConfig, output_dir: str | Path, runtime: Mapping[str, Any] | None = None) -> Path:
+def write_audit(
+    rc: RunConfig, output_dir: str | Path, runtime: Mapping[str, Any] | None = None
+) -> Path:
     """Write ``output_dir/config.resolved.yaml`` atomically (replacing an earlier run's file:
     the audit describes the latest run started in this directory)."""
     from ptychopinn.io.atomic import atomic_path

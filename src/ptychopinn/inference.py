@@ -18,8 +18,8 @@ from ptychopinn.io.bundle import ModelBundle, load_bundle
 from ptychopinn.io.spill import SPILL_BYTES, SpillArray
 from ptychopinn.log import get_logger
 from ptychopinn.physics.forward import init_gain, phase_factors, probe_weight
-from ptychopinn.predictor import predict_group_patches
 from ptychopinn.physics.shifts import canvas_geometry, extract_patches, place_patches
+from ptychopinn.predictor import predict_group_patches
 
 log = get_logger("inference")
 
@@ -44,12 +44,15 @@ class Reconstruction:
         path = Path(path)
         with atomic_path(path, overwrite=overwrite) as tmp:
             with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, object=self.object.astype(np.complex64),
-                                    offset_px=np.asarray(self.offset_px, dtype=np.float64),
-                                    positions_px=self.positions_px,
-                                    illumination=self.illumination.astype(np.float32),
-                                    probe=self.probe.astype(np.complex64),
-                                    metadata=np.array(json.dumps(self.metadata, default=str)))
+                np.savez_compressed(
+                    fh,
+                    object=self.object.astype(np.complex64),
+                    offset_px=np.asarray(self.offset_px, dtype=np.float64),
+                    positions_px=self.positions_px,
+                    illumination=self.illumination.astype(np.float32),
+                    probe=self.probe.astype(np.complex64),
+                    metadata=np.array(json.dumps(self.metadata, default=str)),
+                )
         return path
 
 
@@ -59,12 +62,17 @@ def load_reconstruction(path: str | Path) -> Reconstruction:
 
     f = load_reconstruction_file(path)
     return Reconstruction(
-        object=f.object, offset_px=f.offset_px,
+        object=f.object,
+        offset_px=f.offset_px,
         positions_px=f.positions_px if f.positions_px is not None else np.zeros((0, 2)),
-        illumination=(f.illumination.astype(np.float32) if f.illumination is not None
-                      else np.ones(f.object.shape, np.float32)),
+        illumination=(
+            f.illumination.astype(np.float32)
+            if f.illumination is not None
+            else np.ones(f.object.shape, np.float32)
+        ),
         probe=f.probe if f.probe is not None else np.zeros((1, 1, 1), np.complex64),
-        metadata=f.metadata)
+        metadata=f.metadata,
+    )
 
 
 #: Patterns per piece when stitching reads and places patches (memory per piece, not per scan).
@@ -90,14 +98,20 @@ def _rings(positions_px: np.ndarray) -> list[np.ndarray]:
     return [order[:1], *np.split(order[1:], bounds)]
 
 
-def stitch(patches, positions_px: np.ndarray, probe: np.ndarray,
-           object_shape: tuple[int, int] | None = None, phase_sync_iterations: int = 10,
-           chunk_size: int = STITCH_CHUNK):
+def stitch(
+    patches,
+    positions_px: np.ndarray,
+    probe: np.ndarray,
+    object_shape: tuple[int, int] | None = None,
+    phase_sync_iterations: int = 10,
+    chunk_size: int = STITCH_CHUNK,
+):
     """Probe-intensity-weighted average of patches (M, N, N) at their positions (M, 2).
 
-    ``patches``: a tensor/array or a ``SpillArray`` (M, N, N). Uses ``place_patches`` with the bilinear
-    kernel (the operator of the training overlap constraint). Each patch carries a free global
-    phase that the far-field likelihood cannot see, so phases are synchronised before averaging:
+    ``patches``: a tensor/array or a ``SpillArray`` (M, N, N). Uses ``place_patches`` with the
+    bilinear kernel (the operator of the training overlap constraint). Each patch carries a free
+    global phase that the far-field likelihood cannot see, so phases are synchronised before
+    averaging:
     (1) a growing-ring pass from the scan centre aligns each ring of patches to the canvas of the
     rings inside it (a global, consistent start in one sweep), then (2) ``phase_sync_iterations``
     rounds rotate every patch to the current stitched estimate (measured: phase SSIM of a
@@ -120,7 +134,11 @@ def stitch(patches, positions_px: np.ndarray, probe: np.ndarray,
     def place_all(scaled: bool) -> torch.Tensor:
         canvas = torch.zeros(shape, dtype=torch.complex64)
         for sl in pieces:
-            values = store.read(sl) * phase[sl, None, None] * wc if scaled else wc.expand(sl.stop - sl.start, n, n)
+            values = (
+                store.read(sl) * phase[sl, None, None] * wc
+                if scaled
+                else wc.expand(sl.stop - sl.start, n, n)
+            )
             place_patches(values, pos[sl], shape, kernel="bilinear", out=canvas)
         return canvas
 
@@ -134,18 +152,23 @@ def stitch(patches, positions_px: np.ndarray, probe: np.ndarray,
         idx = torch.as_tensor(ring)
         p = store.read(ring)
         if k > 0:
-            ref = (extract_patches(num, pos[idx], n, kernel="bilinear")
-                   / (extract_patches(cover, pos[idx], n, kernel="bilinear").real + 1e-3 * reached))
+            ref = extract_patches(num, pos[idx], n, kernel="bilinear") / (
+                extract_patches(cover, pos[idx], n, kernel="bilinear").real + 1e-3 * reached
+            )
             phase[idx] = phase_factors(p, ref, w)
         place_patches(p * phase[idx, None, None] * wc, pos[idx], shape, kernel="bilinear", out=num)
         place_patches(wc.expand(len(idx), n, n), pos[idx], shape, kernel="bilinear", out=cover)
-        reached = max(reached, float(extract_patches(cover, pos[idx], n, kernel="bilinear").real.max()))
+        reached = max(
+            reached, float(extract_patches(cover, pos[idx], n, kernel="bilinear").real.max())
+        )
     del num, cover
     for _ in range(phase_sync_iterations):
         canvas = place_all(scaled=True) / norm
         for sl in pieces:
             p = store.read(sl) * phase[sl, None, None]
-            phase[sl] = phase[sl] * phase_factors(p, extract_patches(canvas, pos[sl], n, kernel="bilinear"), w)
+            phase[sl] = phase[sl] * phase_factors(
+                p, extract_patches(canvas, pos[sl], n, kernel="bilinear"), w
+            )
     canvas = place_all(scaled=True) / norm
     # one global phase: make the weighted mean phase zero
     c = (den * canvas).sum()
@@ -171,12 +194,20 @@ def covering_groups(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             rows.append(g)
             take.append(new)
             covered[members] = True
-    return np.asarray(rows, dtype=np.int64), np.asarray(take, dtype=bool).reshape(len(rows), indices.shape[1])
+    return np.asarray(rows, dtype=np.int64), np.asarray(take, dtype=bool).reshape(
+        len(rows), indices.shape[1]
+    )
 
 
-def predict_patches(bundle: ModelBundle, scan: ScanData, batch_size: int = 64, seed: int = 0,
-                    quiet: bool = True, generator: torch.nn.Module | None = None,
-                    device: str | torch.device = "cpu") -> torch.Tensor:
+def predict_patches(
+    bundle: ModelBundle,
+    scan: ScanData,
+    batch_size: int = 64,
+    seed: int = 0,
+    quiet: bool = True,
+    generator: torch.nn.Module | None = None,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
     """Network patches for every pattern: (M, N, N) complex64, in memory.
 
     With gridsize > 1 the scan is grouped like training (one group seeded at every position),
@@ -184,27 +215,49 @@ def predict_patches(bundle: ModelBundle, scan: ScanData, batch_size: int = 64, s
     overlap-constrained as in training, and each position's patch is taken from the first kept
     group that holds it.
     """
-    return predict_patch_store(bundle, scan, batch_size=batch_size, seed=seed, quiet=quiet,
-                               generator=generator, device=device,
-                               memory_bytes=float("inf")).tensor()
+    return predict_patch_store(
+        bundle,
+        scan,
+        batch_size=batch_size,
+        seed=seed,
+        quiet=quiet,
+        generator=generator,
+        device=device,
+        memory_bytes=float("inf"),
+    ).tensor()
 
 
-def predict_patch_store(bundle: ModelBundle, scan: ScanData, batch_size: int = 64, seed: int = 0,
-                        quiet: bool = True, generator: torch.nn.Module | None = None,
-                        device: str | torch.device = "cpu",
-                        memory_bytes: float = SPILL_BYTES) -> SpillArray:
+def predict_patch_store(
+    bundle: ModelBundle,
+    scan: ScanData,
+    batch_size: int = 64,
+    seed: int = 0,
+    quiet: bool = True,
+    generator: torch.nn.Module | None = None,
+    device: str | torch.device = "cpu",
+    memory_bytes: float = SPILL_BYTES,
+) -> SpillArray:
     """``predict_patches`` into a ``SpillArray`` (a temporary file past ``memory_bytes``); the
     counts are read one batch at a time (bad pixels zeroed per batch, never a copy of the scan)."""
     mc = bundle.model_config
     if scan.patch_size != mc.n:
-        raise PtychoPINNError(f"{scan.source}: diffraction: patterns are {scan.patch_size}x{scan.patch_size} "
-                              f"but the model was trained on N={mc.n}")
+        raise PtychoPINNError(
+            f"{scan.source}: diffraction: patterns are {scan.patch_size}x{scan.patch_size} "
+            f"but the model was trained on N={mc.n}"
+        )
     if scan.n_patterns < mc.channels:
-        raise PtychoPINNError(f"{scan.source}: diffraction: {scan.n_patterns} patterns; gridsize "
-                              f"{mc.gridsize} needs at least {mc.channels}")
+        raise PtychoPINNError(
+            f"{scan.source}: diffraction: {scan.n_patterns} patterns; gridsize "
+            f"{mc.gridsize} needs at least {mc.channels}"
+        )
     net = (generator or bundle.build_generator()).to(device)
-    groups = group_positions(scan.positions_px, mc.gridsize, bundle.data_config.neighbors,
-                             n_groups=scan.n_patterns, seed=seed)
+    groups = group_positions(
+        scan.positions_px,
+        mc.gridsize,
+        bundle.data_config.neighbors,
+        n_groups=scan.n_patterns,
+        seed=seed,
+    )
     a0 = scan.amplitude_scale()
     bad = None
     if scan.bad_pixels is not None:  # as in training: no input, no constraint at bad pixels
@@ -218,10 +271,11 @@ def predict_patch_store(bundle: ModelBundle, scan: ScanData, batch_size: int = 6
     progress = None
     if not quiet:
         from tqdm.auto import tqdm
+
         progress = tqdm(total=len(order), unit="group", desc="inference")
     with torch.inference_mode():
         for s in range(0, len(order), batch_size):
-            rows = order[s:s + batch_size]
+            rows = order[s : s + batch_size]
             idx = groups.indices[rows]
             offsets = torch.as_tensor(groups.offsets_px[rows]).to(device)
             counts = torch.as_tensor(scan.diffraction[idx])
@@ -230,9 +284,10 @@ def predict_patch_store(bundle: ModelBundle, scan: ScanData, batch_size: int = 6
             counts = counts.to(device, non_blocking=cuda)
             if bad is not None:
                 counts = counts.masked_fill(bad, 0.0)
-            patches = predict_group_patches(net, mc, counts, a0, offsets, probe,
-                                            weight, gain, bad_pixels=bad)
-            keep = take[s:s + batch_size]
+            patches = predict_group_patches(
+                net, mc, counts, a0, offsets, probe, weight, gain, bad_pixels=bad
+            )
+            keep = take[s : s + batch_size]
             out.write(idx[keep], patches[torch.as_tensor(keep)].cpu())
             if progress is not None:
                 progress.update(len(rows))
@@ -241,8 +296,15 @@ def predict_patch_store(bundle: ModelBundle, scan: ScanData, batch_size: int = 6
     return out
 
 
-def reconstruct(model: ModelBundle | str | Path, scan: ScanData, *, batch_size: int = 64,
-                seed: int = 0, quiet: bool = True, device: str = "cpu") -> Reconstruction:
+def reconstruct(
+    model: ModelBundle | str | Path,
+    scan: ScanData,
+    *,
+    batch_size: int = 64,
+    seed: int = 0,
+    quiet: bool = True,
+    device: str = "cpu",
+) -> Reconstruction:
     """Single-pass reconstruction of ``scan`` with a trained model, stitched onto one canvas.
 
     The canvas is the ground-truth object's frame when the scan carries one and the positions fit
@@ -250,8 +312,9 @@ def reconstruct(model: ModelBundle | str | Path, scan: ScanData, *, batch_size: 
     """
     bundle = model if isinstance(model, ModelBundle) else load_bundle(model)
     t0 = time.perf_counter()
-    patches = predict_patch_store(bundle, scan, batch_size=batch_size, seed=seed, quiet=quiet,
-                                  device=device)
+    patches = predict_patch_store(
+        bundle, scan, batch_size=batch_size, seed=seed, quiet=quiet, device=device
+    )
     t_net = time.perf_counter() - t0
     shape = scan.object_truth.shape if scan.object_truth is not None else None
     try:
@@ -259,11 +322,24 @@ def reconstruct(model: ModelBundle | str | Path, scan: ScanData, *, batch_size: 
     finally:
         patches.close()
     seconds = time.perf_counter() - t0
-    log.info("reconstructed %d patterns in %.2f s (%.0f patterns/s network only)",
-             scan.n_patterns, seconds, scan.n_patterns / max(t_net, 1e-9))
-    return Reconstruction(object=obj, offset_px=offset, positions_px=scan.positions_px,
-                          illumination=illum, probe=scan.probe,
-                          metadata={"source": scan.source, "method": "ptychopinn network",
-                                    "seconds": seconds, "network_seconds": t_net,
-                                    "patterns_per_second": scan.n_patterns / max(t_net, 1e-9),
-                                    "model": bundle.manifest})
+    log.info(
+        "reconstructed %d patterns in %.2f s (%.0f patterns/s network only)",
+        scan.n_patterns,
+        seconds,
+        scan.n_patterns / max(t_net, 1e-9),
+    )
+    return Reconstruction(
+        object=obj,
+        offset_px=offset,
+        positions_px=scan.positions_px,
+        illumination=illum,
+        probe=scan.probe,
+        metadata={
+            "source": scan.source,
+            "method": "ptychopinn network",
+            "seconds": seconds,
+            "network_seconds": t_net,
+            "patterns_per_second": scan.n_patterns / max(t_net, 1e-9),
+            "model": bundle.manifest,
+        },
+    )

@@ -36,10 +36,13 @@ def quiet_levels(quiet: bool) -> dict[str, int]:
     litlogger tip) and our own INFO output hidden."""
     if not quiet:
         return {}
-    return {"lightning.pytorch": logging.WARNING, "lightning.fabric": logging.WARNING,
-            LOGGER_NAME: logging.WARNING,
-            # "Experiment with name ... not found. Creating it." is a warning there
-            "lightning.pytorch.loggers.mlflow": logging.ERROR}
+    return {
+        "lightning.pytorch": logging.WARNING,
+        "lightning.fabric": logging.WARNING,
+        LOGGER_NAME: logging.WARNING,
+        # "Experiment with name ... not found. Creating it." is a warning there
+        "lightning.pytorch.loggers.mlflow": logging.ERROR,
+    }
 
 
 def filter_expected_warnings() -> None:

@@ -11,11 +11,18 @@ from ptychopinn.config import ModelConfig
 from ptychopinn.physics.forward import overlap_constrain, projection_estimate
 
 
-def predict_group_patches(generator: torch.nn.Module, model_config: ModelConfig,
-                          counts: torch.Tensor, a0: float | torch.Tensor, offsets_xy: torch.Tensor,
-                          probe: torch.Tensor, weight: torch.Tensor, gain: float | torch.Tensor,
-                          estimate: torch.Tensor | None = None,
-                          bad_pixels: torch.Tensor | None = None) -> torch.Tensor:
+def predict_group_patches(
+    generator: torch.nn.Module,
+    model_config: ModelConfig,
+    counts: torch.Tensor,
+    a0: float | torch.Tensor,
+    offsets_xy: torch.Tensor,
+    probe: torch.Tensor,
+    weight: torch.Tensor,
+    gain: float | torch.Tensor,
+    estimate: torch.Tensor | None = None,
+    bad_pixels: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Complex patches (B, C, N, N) for groups of measured ``counts`` (B, C, N, N).
 
     a0: amplitude normalisation (scalar or (B, 1, 1, 1)); probe: (K, N, N) or (B, 1, K, N, N);
@@ -29,8 +36,15 @@ def predict_group_patches(generator: torch.nn.Module, model_config: ModelConfig,
     if model_config.physics_iterations > 0:
         if estimate is None:
             with torch.no_grad():
-                estimate = projection_estimate(counts, probe, gain, model_config.physics_iterations,
-                                               offsets_xy if constrain else None, weight, bad_pixels)
+                estimate = projection_estimate(
+                    counts,
+                    probe,
+                    gain,
+                    model_config.physics_iterations,
+                    offsets_xy if constrain else None,
+                    weight,
+                    bad_pixels,
+                )
         patches = generator(amplitude, estimate)
     else:
         patches = generator(amplitude)

@@ -20,13 +20,14 @@ maximum-likelihood gain for the current object, ``sum I / sum S``), the Poisson 
 (``ptychopinn.physics.losses.poisson_nll``, bad pixels excluded) and an update of the object by
 Adam on its real and imaginary parts or by a preconditioned gradient step (the gradient divided by
 the minibatch's probe illumination, like (r)PIE); without a prior both touch only the pixels of the
-minibatch's windows (``LocalAdam``, ``_local_pgd_step``), so an epoch costs O(M). The probe can be refined too (after a couple of
-epochs, by a step preconditioned by the object's intensity, like ePIE, or Adam; after every epoch
-the two ambiguities of joint retrieval, a phase ramp and a translation traded between object and
-probe, are pinned without changing any modelled intensity). Scan positions can be corrected too
-(``correct_positions``: each pattern's shift is differentiated through the Fourier-shifted probe;
-affine first, then per pattern). Optionally a Gaussian prior centred on the start turns the fit
-into a MAP estimate that keeps a good start where the data are noisy. Pixels lit below ~1% of the peak illumination are reset to their starting
+minibatch's windows (``LocalAdam``, ``_local_pgd_step``), so an epoch costs O(M). The probe can
+be refined too (after a couple of epochs, by a step preconditioned by the object's intensity,
+like ePIE, or Adam; after every epoch the two ambiguities of joint retrieval, a phase ramp and a
+translation traded between object and probe, are pinned without changing any modelled
+intensity). Scan positions can be corrected too (``correct_positions``: each pattern's shift is
+differentiated through the Fourier-shifted probe; affine first, then per pattern). Optionally a
+Gaussian prior centred on the start turns the fit into a MAP estimate that keeps a good start where
+the data are noisy. Pixels lit below ~1% of the peak illumination are reset to their starting
 values before returning, because nothing constrains them.
 
 Pure torch; no Lightning. ``refine`` is the one entry point; ``Refiner`` exposes the per-epoch loop
@@ -42,7 +43,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ptychopinn.config import POSITION_AFFINE_EPOCHS, POSITION_START_EPOCH, POSITION_STEP_PX
+from ptychopinn.config import (
+    POSITION_AFFINE_EPOCHS,
+    POSITION_START_EPOCH,
+    POSITION_STEP_PX,
+)
 from ptychopinn.errors import PtychoPINNError
 from ptychopinn.log import get_logger
 from ptychopinn.physics.losses import poisson_nll
@@ -82,7 +87,7 @@ LIT_FRACTION = 0.01
 # Position-correction defaults live in ptychopinn.config (the CLI reads them without torch).
 #: Folded probes are cached for the whole scan when they take at most this many bytes;
 #: otherwise they are recomputed per minibatch (one extra FFT per pattern).
-FOLD_CACHE_BYTES = 512 * 2 ** 20
+FOLD_CACHE_BYTES = 512 * 2**20
 
 
 @dataclass
@@ -207,8 +212,8 @@ class LocalAdam:
         v.mul_(b2).addcmul_(g, g, value=1 - b2)
         t.add_(1)
         self.state[uniq] = st
-        m_hat = m / (1 - b1 ** t)
-        v_hat = v / (1 - b2 ** t)
+        m_hat = m / (1 - b1**t)
+        v_hat = v / (1 - b2**t)
         delta = m_hat.div_(v_hat.sqrt_().add_(self.eps)).mul_(-self.param_groups[0]["lr"])
         self.obj.view(-1).index_add_(0, uniq, torch.view_as_complex(delta))
 
@@ -221,16 +226,32 @@ class Refiner:
     ``result()`` builds the ``RefineResult``.
     """
 
-    def __init__(self, scan, initial_object=None, offset_px=None, *, batch_size: int = 64,
-                 optimizer: str | None = None, lr: float | None = None, refine_probe: bool = False,
-                 probe_start_epoch: int = 2, probe_optimizer: str = "pgd",
-                 probe_lr: float | None = None, pgd_regularization: float = 0.05,
-                 schedule: str = "plateau", patience: int | None = None, decay: float = 0.5,
-                 prior_sigma: float | None = None, seed: int = 0, device="cpu",
-                 fix_gauge: bool = True, correct_positions: bool = False,
-                 position_start_epoch: int = POSITION_START_EPOCH,
-                 position_step_px: float = POSITION_STEP_PX,
-                 position_affine_epochs: int = POSITION_AFFINE_EPOCHS):
+    def __init__(
+        self,
+        scan,
+        initial_object=None,
+        offset_px=None,
+        *,
+        batch_size: int = 64,
+        optimizer: str | None = None,
+        lr: float | None = None,
+        refine_probe: bool = False,
+        probe_start_epoch: int = 2,
+        probe_optimizer: str = "pgd",
+        probe_lr: float | None = None,
+        pgd_regularization: float = 0.05,
+        schedule: str = "plateau",
+        patience: int | None = None,
+        decay: float = 0.5,
+        prior_sigma: float | None = None,
+        seed: int = 0,
+        device="cpu",
+        fix_gauge: bool = True,
+        correct_positions: bool = False,
+        position_start_epoch: int = POSITION_START_EPOCH,
+        position_step_px: float = POSITION_STEP_PX,
+        position_affine_epochs: int = POSITION_AFFINE_EPOCHS,
+    ):
         t0 = time.perf_counter()
         flat = initial_object is None
         if optimizer is None:
@@ -298,7 +319,9 @@ class Refiner:
         if int(position_start_epoch) < 0 or int(position_affine_epochs) < 0:
             raise PtychoPINNError("position_start_epoch and position_affine_epochs must be >= 0")
         if not (position_step_px > 0 and math.isfinite(position_step_px)):
-            raise PtychoPINNError(f"position_step_px: {position_step_px!r} must be a finite number > 0")
+            raise PtychoPINNError(
+                f"position_step_px: {position_step_px!r} must be a finite number > 0"
+            )
         self.correct_positions = bool(correct_positions)
         self.position_start_epoch = int(position_start_epoch)
         self.position_step_px = float(position_step_px)
@@ -322,8 +345,9 @@ class Refiner:
             # filled a piece at a time: the Fourier shift's temporaries stay a piece's size
             self.folded = torch.empty((self.m, self.k, n, n), dtype=torch.complex64, device=dev)
             for s in range(0, self.m, 4096):
-                self.folded[s:s + 4096] = self._fold(self.probe, torch.arange(
-                    s, min(s + 4096, self.m), device=dev))
+                self.folded[s : s + 4096] = self._fold(
+                    self.probe, torch.arange(s, min(s + 4096, self.m), device=dev)
+                )
 
         # The scan's counts as they are (centred; no copy on the CPU), shifted to FFT order one
         # minibatch at a time; bad pixels in FFT order once.
@@ -338,8 +362,9 @@ class Refiner:
         # PHYSICS.md eps: 1e-6 of the mean count over good pixels (a hot pixel must not set it)
         # (M,) good-pixel totals, a chunk at a time (no masked copy of the scan)
         good_centred = torch.fft.fftshift(good, dim=(-2, -1))
-        self.pattern_counts = torch.cat([(c * good_centred).sum(dim=(-2, -1))
-                                         for c in self.counts.split(4096)])
+        self.pattern_counts = torch.cat(
+            [(c * good_centred).sum(dim=(-2, -1)) for c in self.counts.split(4096)]
+        )
         mean_good = float(self.pattern_counts.sum()) / (self.n_good * self.m)
         self.eps = max(1e-6 * mean_good, 1e-12)
         self.gain = None  # internal gain for the normalised probe
@@ -366,7 +391,9 @@ class Refiner:
         base = (floor[:, 1].astype(np.int64) - n // 2) * w + (floor[:, 0].astype(np.int64) - n // 2)
         self.base = torch.as_tensor(base, device=self.device)
         # fourier_shift takes (y, x); +f moves the probe so the window starts at the integer corner.
-        self.frac_yx = torch.as_tensor(frac[:, ::-1].copy(), dtype=torch.float32, device=self.device)
+        self.frac_yx = torch.as_tensor(
+            frac[:, ::-1].copy(), dtype=torch.float32, device=self.device
+        )
 
     def _fold(self, probe: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """(B, K, N, N) probes shifted by each pattern's sub-pixel fraction (plus, while positions
@@ -381,7 +408,7 @@ class Refiner:
         return self.folded[idx] if self.folded is not None else self._fold(self.probe, idx)
 
     def _windows(self, idx: torch.Tensor) -> torch.Tensor:
-        return (self.base[idx][:, None, None] + self.grid)  # (B, N, N) flat canvas indices
+        return self.base[idx][:, None, None] + self.grid  # (B, N, N) flat canvas indices
 
     def _intensity(self, obj_windows: torch.Tensor, probes: torch.Tensor) -> torch.Tensor:
         psi = torch.fft.fft2(obj_windows[:, None] * probes, norm="ortho")
@@ -412,7 +439,7 @@ class Refiner:
         units of the minibatch's mean NLL (divided by good pixels per pattern times M): its weight
         against the data does not depend on the batch size, and the data win as photons grow."""
         diff = torch.view_as_real(self.obj - self.initial)
-        return diff.square().sum() / (2.0 * self.prior_sigma ** 2 * self.n_good * self.m)
+        return diff.square().sum() / (2.0 * self.prior_sigma**2 * self.n_good * self.m)
 
     def _start_probe_refinement(self):
         self.probe = self.probe.detach().clone().requires_grad_(True)
@@ -427,8 +454,11 @@ class Refiner:
         if self.optimizer_name == "adam" and self.opt is None:
             # without a prior the gradient lives on the minibatch's windows: Adam's moments are
             # updated there only (per-pixel step counts); a prior's gradient is canvas-wide
-            self.opt = (torch.optim.Adam([self.obj], lr=self.lr) if self.prior_sigma is not None
-                        else LocalAdam(self.obj, lr=self.lr))
+            self.opt = (
+                torch.optim.Adam([self.obj], lr=self.lr)
+                if self.prior_sigma is not None
+                else LocalAdam(self.obj, lr=self.lr)
+            )
         if self.refine_probe and not self.probe_active and self.epoch >= self.probe_start_epoch:
             self._start_probe_refinement()
         if self.correct_positions and self.epoch >= self.position_start_epoch:
@@ -444,7 +474,7 @@ class Refiner:
         zero = torch.zeros((), dtype=torch.float64, device=self.device)
         total, count_sum, inten_sum = zero.clone(), zero.clone(), zero.clone()
         for s in range(0, self.m, self.batch_size):
-            idx = order[s:s + self.batch_size]
+            idx = order[s : s + self.batch_size]
             counts = torch.fft.ifftshift(self.counts[idx], dim=(-2, -1))
             probes = self._probes(idx)
             win_idx = self._windows(idx)
@@ -483,8 +513,7 @@ class Refiner:
                         self.probe_opt.step()
                     else:
                         self._probe_pgd_step(windows.detach(), gain, len(idx))
-                    self.probe.mul_(torch.sqrt(self.probe_energy
-                                               / self.probe.abs().square().sum()))
+                    self.probe.mul_(torch.sqrt(self.probe_energy / self.probe.abs().square().sum()))
                 if self.positions_active:
                     self._position_step(idx)
             total += loss.detach() * len(idx)
@@ -523,7 +552,7 @@ class Refiner:
         if since < 2 * w:
             return
         recent = np.asarray(self.losses[-w:])
-        before = np.asarray(self.losses[-2 * w:-w])
+        before = np.asarray(self.losses[-2 * w : -w])
         noise = float(np.std(recent, ddof=1) / math.sqrt(w)) + 1e-12 * abs(float(recent.mean()))
         if float(before.mean() - recent.mean()) > noise:
             self.window_start = len(self.losses) - w  # still improving: slide by one window
@@ -607,8 +636,9 @@ class Refiner:
             obj.mul_(torch.polar(torch.ones((), device=self.device), -(gx * xx + gy * yy)))
             n = self.n
             ar = torch.arange(n, device=self.device, dtype=torch.float32)
-            self.probe.data.mul_(torch.polar(torch.ones((), device=self.device),
-                                             gx * ar[None, :] + gy * ar[:, None]))
+            self.probe.data.mul_(
+                torch.polar(torch.ones((), device=self.device), gx * ar[None, :] + gy * ar[:, None])
+            )
             drift = intensity_centroid_xy(self.probe.data) - self.probe_centroid
             dx, dy = (int(v) for v in torch.round(drift).tolist())
             if dx or dy:
@@ -653,7 +683,7 @@ class Refiner:
         with torch.no_grad():
             probes = self._probes(idx)
             inten = self._intensity(torch.take(self.obj, self._windows(idx)), probes)
-            inten = torch.fft.fftshift(inten, dim=(-2, -1)) * self.probe_scale ** 2
+            inten = torch.fft.fftshift(inten, dim=(-2, -1)) * self.probe_scale**2
         return inten.cpu().numpy().astype(np.float32)
 
     def _probe_pgd_step(self, windows, gain, b):
@@ -672,7 +702,7 @@ class Refiner:
         lit = illum >= LIT_FRACTION * illum.max()
         with torch.no_grad():
             obj = torch.where(lit, self.obj.detach(), self.initial)
-        scale2 = self.probe_scale ** 2
+        scale2 = self.probe_scale**2
         if self.gain is None:
             gain = None
             with torch.no_grad():
@@ -685,8 +715,11 @@ class Refiner:
         return RefineResult(
             object=obj.cpu().numpy().astype(np.complex64),
             offset_px=self.offset_px.copy(),
-            probe=(self.scan_probe.copy() if not self.probe_active else
-                   (self.probe.detach() * self.probe_scale).cpu().numpy().astype(np.complex64)),
+            probe=(
+                self.scan_probe.copy()
+                if not self.probe_active
+                else (self.probe.detach() * self.probe_scale).cpu().numpy().astype(np.complex64)
+            ),
             gain=float(gain) / scale2,
             losses=list(self.losses),
             illumination=(illum * scale2).cpu().numpy().astype(np.float32),
@@ -696,16 +729,34 @@ class Refiner:
         )
 
 
-def refine(scan, initial_object: np.ndarray | None = None, offset_px=None, *, epochs: int = 60,
-           batch_size: int = 64, optimizer: str | None = None, lr: float | None = None,
-           schedule: str = "plateau", patience: int | None = None, refine_probe: bool = False,
-           probe_start_epoch: int = 2, probe_optimizer: str = "pgd", probe_lr: float | None = None,
-           prior_sigma: float | None = None, seed: int = 0, progress=None, quiet: bool = False,
-           device="cpu", time_limit_s: float | None = None,
-           stop_when_converged: bool = True, fix_gauge: bool = True,
-           correct_positions: bool = False, position_start_epoch: int = POSITION_START_EPOCH,
-           position_step_px: float = POSITION_STEP_PX,
-           position_affine_epochs: int = POSITION_AFFINE_EPOCHS) -> RefineResult:
+def refine(
+    scan,
+    initial_object: np.ndarray | None = None,
+    offset_px=None,
+    *,
+    epochs: int = 60,
+    batch_size: int = 64,
+    optimizer: str | None = None,
+    lr: float | None = None,
+    schedule: str = "plateau",
+    patience: int | None = None,
+    refine_probe: bool = False,
+    probe_start_epoch: int = 2,
+    probe_optimizer: str = "pgd",
+    probe_lr: float | None = None,
+    prior_sigma: float | None = None,
+    seed: int = 0,
+    progress=None,
+    quiet: bool = False,
+    device="cpu",
+    time_limit_s: float | None = None,
+    stop_when_converged: bool = True,
+    fix_gauge: bool = True,
+    correct_positions: bool = False,
+    position_start_epoch: int = POSITION_START_EPOCH,
+    position_step_px: float = POSITION_STEP_PX,
+    position_affine_epochs: int = POSITION_AFFINE_EPOCHS,
+) -> RefineResult:
     """Refine an object (and optionally the probe) on one scan's own Poisson likelihood.
 
     Args:
@@ -760,22 +811,42 @@ def refine(scan, initial_object: np.ndarray | None = None, offset_px=None, *, ep
         raise PtychoPINNError(f"epochs: {epochs!r} must be >= 0")
     if time_limit_s is not None and not time_limit_s > 0:
         raise PtychoPINNError(f"time_limit_s: {time_limit_s!r} must be > 0 seconds")
-    refiner = Refiner(scan, initial_object, offset_px, batch_size=batch_size, optimizer=optimizer,
-                      lr=lr, schedule=schedule, patience=patience, refine_probe=refine_probe,
-                      probe_start_epoch=probe_start_epoch, probe_optimizer=probe_optimizer,
-                      probe_lr=probe_lr, prior_sigma=prior_sigma, seed=seed, device=device,
-                      fix_gauge=fix_gauge, correct_positions=correct_positions,
-                      position_start_epoch=position_start_epoch,
-                      position_step_px=position_step_px,
-                      position_affine_epochs=position_affine_epochs)
+    refiner = Refiner(
+        scan,
+        initial_object,
+        offset_px,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        lr=lr,
+        schedule=schedule,
+        patience=patience,
+        refine_probe=refine_probe,
+        probe_start_epoch=probe_start_epoch,
+        probe_optimizer=probe_optimizer,
+        probe_lr=probe_lr,
+        prior_sigma=prior_sigma,
+        seed=seed,
+        device=device,
+        fix_gauge=fix_gauge,
+        correct_positions=correct_positions,
+        position_start_epoch=position_start_epoch,
+        position_step_px=position_step_px,
+        position_affine_epochs=position_affine_epochs,
+    )
     for epoch in range(1, int(epochs) + 1):
         loss = refiner.run_epoch()
         if not math.isfinite(loss):
-            raise PtychoPINNError(f"refinement diverged at epoch {epoch} (loss {loss}); "
-                                  f"lower lr (now {refiner.lr:g})")
+            raise PtychoPINNError(
+                f"refinement diverged at epoch {epoch} (loss {loss}); lower lr (now {refiner.lr:g})"
+            )
         if not quiet:
-            log.info("refine epoch %d/%d  poisson_nll %.8g  (%.1f s)", epoch, epochs, loss,
-                     refiner.elapsed)
+            log.info(
+                "refine epoch %d/%d  poisson_nll %.8g  (%.1f s)",
+                epoch,
+                epochs,
+                loss,
+                refiner.elapsed,
+            )
         if progress is not None:
             progress(epoch, loss)
         if time_limit_s is not None and refiner.elapsed >= time_limit_s:

@@ -1,1 +1,2 @@
-"""Command-line interface: one module per subcommand; each parses, builds config, calls one library function."""
+"""Command-line interface: one module per subcommand; each parses, builds config, calls one
+library function."""

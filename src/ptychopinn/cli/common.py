@@ -39,61 +39,98 @@ def add_units_flag(parser: argparse.ArgumentParser) -> None:
     """``--diffraction-units`` and ``--data-format`` (how to read the input scan files)."""
     from ptychopinn.data.readers import READERS, formats
 
-    parser.add_argument("--diffraction-units", choices=["auto", "counts", "amplitude"], default="auto",
-                        help="units of the diffraction arrays in NPZ inputs; auto honours the file's "
-                             "'diffraction_units' entry, else detects (default: auto)")
-    parser.add_argument("--data-format", choices=list(formats()), default="auto",
-                        help="format of a single-file scan: " + "; ".join(
-                            f"{r.name} = {r.description}" for r in READERS.values())
-                        + "; auto detects it from the file's contents (default: auto)")
+    parser.add_argument(
+        "--diffraction-units",
+        choices=["auto", "counts", "amplitude"],
+        default="auto",
+        help="units of the diffraction arrays in NPZ inputs; auto honours the file's "
+        "'diffraction_units' entry, else detects (default: auto)",
+    )
+    parser.add_argument(
+        "--data-format",
+        choices=list(formats()),
+        default="auto",
+        help="format of a single-file scan: "
+        + "; ".join(f"{r.name} = {r.description}" for r in READERS.values())
+        + "; auto detects it from the file's contents (default: auto)",
+    )
 
 
 def add_refine_probe_flag(parser: argparse.ArgumentParser, extra: str = "") -> None:
     from ptychopinn.config import PROBE_REFINEMENT
 
-    parser.add_argument("--refine-probe", choices=list(PROBE_REFINEMENT), default="auto",
-                        help="retrieve the probe jointly during refinement: auto = unless the "
-                             "scan's probe is known to be the true one (scans made by ptychopinn "
-                             f"simulate, or metadata probe_known){extra} (default auto)")
+    parser.add_argument(
+        "--refine-probe",
+        choices=list(PROBE_REFINEMENT),
+        default="auto",
+        help="retrieve the probe jointly during refinement: auto = unless the "
+        "scan's probe is known to be the true one (scans made by ptychopinn "
+        f"simulate, or metadata probe_known){extra} (default auto)",
+    )
 
 
 def add_patterns_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--patterns", choices=["all", "even", "odd"], default="all",
-                        help="reconstruct all patterns, or only the even (0, 2, 4, ...) or odd ones: "
-                             "two independent halves for 'evaluate --reference' (half-scan FRC); "
-                             "recorded in the reconstruction's metadata (default all)")
+    parser.add_argument(
+        "--patterns",
+        choices=["all", "even", "odd"],
+        default="all",
+        help="reconstruct all patterns, or only the even (0, 2, 4, ...) or odd ones: "
+        "two independent halves for 'evaluate --reference' (half-scan FRC); "
+        "recorded in the reconstruction's metadata (default all)",
+    )
 
 
 def add_position_flags(parser: argparse.ArgumentParser) -> None:
     from ptychopinn.config import POSITION_START_EPOCH, POSITION_STEP_PX
 
-    parser.add_argument("--correct-positions", action="store_true",
-                        help="correct each pattern's scan position during refinement (affine "
-                             "first, then per pattern; the corrected positions are written with "
-                             "the reconstruction)")
-    parser.add_argument("--position-start-epoch", type=nonneg_int, default=POSITION_START_EPOCH,
-                        help="refinement epoch (from 0) at which position correction starts "
-                             f"(default {POSITION_START_EPOCH})")
-    parser.add_argument("--position-step-px", type=positive_float, default=POSITION_STEP_PX,
-                        help="position change per pattern per epoch, pixels (at most twice "
-                             f"this per axis; default {POSITION_STEP_PX})")
+    parser.add_argument(
+        "--correct-positions",
+        action="store_true",
+        help="correct each pattern's scan position during refinement (affine "
+        "first, then per pattern; the corrected positions are written with "
+        "the reconstruction)",
+    )
+    parser.add_argument(
+        "--position-start-epoch",
+        type=nonneg_int,
+        default=POSITION_START_EPOCH,
+        help="refinement epoch (from 0) at which position correction starts "
+        f"(default {POSITION_START_EPOCH})",
+    )
+    parser.add_argument(
+        "--position-step-px",
+        type=positive_float,
+        default=POSITION_STEP_PX,
+        help="position change per pattern per epoch, pixels (at most twice "
+        f"this per axis; default {POSITION_STEP_PX})",
+    )
 
 
 def position_kwargs(args: argparse.Namespace) -> dict:
-    return {"correct_positions": args.correct_positions,
-            "position_start_epoch": args.position_start_epoch,
-            "position_step_px": args.position_step_px}
+    return {
+        "correct_positions": args.correct_positions,
+        "position_start_epoch": args.position_start_epoch,
+        "position_step_px": args.position_step_px,
+    }
 
 
 def add_device_flags(parser: argparse.ArgumentParser) -> None:
     """``--accelerator`` and ``--devices`` (Lightning's names) for single-process commands."""
-    parser.add_argument("--accelerator", choices=["auto", "cpu", "gpu", "cuda", "mps"], default="auto",
-                        help="where the network pass and refinement run: auto = a CUDA GPU when "
-                             "one is available (else Apple MPS, else the CPU); gpu = cuda "
-                             "(default auto)")
-    parser.add_argument("--devices", default="1", metavar="N",
-                        help="devices to use: this command runs on one ('1' or 'auto'; several "
-                             "devices are for 'train' through DDP) (default 1)")
+    parser.add_argument(
+        "--accelerator",
+        choices=["auto", "cpu", "gpu", "cuda", "mps"],
+        default="auto",
+        help="where the network pass and refinement run: auto = a CUDA GPU when "
+        "one is available (else Apple MPS, else the CPU); gpu = cuda "
+        "(default auto)",
+    )
+    parser.add_argument(
+        "--devices",
+        default="1",
+        metavar="N",
+        help="devices to use: this command runs on one ('1' or 'auto'; several "
+        "devices are for 'train' through DDP) (default 1)",
+    )
 
 
 def torch_device(args: argparse.Namespace) -> str:
@@ -104,8 +141,10 @@ def torch_device(args: argparse.Namespace) -> str:
 
     devices = str(getattr(args, "devices", "1")).strip()
     if devices not in ("1", "auto"):
-        raise ConfigError(f"--devices {devices}: this command runs on one device; use 1 (several "
-                          "devices are for 'train', through DDP)")
+        raise ConfigError(
+            f"--devices {devices}: this command runs on one device; use 1 (several "
+            "devices are for 'train', through DDP)"
+        )
     choice = getattr(args, "accelerator", "auto")
     cuda = torch.cuda.is_available()
     mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
@@ -113,8 +152,10 @@ def torch_device(args: argparse.Namespace) -> str:
         return "cuda" if cuda else "mps" if mps else "cpu"
     if choice in ("gpu", "cuda"):
         if not cuda:
-            raise ConfigError(f"--accelerator {choice}: no CUDA device is available on this machine "
-                              "(use --accelerator cpu or auto)")
+            raise ConfigError(
+                f"--accelerator {choice}: no CUDA device is available on this machine "
+                "(use --accelerator cpu or auto)"
+            )
         return "cuda"
     if choice == "mps":
         if not mps:
@@ -124,8 +165,9 @@ def torch_device(args: argparse.Namespace) -> str:
 
 
 def add_quiet_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quiet", action="store_true",
-                        help="only warnings and errors; no progress bars")
+    parser.add_argument(
+        "--quiet", action="store_true", help="only warnings and errors; no progress bars"
+    )
 
 
 def _scan_flag_names(name: str) -> tuple[str, str, str]:
@@ -135,20 +177,38 @@ def _scan_flag_names(name: str) -> tuple[str, str, str]:
     return name, f"{prefix}product", f"{prefix}diffraction"
 
 
-def add_scan_input_flags(parser: argparse.ArgumentParser, name: str = "data", what: str = "scan") -> None:
+def add_scan_input_flags(
+    parser: argparse.ArgumentParser, name: str = "data", what: str = "scan"
+) -> None:
     """Add ``--NAME F`` (PtychoPINN NPZ) and the alternative ``--product P --diffraction D``
     (Ptychodus files); for ``name='test-data'`` the pair is ``--test-product/--test-diffraction``.
     Read them back with :func:`load_scan_from_args` (same ``name``)."""
     from pathlib import Path
 
     npz, product, diffraction = _scan_flag_names(name)
-    parser.add_argument(f"--{npz}", type=Path, metavar="F", default=None,
-                        help=f"{what} as one file: PtychoPINN NPZ, tike NPZ or CXI (see --data-format where offered)")
-    parser.add_argument(f"--{product}", type=Path, metavar="P", default=None,
-                        help=f"{what} as Ptychodus files: product.h5 (positions, probe, object grid); "
-                             f"use with --{diffraction}, instead of --{npz}")
-    parser.add_argument(f"--{diffraction}", type=Path, metavar="D", default=None,
-                        help=f"Ptychodus diffraction.h5 (patterns, indexes, bad pixels) paired with --{product}")
+    parser.add_argument(
+        f"--{npz}",
+        type=Path,
+        metavar="F",
+        default=None,
+        help=f"{what} as one file: PtychoPINN NPZ, tike NPZ or CXI "
+        "(see --data-format where offered)",
+    )
+    parser.add_argument(
+        f"--{product}",
+        type=Path,
+        metavar="P",
+        default=None,
+        help=f"{what} as Ptychodus files: product.h5 (positions, probe, object grid); "
+        f"use with --{diffraction}, instead of --{npz}",
+    )
+    parser.add_argument(
+        f"--{diffraction}",
+        type=Path,
+        metavar="D",
+        default=None,
+        help=f"Ptychodus diffraction.h5 (patterns, indexes, bad pixels) paired with --{product}",
+    )
 
 
 def scan_input_given(args: argparse.Namespace, name: str = "data") -> bool:
@@ -166,16 +226,25 @@ def load_scan_from_args(args: argparse.Namespace, name: str = "data"):
     from ptychopinn.errors import PtychoPINNError
 
     npz, product, diffraction = _scan_flag_names(name)
-    path, prod, diff = (getattr(args, n.replace("-", "_"), None) for n in (npz, product, diffraction))
+    path, prod, diff = (
+        getattr(args, n.replace("-", "_"), None) for n in (npz, product, diffraction)
+    )
     if path is not None and (prod is not None or diff is not None):
-        raise PtychoPINNError(f"give either --{npz} (NPZ) or --{product} with --{diffraction} "
-                              "(Ptychodus files), not both")
+        raise PtychoPINNError(
+            f"give either --{npz} (NPZ) or --{product} with --{diffraction} "
+            "(Ptychodus files), not both"
+        )
     if path is None and prod is None and diff is None:
-        raise PtychoPINNError(f"no input scan: give --{npz} F (NPZ) or --{product} P --{diffraction} D "
-                              "(Ptychodus files)")
+        raise PtychoPINNError(
+            f"no input scan: give --{npz} F (NPZ) or --{product} P --{diffraction} D "
+            "(Ptychodus files)"
+        )
     if path is None and (prod is None or diff is None):
         given, missing = (product, diffraction) if diff is None else (diffraction, product)
-        raise PtychoPINNError(f"--{given} needs --{missing} (Ptychodus scans are a product + diffraction pair)")
+        raise PtychoPINNError(
+            f"--{given} needs --{missing} (Ptychodus scans are a product + diffraction pair)"
+        )
     units = getattr(args, "diffraction_units", "auto")
-    return load_scan(path, units, product=prod, diffraction=diff,
-                     format=getattr(args, "data_format", "auto"))
+    return load_scan(
+        path, units, product=prod, diffraction=diff, format=getattr(args, "data_format", "auto")
+    )

@@ -65,7 +65,7 @@ def _config_key(action: argparse.Action) -> str | None:
     from ptychopinn.cli.execution_args import DEST_PREFIX
 
     dest = action.dest or ""
-    return dest[len(DEST_PREFIX):] if dest.startswith(DEST_PREFIX) else None
+    return dest[len(DEST_PREFIX) :] if dest.startswith(DEST_PREFIX) else None
 
 
 def _type_text(action: argparse.Action) -> str:
@@ -84,9 +84,16 @@ def _type_text(action: argparse.Action) -> str:
     if key is not None:
         text = _hint_text(_hint(key))
     else:
-        known = {Path: "path", int: "int", float: "float", str: "string", None: "string",
-                 common.positive_int: "int >= 1", common.nonneg_int: "int >= 0",
-                 common.positive_float: "float > 0"}
+        known = {
+            Path: "path",
+            int: "int",
+            float: "float",
+            str: "string",
+            None: "string",
+            common.positive_int: "int >= 1",
+            common.nonneg_int: "int >= 0",
+            common.positive_float: "float > 0",
+        }
         if action.type in known:
             text = known[action.type]
         elif getattr(action.type, "__name__", "") == "_fraction":
@@ -187,14 +194,22 @@ def _synopsis(name: str, parser: argparse.ArgumentParser) -> str:
 
 
 def _group_table(parser: argparse.ArgumentParser, actions: list) -> list[str]:
-    lines = ["| option | type | default | choices | description |",
-             "|---|---|---|---|---|"]
+    lines = ["| option | type | default | choices | description |", "|---|---|---|---|---|"]
     for action in actions:
         choices = _choices(action)
-        lines.append("| " + " | ".join([
-            _options_cell(action), _cell(_type_text(action)), _cell(_default_text(action)),
-            _cell(", ".join(f"`{c}`" for c in choices)) if choices else "",
-            _cell(action.help or "")]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    _options_cell(action),
+                    _cell(_type_text(action)),
+                    _cell(_default_text(action)),
+                    _cell(", ".join(f"`{c}`" for c in choices)) if choices else "",
+                    _cell(action.help or ""),
+                ]
+            )
+            + " |"
+        )
     return lines
 
 
@@ -221,11 +236,14 @@ def generate(parser: argparse.ArgumentParser | None = None) -> str:
         out.append(f"| [`ptychopinn {name}`](#ptychopinn-{name}) | {_cell(help_text)} |")
     out.append("")
     top = [a for a in parser._actions if a.option_strings]  # noqa: SLF001
-    out.append("Options of `ptychopinn` itself: " + "; ".join(
-        f"{_options_cell(a)} ({a.help})" for a in top) + ". Every subcommand also takes "
-        "`-h`, `--help`.\n")
+    out.append(
+        "Options of `ptychopinn` itself: "
+        + "; ".join(f"{_options_cell(a)} ({a.help})" for a in top)
+        + ". Every subcommand also takes "
+        "`-h`, `--help`.\n"
+    )
 
-    for name, sub, help_text in subs:
+    for name, sub, _help in subs:
         out.append(f"## ptychopinn {name}\n")
         out.append(f"```text\n{_synopsis(name, sub)}\n```\n")
         if sub.description:

@@ -14,11 +14,26 @@ import typing
 import warnings
 from dataclasses import fields
 
-from ptychopinn.config import (ACCELERATOR_NAMES, CHECKPOINT_MODES, GRADIENT_CLIP_ALGORITHMS,
-                               LOGGER_NAMES, OPTIMIZER_NAMES, PRECISION_NAMES, SCHEDULER_ALIASES,
-                               INFERENCE_BATCH_SIZE, SCHEDULER_NAMES, STRATEGY_NAMES)
-from ptychopinn.config_factory import (SECTIONS, SOURCE_CLI, RunConfig, build_run_config,
-                                       coerce_value, flag_name)
+from ptychopinn.config import (
+    ACCELERATOR_NAMES,
+    CHECKPOINT_MODES,
+    GRADIENT_CLIP_ALGORITHMS,
+    INFERENCE_BATCH_SIZE,
+    LOGGER_NAMES,
+    OPTIMIZER_NAMES,
+    PRECISION_NAMES,
+    SCHEDULER_ALIASES,
+    SCHEDULER_NAMES,
+    STRATEGY_NAMES,
+)
+from ptychopinn.config_factory import (
+    SECTIONS,
+    SOURCE_CLI,
+    RunConfig,
+    build_run_config,
+    coerce_value,
+    flag_name,
+)
 
 #: namespace attribute prefix of config flags (``cfg:execution.learning_rate``)
 DEST_PREFIX = "cfg:"
@@ -46,31 +61,31 @@ HELP = {
     "model.support": "patch support as a fraction of N",
     "model.loss": "poisson: Poisson NLL on counts; mae: amplitude MAE",
     "model.trainable_gain": "train the intensity gain (else keep its data-derived value)",
-    "model.physics_iterations": "physics projection iterations giving the generator a first estimate",
+    "model.physics_iterations": "physics projection iterations giving the generator a first "
+    "estimate",
     # data
     "data.neighbors": "K nearest neighbours a group is drawn from, >= gridsize^2",
     "data.n_groups": "number of training groups",
-    "data.val_fraction": "held-out fraction of patterns (a contiguous block, grouped apart from the "
-                         "training patterns) for validation without --test-data; 0 allowed",
+    "data.val_fraction": "held-out fraction of patterns (a contiguous block, grouped apart from "
+    "the training patterns) for validation without --test-data; 0 allowed",
     "data.diffraction_units": "units of the diffraction arrays in NPZ inputs; auto honours the "
-                              "file's 'diffraction_units' entry, else detects",
+    "file's 'diffraction_units' entry, else detects",
     # training
     "training.max_epochs": "maximum epochs",
     "training.batch_size": "groups per batch (per device)",
-    "training.nphotons": "initialise the gain so a unit object gives this many photons per "
-                         "pattern",
+    "training.nphotons": "initialise the gain so a unit object gives this many photons per pattern",
     "training.supervised_weight": "weight of the supervised patch loss when ground truth exists",
     # execution: trainer
     "execution.accelerator": "Lightning accelerator; auto picks cuda, then mps, then cpu "
-                             "(tpu is not supported)",
+    "(tpu is not supported)",
     "execution.devices": "number of devices (processes per node) or 'auto'",
     "execution.strategy": "Lightning strategy; DDP variants for several devices (ddp_spawn or "
-                          "ddp on CPU use the gloo backend)",
+    "ddp on CPU use the gloo backend)",
     "execution.num_nodes": "number of machines",
     "execution.precision": "numeric precision (16-mixed falls back to bf16-mixed on CPU)",
     "execution.deterministic": "use deterministic algorithms only (slower on GPU)",
     "execution.detect_anomaly": "torch anomaly detection: name the operation that produced a "
-                                "NaN/inf gradient (much slower; for debugging a diverging run)",
+    "NaN/inf gradient (much slower; for debugging a diverging run)",
     "execution.seed": "one seed for grouping, the validation split, weight init and batch order",
     # execution: data loader
     "execution.num_workers": "DataLoader worker processes (0: load in the main process)",
@@ -83,36 +98,36 @@ HELP = {
     "execution.momentum": "SGD momentum in [0, 1) (sgd only; 0: plain SGD)",
     "execution.weight_decay": "weight decay (>= 0; decoupled for adamw)",
     "execution.scheduler": "learning-rate schedule, stepped once per epoch: Default constant; "
-                           "Exponential lr*gamma^epoch; MultiStage x gamma at each milestone; "
-                           "Adaptive (alias ReduceLROnPlateau) x plateau-factor when the monitored "
-                           "metric stalls; WarmupCosine linear warm-up then cosine to min-lr",
+    "Exponential lr*gamma^epoch; MultiStage x gamma at each milestone; "
+    "Adaptive (alias ReduceLROnPlateau) x plateau-factor when the monitored "
+    "metric stalls; WarmupCosine linear warm-up then cosine to min-lr",
     "execution.lr_gamma": "decay factor in (0, 1] of Exponential and MultiStage",
     "execution.lr_milestones": "MultiStage epochs at which the LR is multiplied by lr-gamma "
-                               "(e.g. --lr-milestones 10 20)",
+    "(e.g. --lr-milestones 10 20)",
     "execution.plateau_factor": "Adaptive: LR factor in (0, 1) applied on a plateau",
     "execution.plateau_patience": "Adaptive: epochs without improvement before reducing",
     "execution.min_lr": "lower LR bound of Adaptive and the end value of WarmupCosine",
     "execution.warmup_epochs": "WarmupCosine: linear warm-up epochs (< max-epochs)",
     "execution.accumulate_grad_batches": "accumulate gradients over K batches per optimiser step; "
-                                         "effective batch = batch x K x devices x nodes",
+    "effective batch = batch x K x devices x nodes",
     "execution.gradient_clip_val": "clip gradients at this value",
     "execution.gradient_clip_algorithm": "clip the gradient norm or each value",
     # execution: checkpoints and early stopping
     "execution.enable_checkpointing": "write Lightning checkpoints to OUTPUT_DIR/checkpoints "
-                                      "(best by the monitor, plus last.ckpt)",
+    "(best by the monitor, plus last.ckpt)",
     "execution.checkpoint_save_top_k": "best checkpoints kept: -1 all, 0 none (last.ckpt only), k",
     "execution.checkpoint_monitor": "metric for checkpoints, early stopping and Adaptive; val_loss "
-                                    "means the model's validation loss (e.g. poisson_val_loss), or "
-                                    "its training loss when there is no validation data",
+    "means the model's validation loss (e.g. poisson_val_loss), or "
+    "its training loss when there is no validation data",
     "execution.checkpoint_mode": "whether the monitored metric should be minimised or maximised",
     "execution.early_stopping": "stop when the monitored metric has not improved for "
-                                "--early-stop-patience epochs (--no-early-stopping disables it)",
+    "--early-stop-patience epochs (--no-early-stopping disables it)",
     "execution.early_stop_patience": "early-stopping patience in epochs (>= 1)",
     "execution.resume_from": "resume training from a Lightning checkpoint PATH, or 'last' for "
-                             "OUTPUT_DIR/checkpoints/last.ckpt",
+    "OUTPUT_DIR/checkpoints/last.ckpt",
     # execution: logging
     "execution.logger": "training logger: csv/tensorboard under OUTPUT_DIR/lightning_logs, mlflow "
-                        "to --mlflow-tracking-uri, none",
+    "to --mlflow-tracking-uri, none",
     "execution.mlflow_tracking_uri": "MLflow tracking URI",
     "execution.experiment_name": "MLflow experiment name",
     "execution.quiet": "only warnings and errors: no progress bars, model summary or info lines",
@@ -152,6 +167,7 @@ def _type(key: str):
             return coerce_value(key, text, label="")
         except ValueError as exc:  # "label: invalid value ...": argparse names the flag itself
             raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[-1]) from None
+
     parse.__name__ = key.split(".", 1)[1]
     return parse
 
@@ -167,7 +183,8 @@ def _default_text(cls, key: str) -> str:
 
 
 def _deprecated(message: str) -> None:
-    # Shown even where DeprecationWarning is filtered by default: a CLI user has no other way to see it.
+    # Shown even where DeprecationWarning is filtered by default: a CLI user has no other way
+    # to see it.
     with warnings.catch_warnings():
         warnings.simplefilter("always", DeprecationWarning)
         warnings.warn_explicit(message, DeprecationWarning, filename="ptychopinn", lineno=0)
@@ -193,17 +210,23 @@ def _existing(parser: argparse.ArgumentParser) -> set[str]:
     return set(parser._option_string_actions)  # noqa: SLF001 - argparse has no public accessor
 
 
-def add_config_arguments(parser: argparse.ArgumentParser,
-                         sections: tuple[str, ...] = ("model", "data", "training", "execution"),
-                         exclude: tuple[str, ...] = ("model.n",)) -> None:
+def add_config_arguments(
+    parser: argparse.ArgumentParser,
+    sections: tuple[str, ...] = ("model", "data", "training", "execution"),
+    exclude: tuple[str, ...] = ("model.n",),
+) -> None:
     """Add ``--config`` and one flag per field of ``sections`` (minus ``exclude``), plus the
     deprecated spellings ``--device`` and ``--disable_mlflow`` and the underscore aliases."""
     if "--config" not in _existing(parser):
-        parser.add_argument("--config", metavar="FILE", default=None,
-                            help="YAML config file with the same keys as the flags (underscores; "
-                                 "sections model/data/training/execution or flat). Precedence: "
-                                 "command-line flag > config file > default. A run's "
-                                 "OUTPUT_DIR/config.resolved.yaml can be reused here")
+        parser.add_argument(
+            "--config",
+            metavar="FILE",
+            default=None,
+            help="YAML config file with the same keys as the flags (underscores; "
+            "sections model/data/training/execution or flat). Precedence: "
+            "command-line flag > config file > default. A run's "
+            "OUTPUT_DIR/config.resolved.yaml can be reused here",
+        )
     for section in sections:
         cls = SECTIONS[section]
         group = parser.add_argument_group(GROUP_TITLES[section])
@@ -218,32 +241,71 @@ def add_config_arguments(parser: argparse.ArgumentParser,
             dest = DEST_PREFIX + key
             text = HELP.get(key, f"{cls.__name__}.{f.name}") + _default_text(cls, key)
             if key == "execution.enable_checkpointing":
-                group.add_argument("--enable-checkpointing", dest=dest, action="store_const",
-                                   const=True, default=argparse.SUPPRESS, help=text)
-                group.add_argument("--disable-checkpointing", dest=dest, action="store_const",
-                                   const=False, default=argparse.SUPPRESS,
-                                   help="no Lightning checkpoints (resume impossible)")
+                group.add_argument(
+                    "--enable-checkpointing",
+                    dest=dest,
+                    action="store_const",
+                    const=True,
+                    default=argparse.SUPPRESS,
+                    help=text,
+                )
+                group.add_argument(
+                    "--disable-checkpointing",
+                    dest=dest,
+                    action="store_const",
+                    const=False,
+                    default=argparse.SUPPRESS,
+                    help="no Lightning checkpoints (resume impossible)",
+                )
             elif hints[f.name] is bool:
-                group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction,
-                                   default=argparse.SUPPRESS, help=text)
+                group.add_argument(
+                    flag,
+                    dest=dest,
+                    action=argparse.BooleanOptionalAction,
+                    default=argparse.SUPPRESS,
+                    help=text,
+                )
             elif key == "execution.lr_milestones":
-                group.add_argument(flag, dest=dest, nargs="+", metavar="EPOCH", type=str,
-                                   default=argparse.SUPPRESS, help=text)
+                group.add_argument(
+                    flag,
+                    dest=dest,
+                    nargs="+",
+                    metavar="EPOCH",
+                    type=str,
+                    default=argparse.SUPPRESS,
+                    help=text,
+                )
             else:
                 # choices are validated by the dataclass, not argparse, so that a bad value gets
                 # the same message from the CLI, a config file and Python
                 metavar = "{" + ",".join(CHOICES[key]) + "}" if key in CHOICES else f.name.upper()
-                group.add_argument(flag, dest=dest, default=argparse.SUPPRESS, help=text,
-                                   type=_type(key), metavar=metavar)
+                group.add_argument(
+                    flag,
+                    dest=dest,
+                    default=argparse.SUPPRESS,
+                    help=text,
+                    type=_type(key),
+                    metavar=metavar,
+                )
             for alias in ALIASES.get(key, []):
                 if alias not in _existing(parser):
-                    parser.add_argument(alias, dest=dest, type=_type(key), default=argparse.SUPPRESS,
-                                        help=argparse.SUPPRESS)
+                    parser.add_argument(
+                        alias,
+                        dest=dest,
+                        type=_type(key),
+                        default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS,
+                    )
     if "execution" in sections:
-        parser.add_argument("--device", action=_DeprecatedDevice, default=argparse.SUPPRESS,
-                            help=argparse.SUPPRESS)
-        parser.add_argument("--disable_mlflow", action=_DeprecatedDisableMlflow,
-                            default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        parser.add_argument(
+            "--device", action=_DeprecatedDevice, default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
+        parser.add_argument(
+            "--disable_mlflow",
+            action=_DeprecatedDisableMlflow,
+            default=argparse.SUPPRESS,
+            help=argparse.SUPPRESS,
+        )
 
 
 def explicit_overrides(args: argparse.Namespace) -> dict:
@@ -252,7 +314,7 @@ def explicit_overrides(args: argparse.Namespace) -> dict:
     for dest, value in vars(args).items():
         if not dest.startswith(DEST_PREFIX):
             continue
-        key = dest[len(DEST_PREFIX):]
+        key = dest[len(DEST_PREFIX) :]
         if key == "execution.lr_milestones":
             value = " ".join(value)
         out[key] = value
@@ -261,5 +323,8 @@ def explicit_overrides(args: argparse.Namespace) -> dict:
 
 def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     """The RunConfig of a command line: flags given > ``--config`` file > defaults."""
-    return build_run_config(explicit_overrides(args), config_file=getattr(args, "config", None),
-                            override_source=SOURCE_CLI)
+    return build_run_config(
+        explicit_overrides(args),
+        config_file=getattr(args, "config", None),
+        override_source=SOURCE_CLI,
+    )

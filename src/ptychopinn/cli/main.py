@@ -35,12 +35,13 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="ptychopinn",
-                           description="Physics-informed neural-network ptychography.")
+    parser = OneLineParser(
+        prog="ptychopinn", description="Physics-informed neural-network ptychography."
+    )
     parser.add_argument("--version", action="version", version=f"ptychopinn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     sub.required = True
-    for name, module in SUBCOMMANDS.items():
+    for _name, module in SUBCOMMANDS.items():
         importlib.import_module(f"ptychopinn.cli.{module}").add_parser(sub)
     return parser
 
@@ -101,8 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception:  # noqa: BLE001 - a bug: show everything, never disguise it as bad input
         traceback.print_exc()
-        print(f"{prog}: internal error (a bug in ptychopinn, not in your input); "
-              "please report it with the traceback above", file=sys.stderr)
+        print(
+            f"{prog}: internal error (a bug in ptychopinn, not in your input); "
+            "please report it with the traceback above",
+            file=sys.stderr,
+        )
         return 1
 
 

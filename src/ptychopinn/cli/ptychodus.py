@@ -20,15 +20,21 @@ GUI_HINT = "pip install 'ptychodus[gui]>=1.7,<1.8'"
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "ptychodus", help="run Ptychodus (GUI or batch mode) with the PtychoPINN reconstructors",
+        "ptychodus",
+        help="run Ptychodus (GUI or batch mode) with the PtychoPINN reconstructors",
         description="Runs the Ptychodus application with the PtychoPINNLightning reconstructor "
-                    "library (PINN, Supervised) added. Everything after '--' goes to Ptychodus, "
-                    "e.g. 'ptychopinn ptychodus -- -b reconstruct -i IN -o OUT' (IN holds "
-                    "diffraction.h5, product.h5, settings.ini with [Processing] Algorithm = "
-                    "ptychopinnlightning_pinn, optionally model.ptpinn). Needs the "
-                    f"ptychodus extra: {EXTRA_HINT}.")
-    p.add_argument("ptychodus_args", nargs=argparse.REMAINDER, metavar="-- ARGS",
-                   help="arguments for Ptychodus (see 'ptychopinn ptychodus -- --help')")
+        "library (PINN, Supervised) added. Everything after '--' goes to Ptychodus, "
+        "e.g. 'ptychopinn ptychodus -- -b reconstruct -i IN -o OUT' (IN holds "
+        "diffraction.h5, product.h5, settings.ini with [Processing] Algorithm = "
+        "ptychopinnlightning_pinn, optionally model.ptpinn). Needs the "
+        f"ptychodus extra: {EXTRA_HINT}.",
+    )
+    p.add_argument(
+        "ptychodus_args",
+        nargs=argparse.REMAINDER,
+        metavar="-- ARGS",
+        help="arguments for Ptychodus (see 'ptychopinn ptychodus -- --help')",
+    )
     p.set_defaults(run=run)
 
 
@@ -40,8 +46,9 @@ def _ptychodus_args(args: argparse.Namespace) -> list[str]:
 def _wants_gui(argv: list[str]) -> bool:
     """Without -b (and without a -h/-v that exits first), Ptychodus starts its Qt GUI."""
     flags = {a.split("=", 1)[0] for a in argv}
-    return not flags & {"-b", "--batch", "-h", "--help", "-v", "--version"} and \
-        not any(a.startswith("-b") and len(a) > 2 for a in argv)
+    return not flags & {"-b", "--batch", "-h", "--help", "-v", "--version"} and not any(
+        a.startswith("-b") and len(a) > 2 for a in argv
+    )
 
 
 def _batch_output_dir(argv: list[str]):
@@ -68,14 +75,18 @@ def run(args: argparse.Namespace) -> int:
         raise PtychoPINNError(f"Ptychodus is not installed; install the extra: {EXTRA_HINT}")
     argv = _ptychodus_args(args)
     if _wants_gui(argv) and importlib.util.find_spec("PyQt5") is None:
-        raise PtychoPINNError("the Ptychodus GUI needs PyQt5, which is not installed: "
-                              f"{GUI_HINT} (or use batch mode: -b reconstruct|train -i IN -o OUT)")
+        raise PtychoPINNError(
+            "the Ptychodus GUI needs PyQt5, which is not installed: "
+            f"{GUI_HINT} (or use batch mode: -b reconstruct|train -i IN -o OUT)"
+        )
     try:
         import ptychodus.__main__ as ptychodus_main
         import ptychodus.model.core as core
     except ModuleNotFoundError as exc:
-        raise PtychoPINNError(f"the Ptychodus application needs '{exc.name}', which is not installed "
-                              f"(an API-only install?); install the full application: {EXTRA_HINT}") from None
+        raise PtychoPINNError(
+            f"the Ptychodus application needs '{exc.name}', which is not installed "
+            f"(an API-only install?); install the full application: {EXTRA_HINT}"
+        ) from None
     from ptychopinn.integrations.ptychodus import finalize_batch_output, patch_ptychodus
 
     saved_argv = sys.argv

@@ -21,25 +21,62 @@ Accepted PtychoPINN spellings: --train_data_file, --test_data_file, --output_dir
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="train a model on scans",
-                       description="Train the PtychoPINN network through the physics of the "
-                                   "experiment; writes OUTPUT_DIR/model.ptpinn, "
-                                   "OUTPUT_DIR/config.resolved.yaml, Lightning checkpoints in "
-                                   "OUTPUT_DIR/checkpoints and logs in OUTPUT_DIR/lightning_logs.",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--train-data", "--train_data_file", nargs="+", type=Path, default=None,
-                   metavar="F", help="training scan(s) as PtychoPINN NPZ files; or one Ptychodus "
-                                     "scan with --train-product P --train-diffraction D")
-    p.add_argument("--train-product", "--product", type=Path, metavar="P", default=None,
-                   help="training scan as Ptychodus files: product.h5, with --train-diffraction")
-    p.add_argument("--train-diffraction", "--diffraction", type=Path, metavar="D", default=None,
-                   help="Ptychodus diffraction.h5 paired with --train-product")
-    add_scan_input_flags(p, name="test-data", what="validation scan (default: a held-out fraction "
-                                                   "of the training groups)")
-    p.add_argument("--test_data_file", dest="test_data", type=Path, default=argparse.SUPPRESS,
-                   help=argparse.SUPPRESS)
-    p.add_argument("--output-dir", "--output_dir", type=Path, default=None, required=True,
-                   help="output directory")
+    p = sub.add_parser(
+        "train",
+        help="train a model on scans",
+        description="Train the PtychoPINN network through the physics of the "
+        "experiment; writes OUTPUT_DIR/model.ptpinn, "
+        "OUTPUT_DIR/config.resolved.yaml, Lightning checkpoints in "
+        "OUTPUT_DIR/checkpoints and logs in OUTPUT_DIR/lightning_logs.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--train-data",
+        "--train_data_file",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="F",
+        help="training scan(s) as PtychoPINN NPZ files; or one Ptychodus "
+        "scan with --train-product P --train-diffraction D",
+    )
+    p.add_argument(
+        "--train-product",
+        "--product",
+        type=Path,
+        metavar="P",
+        default=None,
+        help="training scan as Ptychodus files: product.h5, with --train-diffraction",
+    )
+    p.add_argument(
+        "--train-diffraction",
+        "--diffraction",
+        type=Path,
+        metavar="D",
+        default=None,
+        help="Ptychodus diffraction.h5 paired with --train-product",
+    )
+    add_scan_input_flags(
+        p,
+        name="test-data",
+        what="validation scan (default: a held-out fraction of the training groups)",
+    )
+    p.add_argument(
+        "--test_data_file",
+        dest="test_data",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help=argparse.SUPPRESS,
+    )
+    p.add_argument(
+        "--output-dir",
+        "--output_dir",
+        type=Path,
+        default=None,
+        required=True,
+        help="output directory",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing model bundle")
     add_config_arguments(p)
     p.set_defaults(run=run)
@@ -58,8 +95,9 @@ def run(args: argparse.Namespace) -> int:
     check_run(rc)  # cross-field errors before any data is read (fit logs the warnings)
     resolve_resume(rc.execution.resume_from, args.output_dir)
     if rc.model.generator not in generator_names():
-        raise ConfigError(f"--generator: unknown name {rc.model.generator!r}; "
-                         f"expected one of {generator_names()}")
+        raise ConfigError(
+            f"--generator: unknown name {rc.model.generator!r}; expected one of {generator_names()}"
+        )
     units = rc.data.diffraction_units
     train = _training_scans(args, units)
     test = None
@@ -69,8 +107,12 @@ def run(args: argparse.Namespace) -> int:
     if result.bundle_path is None:  # a non-zero DDP rank
         return 0
     log = get_logger("cli")
-    log.info("trained %d groups in %.1f s; %s", result.train_groups, result.seconds,
-             ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.metrics.items())))
+    log.info(
+        "trained %d groups in %.1f s; %s",
+        result.train_groups,
+        result.seconds,
+        ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.metrics.items())),
+    )
     print(result.bundle_path)
     return 0
 
@@ -81,18 +123,23 @@ def _with_units(args: argparse.Namespace, units: str) -> argparse.Namespace:
 
 
 def _training_scans(args: argparse.Namespace, units: str) -> list:
-    """NPZ files from --train-data, or one Ptychodus scan from --train-product/--train-diffraction."""
+    """NPZ files from --train-data, or one Ptychodus scan from
+    --train-product/--train-diffraction."""
     from ptychopinn.cli.common import load_scan_from_args
     from ptychopinn.data import load_scan
 
     if args.train_product is not None or args.train_diffraction is not None:
         if args.train_data:
-            raise ConfigError("give either --train-data (NPZ) or --train-product with "
-                             "--train-diffraction (Ptychodus files), not both")
+            raise ConfigError(
+                "give either --train-data (NPZ) or --train-product with "
+                "--train-diffraction (Ptychodus files), not both"
+            )
         ns = _with_units(args, units)
         ns.train_data = None
         return [load_scan_from_args(ns, "train-data")]
     if not args.train_data:
-        raise ConfigError("no training data: give --train-data F [F ...] (NPZ) or --train-product P "
-                         "--train-diffraction D (Ptychodus files)")
+        raise ConfigError(
+            "no training data: give --train-data F [F ...] (NPZ) or --train-product P "
+            "--train-diffraction D (Ptychodus files)"
+        )
     return [load_scan(f, units) for f in args.train_data]

@@ -72,9 +72,14 @@ def nearest_neighbor_spacing(positions: np.ndarray) -> float:
     return float(np.median(dist[:, 1]))
 
 
-def group_positions(positions: np.ndarray, gridsize: int = 1, neighbors: int = 4,
-                    n_groups: int | None = None, seed: int = 0,
-                    rng: np.random.Generator | None = None) -> PatchGroups:
+def group_positions(
+    positions: np.ndarray,
+    gridsize: int = 1,
+    neighbors: int = 4,
+    n_groups: int | None = None,
+    seed: int = 0,
+    rng: np.random.Generator | None = None,
+) -> PatchGroups:
     """Draw groups of C = gridsize^2 positions among the ``neighbors`` nearest of a seed position.
 
     Deterministic for a given ``seed``. ``n_groups`` defaults to one group per position; seed

@@ -28,7 +28,7 @@ def memory_bytes() -> int:
 
 
 def _gib(nbytes: float) -> str:
-    return f"{nbytes / 2 ** 30:.3g} GiB"
+    return f"{nbytes / 2**30:.3g} GiB"
 
 
 def check_allocation(src: str, key: str, shape, itemsize: int, what: str = "array") -> int:
@@ -38,6 +38,10 @@ def check_allocation(src: str, key: str, shape, itemsize: int, what: str = "arra
     nbytes = math.prod(int(s) for s in shape) * int(itemsize)
     limit = memory_bytes()
     if nbytes > limit:
-        raise DataError(src, key, f"{what} of shape {tuple(int(s) for s in shape)} would need "
-                        f"{_gib(nbytes)}, more than this machine's {_gib(limit)} of memory")
+        raise DataError(
+            src,
+            key,
+            f"{what} of shape {tuple(int(s) for s in shape)} would need "
+            f"{_gib(nbytes)}, more than this machine's {_gib(limit)} of memory",
+        )
     return nbytes

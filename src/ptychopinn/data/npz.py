@@ -15,7 +15,7 @@ from ptychopinn.data.limits import check_allocation, require_file
 from ptychopinn.data.scan import ScanData, is_real_array
 from ptychopinn.errors import DataError
 from ptychopinn.io.atomic import atomic_path
-from ptychopinn.io.spill import scratch_array
+from ptychopinn.io.scratch import scratch_array
 from ptychopinn.log import get_logger
 
 log = get_logger("data")
@@ -28,7 +28,7 @@ def detect_units(diffraction: np.ndarray) -> tuple[str, str]:
 
     Counts are integer-valued; amplitudes (sqrt of counts, often normalised) are not.
     """
-    sample = diffraction.reshape(-1)[: 2_000_000].astype(np.float64)
+    sample = diffraction.reshape(-1)[:2_000_000].astype(np.float64)
     if np.issubdtype(diffraction.dtype, np.integer):
         return "counts", f"integer dtype {diffraction.dtype}"
     frac = np.abs(sample - np.round(sample))
@@ -40,8 +40,11 @@ def detect_units(diffraction: np.ndarray) -> tuple[str, str]:
 def check_units(src: str, diffraction_units: str) -> None:
     """DataError unless ``diffraction_units`` is one of UNITS (every reader's one check)."""
     if diffraction_units not in UNITS:
-        raise DataError(src, "diffraction_units", f"unknown value {diffraction_units!r}; "
-                        f"expected one of {list(UNITS)}")
+        raise DataError(
+            src,
+            "diffraction_units",
+            f"unknown value {diffraction_units!r}; expected one of {list(UNITS)}",
+        )
 
 
 #: Patterns per piece when converting counts (temporaries per piece, not per scan).
@@ -56,22 +59,33 @@ def to_counts(values: np.ndarray, units: str, src: str, key: str) -> tuple[np.nd
     (``ptychopinn.io.spill.scratch_array``) when it reaches ``MMAP_BYTES``."""
     if units == "auto":
         units, why = detect_units(values)
-        log.info("%s: diffraction units detected as '%s' (%s); override with --diffraction-units",
-                 src, units, why)
+        log.info(
+            "%s: diffraction units detected as '%s' (%s); override with --diffraction-units",
+            src,
+            units,
+            why,
+        )
     if units != "amplitude" and values.dtype == np.float32:
         return values, units
     nbytes = math.prod(values.shape) * 4
-    out = (np.empty(values.shape, np.float32) if nbytes < MMAP_BYTES
-           else scratch_array(values.shape, np.float32))
+    out = (
+        np.empty(values.shape, np.float32)
+        if nbytes < MMAP_BYTES
+        else scratch_array(values.shape, np.float32)
+    )
     for s in range(0, max(len(values), 1), CONVERT_CHUNK):
-        piece = values[s:s + CONVERT_CHUNK]
+        piece = values[s : s + CONVERT_CHUNK]
         if units == "amplitude":
             if (piece < 0).any():
-                raise DataError(src, key, f"negative amplitudes (min {float(piece.min()):g}, "
-                                f"pattern {s + int(np.argmin(piece.reshape(len(piece), -1).min(1)))})")
-            out[s:s + CONVERT_CHUNK] = np.square(piece.astype(np.float64))
+                raise DataError(
+                    src,
+                    key,
+                    f"negative amplitudes (min {float(piece.min()):g}, "
+                    f"pattern {s + int(np.argmin(piece.reshape(len(piece), -1).min(1)))})",
+                )
+            out[s : s + CONVERT_CHUNK] = np.square(piece.astype(np.float64))
         else:
-            out[s:s + CONVERT_CHUNK] = piece
+            out[s : s + CONVERT_CHUNK] = piece
     return out, units
 
 
@@ -81,9 +95,20 @@ def _to_str(value) -> str:
 
 
 #: What a damaged archive can raise while being parsed (all caused by the file's bytes).
-_PARSE_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError,
-                 struct.error, UnicodeDecodeError, SyntaxError, NotImplementedError, OverflowError,
-                 TypeError)
+_PARSE_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    EOFError,
+    OSError,
+    ValueError,
+    KeyError,
+    struct.error,
+    UnicodeDecodeError,
+    SyntaxError,
+    NotImplementedError,
+    OverflowError,
+    TypeError,
+)
 
 
 #: Uncompressed NPZ members at least this large (bytes) are memory-mapped, not read.
@@ -103,12 +128,16 @@ def _mapped_member(path: Path, info: zipfile.ZipInfo) -> np.ndarray | None:
         name_len, extra_len = struct.unpack("<HH", local[26:30])
         fh.seek(info.header_offset + 30 + name_len + extra_len)
         version = np.lib.format.read_magic(fh)
-        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                       else np.lib.format.read_array_header_2_0)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
         shape, fortran, dtype = read_header(fh)
         offset = fh.tell()
-    return np.memmap(path, dtype=dtype, mode="c", offset=offset, shape=shape,
-                     order="F" if fortran else "C")
+    return np.memmap(
+        path, dtype=dtype, mode="c", offset=offset, shape=shape, order="F" if fortran else "C"
+    )
 
 
 def _streamed_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
@@ -116,14 +145,17 @@ def _streamed_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
     (``ptychopinn.io.spill.scratch_array``): file-backed pages, no scan-sized allocation."""
     with zf.open(info) as fh:
         version = np.lib.format.read_magic(fh)
-        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                       else np.lib.format.read_array_header_2_0)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
         shape, fortran, dtype = read_header(fh)
         out = scratch_array(shape[::-1] if fortran else shape, dtype)
         raw = memoryview(out.reshape(-1).view(np.uint8))
         pos = 0
         while pos < len(raw):
-            got = fh.readinto(raw[pos:pos + 2**24])
+            got = fh.readinto(raw[pos : pos + 2**24])
             if not got:
                 raise EOFError(f"the member ends after {pos} of {len(raw)} bytes")
             pos += got
@@ -156,18 +188,29 @@ def read_members(path: Path, src: str, mmap_bytes: float | None = None) -> dict[
                 key = member[: -len(".npy")]
                 with zf.open(info) as fh:
                     version = np.lib.format.read_magic(fh)
-                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                                   else np.lib.format.read_array_header_2_0)
+                    read_header = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
                     shape, _, dtype = read_header(fh)
                     if dtype.hasobject:
-                        raise DataError(src, key, "holds Python objects (pickled data); refused: "
-                                        "expected numeric or string arrays")
+                        raise DataError(
+                            src,
+                            key,
+                            "holds Python objects (pickled data); refused: "
+                            "expected numeric or string arrays",
+                        )
                     header = fh.tell()
                     nbytes = math.prod(shape) * dtype.itemsize
                     if nbytes > info.file_size - header:
-                        raise DataError(src, key, f"header claims shape {shape} ({nbytes} bytes) but "
-                                        f"the member holds {info.file_size - header} bytes "
-                                        "(truncated or corrupt file)")
+                        raise DataError(
+                            src,
+                            key,
+                            f"header claims shape {shape} ({nbytes} bytes) but "
+                            f"the member holds {info.file_size - header} bytes "
+                            "(truncated or corrupt file)",
+                        )
                     if nbytes >= mmap_bytes:
                         mapped = _mapped_member(path, info)
                         if mapped is None:  # compressed: decompressed into a scratch file
@@ -182,7 +225,9 @@ def read_members(path: Path, src: str, mmap_bytes: float | None = None) -> dict[
     except _PARSE_ERRORS as exc:
         where = member.removesuffix(".npy")
         first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise DataError(src, where, f"not a readable NPZ archive ({type(exc).__name__}: {first})") from None
+        raise DataError(
+            src, where, f"not a readable NPZ archive ({type(exc).__name__}: {first})"
+        ) from None
     if not arrays:
         raise DataError(src, "file", "an archive with no .npy arrays; expected an NPZ scan file")
     return arrays
@@ -209,7 +254,11 @@ def read_npz(path: str | Path, diffraction_units: str = "auto") -> ScanData:
 
     key = "diff3d" if "diff3d" in arrays else "diffraction" if "diffraction" in arrays else None
     if key is None:
-        raise DataError(src, "diff3d", f"missing; expected 'diff3d' or 'diffraction' among keys {sorted(arrays)}")
+        raise DataError(
+            src,
+            "diff3d",
+            f"missing; expected 'diff3d' or 'diffraction' among keys {sorted(arrays)}",
+        )
     for k in ("xcoords", "ycoords", "probeGuess"):
         if k not in arrays:
             raise DataError(src, k, f"missing required key; file has {sorted(arrays)}")
@@ -222,14 +271,20 @@ def read_npz(path: str | Path, diffraction_units: str = "auto") -> ScanData:
         raise DataError(src, "ycoords", f"{y.size} values but xcoords has {x.size}")
     m = x.size
     if diff.shape[0] != m and diff.shape[2] == m and diff.shape[0] == diff.shape[1]:
-        log.warning("%s: %s has legacy (N, N, M) layout %s; transposing to (M, N, N)", src, key, diff.shape)
+        log.warning(
+            "%s: %s has legacy (N, N, M) layout %s; transposing to (M, N, N)", src, key, diff.shape
+        )
         diff = np.moveaxis(diff, 2, 0)
     if diff.shape[0] != m:
-        raise DataError(src, key, f"{diff.shape[0]} patterns but xcoords/ycoords have {m} positions")
+        raise DataError(
+            src, key, f"{diff.shape[0]} patterns but xcoords/ycoords have {m} positions"
+        )
     if m == 0:
         raise DataError(src, key, "empty scan: 0 diffraction patterns")
     if diff.shape[1] != diff.shape[2]:
-        raise DataError(src, key, f"patterns must be square (N, N), got {diff.shape[1]} x {diff.shape[2]}")
+        raise DataError(
+            src, key, f"patterns must be square (N, N), got {diff.shape[1]} x {diff.shape[2]}"
+        )
     if not is_real_array(diff):
         raise DataError(src, key, f"expected real numbers, got dtype {diff.dtype}")
     if not np.isfinite(diff).all():
@@ -240,7 +295,11 @@ def read_npz(path: str | Path, diffraction_units: str = "auto") -> ScanData:
         if "diffraction_units" in arrays:
             units = _to_str(arrays["diffraction_units"]).lower()
             if units not in ("counts", "amplitude"):
-                raise DataError(src, "diffraction_units", f"unknown value {units!r}; expected 'counts' or 'amplitude'")
+                raise DataError(
+                    src,
+                    "diffraction_units",
+                    f"unknown value {units!r}; expected 'counts' or 'amplitude'",
+                )
             log.info("%s: diffraction units '%s' (recorded in the file)", src, units)
     counts, units = to_counts(diff, units, src, key)
 
@@ -248,7 +307,11 @@ def read_npz(path: str | Path, diffraction_units: str = "auto") -> ScanData:
     if not np.iscomplexobj(probe):
         raise DataError(src, "probeGuess", f"expected a complex array, got dtype {probe.dtype}")
     if probe.ndim not in (2, 3) or probe.shape[-2:] != counts.shape[1:]:
-        raise DataError(src, "probeGuess", f"expected (N, N) or (K, N, N) with N={counts.shape[1]}, got {probe.shape}")
+        raise DataError(
+            src,
+            "probeGuess",
+            f"expected (N, N) or (K, N, N) with N={counts.shape[1]}, got {probe.shape}",
+        )
 
     metadata = {}
     if "metadata" in arrays:
@@ -257,8 +320,12 @@ def read_npz(path: str | Path, diffraction_units: str = "auto") -> ScanData:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DataError(src, "metadata", f"not valid JSON ({exc})") from None
         if not isinstance(metadata, dict):
-            raise DataError(src, "metadata", f"expected a JSON object (a mapping of names to values), "
-                            f"got {type(metadata).__name__}")
+            raise DataError(
+                src,
+                "metadata",
+                f"expected a JSON object (a mapping of names to values), "
+                f"got {type(metadata).__name__}",
+            )
     metadata["diffraction_units_read"] = units
     obj = arrays.get("objectGuess")
     if obj is not None and obj.ndim != 2:
@@ -266,12 +333,23 @@ def read_npz(path: str | Path, diffraction_units: str = "auto") -> ScanData:
     bad = arrays.get("bad_pixels")
     scan_index = arrays.get("scan_index")
     try:
-        return ScanData(diffraction=counts, positions_px=np.stack([x, y], axis=1), probe=probe,
-                        object_truth=obj, bad_pixels=bad, scan_index=scan_index,
-                        metadata=metadata, source=src)
+        return ScanData(
+            diffraction=counts,
+            positions_px=np.stack([x, y], axis=1),
+            probe=probe,
+            object_truth=obj,
+            bad_pixels=bad,
+            scan_index=scan_index,
+            metadata=metadata,
+            source=src,
+        )
     except DataError as exc:  # name the key as it is spelled in the file
-        file_key = {"diffraction": key, "positions": "xcoords/ycoords", "probe": "probeGuess",
-                    "object": "objectGuess"}.get(exc.key, exc.key)
+        file_key = {
+            "diffraction": key,
+            "positions": "xcoords/ycoords",
+            "probe": "probeGuess",
+            "object": "objectGuess",
+        }.get(exc.key, exc.key)
         raise DataError(src, file_key, exc.problem) from None
 
 

@@ -16,8 +16,18 @@ import numpy as np
 from ptychopinn.errors import PtychoPINNError
 
 #: scikit-image test images bundled with the package (no download needed).
-NATURAL_TRAIN = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry",
-                 "hubble_deep_field", "brick", "gravel", "coins", "retina")
+NATURAL_TRAIN = (
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "immunohistochemistry",
+    "hubble_deep_field",
+    "brick",
+    "gravel",
+    "coins",
+    "retina",
+)
 NATURAL_TEST = ("camera", "moon")
 
 
@@ -25,7 +35,7 @@ def _smooth(field: np.ndarray, sigma: float) -> np.ndarray:
     h, w = field.shape
     ky = np.fft.fftfreq(h)[:, None]
     kx = np.fft.fftfreq(w)[None, :]
-    g = np.exp(-2 * (np.pi * sigma) ** 2 * (kx ** 2 + ky ** 2))
+    g = np.exp(-2 * (np.pi * sigma) ** 2 * (kx**2 + ky**2))
     return np.real(np.fft.ifft2(np.fft.fft2(field) * g))
 
 
@@ -86,20 +96,23 @@ def _fit(img: np.ndarray, shape, rng) -> np.ndarray:
     size = (max(h, int(np.ceil(ih * scale))), max(w, int(np.ceil(iw * scale))))
     if size != (ih, iw):
         t = torch.as_tensor(img)[None, None]
-        t = torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False,
-                                            antialias=scale < 1)
+        t = torch.nn.functional.interpolate(
+            t, size=size, mode="bilinear", align_corners=False, antialias=scale < 1
+        )
         img = t[0, 0].numpy()
         ih, iw = img.shape
     r0 = int(rng.integers(0, ih - h + 1))
     c0 = int(rng.integers(0, iw - w + 1))
-    return _unit(img[r0:r0 + h, c0:c0 + w])
+    return _unit(img[r0 : r0 + h, c0 : c0 + w])
 
 
 def skimage_image(name: str) -> np.ndarray:
     try:
         import skimage.data
     except ImportError:
-        raise PtychoPINNError("natural test images need scikit-image: pip install 'ptychopinn[images]'") from None
+        raise PtychoPINNError(
+            "natural test images need scikit-image: pip install 'ptychopinn[images]'"
+        ) from None
     fn = getattr(skimage.data, name, None)
     if fn is None or not callable(fn):
         raise PtychoPINNError(f"object: unknown scikit-image test image {name!r}")
@@ -126,11 +139,13 @@ def object_maps(spec: str, shape, rng: np.random.Generator, test_split: bool = F
     if spec == "natural":
         pool = NATURAL_TEST if test_split else NATURAL_TRAIN
         a_name, p_name = rng.choice(pool, size=2, replace=False)
-        return (_fit(skimage_image(a_name), shape, rng),
-                _unit(_smooth(_fit(skimage_image(p_name), shape, rng), 1.0)))
+        return (
+            _fit(skimage_image(a_name), shape, rng),
+            _unit(_smooth(_fit(skimage_image(p_name), shape, rng), 1.0)),
+        )
     for prefix, loader in (("skimage:", skimage_image), ("file:", file_image)):
         if spec.startswith(prefix):
-            names = spec[len(prefix):].split(",")
+            names = spec[len(prefix) :].split(",")
             if not names[0] or len(names) > 2:
                 raise PtychoPINNError(f"object: {spec!r}: expected {prefix}A or {prefix}A,B")
             amp = _fit(loader(names[0]), shape, rng)
@@ -139,8 +154,14 @@ def object_maps(spec: str, shape, rng: np.random.Generator, test_split: bool = F
     raise PtychoPINNError(f"object: unknown kind {spec!r}; expected one of {list(OBJECT_KINDS)}")
 
 
-def make_object(spec: str, shape, rng: np.random.Generator, amplitude_contrast: float = 0.5,
-                phase_range: float = np.pi / 2, test_split: bool = False) -> np.ndarray:
+def make_object(
+    spec: str,
+    shape,
+    rng: np.random.Generator,
+    amplitude_contrast: float = 0.5,
+    phase_range: float = np.pi / 2,
+    test_split: bool = False,
+) -> np.ndarray:
     """Complex (H, W) transmission function; amplitude in [1 - contrast, 1]."""
     if not 0 <= amplitude_contrast < 1:
         raise PtychoPINNError(f"amplitude_contrast: {amplitude_contrast} must be in [0, 1)")

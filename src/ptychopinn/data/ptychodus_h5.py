@@ -34,7 +34,7 @@ from ptychopinn.data.npz import check_units, to_counts
 from ptychopinn.data.scan import ScanData
 from ptychopinn.errors import DataError, PtychoPINNError
 from ptychopinn.io.atomic import atomic_path
-from ptychopinn.io.spill import scratch_array
+from ptychopinn.io.scratch import scratch_array
 from ptychopinn.log import get_logger
 
 log = get_logger("data.ptychodus")
@@ -63,8 +63,10 @@ PRODUCT_ATTRS: dict[str, object] = {
     "far_field": True,
 }
 #: canonical name -> older spelling still found in files (read both, write both)
-LEGACY_ATTRS = {"photon_energy_eV": "probe_energy_eV",
-                "mass_attenuation_m2_per_kg": "mass_attenuation_m2_kg"}
+LEGACY_ATTRS = {
+    "photon_energy_eV": "probe_energy_eV",
+    "mass_attenuation_m2_per_kg": "mass_attenuation_m2_kg",
+}
 _POSITIVE_ATTRS = ("detector_object_distance_m", "photon_energy_eV")
 #: placeholders written for a scan that carries no experiment geometry (with a warning)
 PLACEHOLDER_ATTRS = {"detector_object_distance_m": 1.0, "photon_energy_eV": 10_000.0}
@@ -97,13 +99,17 @@ class ObjectGrid:
         try:
             h, w = (int(v) for v in self.shape_hw)
         except (TypeError, ValueError):
-            raise PtychoPINNError(f"object grid: shape_hw must be (height, width), got {self.shape_hw!r}") from None
+            raise PtychoPINNError(
+                f"object grid: shape_hw must be (height, width), got {self.shape_hw!r}"
+            ) from None
         if h < 1 or w < 1:
             raise PtychoPINNError(f"object grid: shape must be positive, got {h} x {w}")
         for key in ("pixel_width_m", "pixel_height_m"):
             value = float(getattr(self, key))
             if not (math.isfinite(value) and value > 0):
-                raise PtychoPINNError(f"object grid: {key} must be a finite number > 0, got {value!r}")
+                raise PtychoPINNError(
+                    f"object grid: {key} must be a finite number > 0, got {value!r}"
+                )
             object.__setattr__(self, key, value)
         for key in ("center_x_m", "center_y_m"):
             value = float(getattr(self, key))
@@ -122,21 +128,31 @@ class ObjectGrid:
 
     def to_px(self, x_m, y_m) -> np.ndarray:
         """World positions (metres, each (M,)) -> (M, 2) object pixels, columns (x, y)."""
-        x = (np.asarray(x_m, np.float64) - self.center_x_m) / self.pixel_width_m + (self.width_px - 1) / 2
-        y = (np.asarray(y_m, np.float64) - self.center_y_m) / self.pixel_height_m + (self.height_px - 1) / 2
+        x = (np.asarray(x_m, np.float64) - self.center_x_m) / self.pixel_width_m + (
+            self.width_px - 1
+        ) / 2
+        y = (np.asarray(y_m, np.float64) - self.center_y_m) / self.pixel_height_m + (
+            self.height_px - 1
+        ) / 2
         return np.stack([x, y], axis=-1)
 
     def to_m(self, positions_px) -> tuple[np.ndarray, np.ndarray]:
-        """(M, 2) object pixels (x, y) -> (x_m, y_m), each (M,) float64; inverse of :meth:`to_px`."""
+        """(M, 2) object pixels (x, y) -> (x_m, y_m), each (M,) float64; inverse of
+        :meth:`to_px`."""
         pos = np.asarray(positions_px, np.float64)
         x_m = (pos[:, 0] - (self.width_px - 1) / 2) * self.pixel_width_m + self.center_x_m
         y_m = (pos[:, 1] - (self.height_px - 1) / 2) * self.pixel_height_m + self.center_y_m
         return x_m, y_m
 
     def as_metadata(self) -> dict:
-        return {"height_px": self.height_px, "width_px": self.width_px,
-                "pixel_width_m": self.pixel_width_m, "pixel_height_m": self.pixel_height_m,
-                "center_x_m": self.center_x_m, "center_y_m": self.center_y_m}
+        return {
+            "height_px": self.height_px,
+            "width_px": self.width_px,
+            "pixel_width_m": self.pixel_width_m,
+            "pixel_height_m": self.pixel_height_m,
+            "center_x_m": self.center_x_m,
+            "center_y_m": self.center_y_m,
+        }
 
     @classmethod
     def from_metadata(cls, metadata: Mapping) -> "ObjectGrid | None":
@@ -145,18 +161,29 @@ class ObjectGrid:
         if not isinstance(g, Mapping):
             return None
         try:
-            return cls((g["height_px"], g["width_px"]), g["pixel_width_m"], g["pixel_height_m"],
-                       g.get("center_x_m", 0.0), g.get("center_y_m", 0.0))
+            return cls(
+                (g["height_px"], g["width_px"]),
+                g["pixel_width_m"],
+                g["pixel_height_m"],
+                g.get("center_x_m", 0.0),
+                g.get("center_y_m", 0.0),
+            )
         except (KeyError, PtychoPINNError) as exc:
-            raise PtychoPINNError(f"metadata '{GRID_KEY}' is incomplete or invalid ({exc})") from None
+            raise PtychoPINNError(
+                f"metadata '{GRID_KEY}' is incomplete or invalid ({exc})"
+            ) from None
 
 
 def wavelength_m(photon_energy_eV: float) -> float:  # noqa: N803
     return HC_EV_M / photon_energy_eV
 
 
-def far_field_pixel_size_m(photon_energy_eV: float, detector_object_distance_m: float,  # noqa: N803
-                           detector_pixel_size_m: float, n: int) -> float:
+def far_field_pixel_size_m(
+    photon_energy_eV: float,
+    detector_object_distance_m: float,  # noqa: N803
+    detector_pixel_size_m: float,
+    n: int,
+) -> float:
     """Object-plane pixel size of far-field data: wavelength * distance / (N * detector pixel)."""
     return wavelength_m(photon_energy_eV) * detector_object_distance_m / (n * detector_pixel_size_m)
 
@@ -230,8 +257,14 @@ def _contiguous_offset(ds) -> int | None:
         return None
 
 
-def read_patterns(ds, path: Path, src: str, key: str, rows: np.ndarray | None = None,
-                  map_bytes: float | None = None) -> np.ndarray:
+def read_patterns(
+    ds,
+    path: Path,
+    src: str,
+    key: str,
+    rows: np.ndarray | None = None,
+    map_bytes: float | None = None,
+) -> np.ndarray:
     """(len(rows), H, W) float32 patterns of the 3-D dataset ``ds`` (all rows when ``rows`` is
     None; ``rows`` increasing). Below ``map_bytes`` (default ``MAP_BYTES``) a plain read; above
     it no scan-sized allocation: a contiguous float32 dataset (all rows) is memory-mapped
@@ -251,12 +284,12 @@ def read_patterns(ds, path: Path, src: str, key: str, rows: np.ndarray | None = 
     try:
         for s in range(0, m, step):
             if rows is None:
-                out[s:s + step] = ds[s:s + step]
+                out[s : s + step] = ds[s : s + step]
                 continue
-            want = rows[s:s + step]
+            want = rows[s : s + step]
             lo, hi = int(want[0]), int(want[-1]) + 1
             # a span at most 4x the wanted rows is read whole, a sparser one row by row
-            out[s:s + len(want)] = ds[lo:hi][want - lo] if hi - lo <= 4 * len(want) else ds[want]
+            out[s : s + len(want)] = ds[lo:hi][want - lo] if hi - lo <= 4 * len(want) else ds[want]
     except (OSError, ValueError, TypeError) as exc:  # truncated/corrupt chunks
         raise DataError(src, key, f"unreadable ({type(exc).__name__}: {exc})") from None
     return out
@@ -308,13 +341,21 @@ def _read_product_attrs(fh: h5py.File, src: str) -> dict:
 def _read_object(fh: h5py.File, src: str):
     ds = _dataset(fh, src, "object")
     if ds.ndim not in (2, 3):
-        raise DataError(src, "object", f"expected a 2-D (H, W) or 3-D (layers, H, W) array, got shape {ds.shape}")
+        raise DataError(
+            src,
+            "object",
+            f"expected a 2-D (H, W) or 3-D (layers, H, W) array, got shape {ds.shape}",
+        )
     if ds.dtype.kind != "c":
         raise DataError(src, "object", f"expected a complex array, got dtype {ds.dtype}")
     shape = ds.shape if ds.ndim == 3 else (1, *ds.shape)
     if min(shape) < 1:
-        raise DataError(src, "object", f"empty object array {ds.shape}; the product has no object "
-                                       "geometry to place positions on")
+        raise DataError(
+            src,
+            "object",
+            f"empty object array {ds.shape}; the product has no object "
+            "geometry to place positions on",
+        )
     pw = _float_attr(ds.attrs, src, "object.", ("pixel_width_m",), positive=True)
     ph = _float_attr(ds.attrs, src, "object.", ("pixel_height_m",), positive=True)
     cx = _float_attr(ds.attrs, src, "object.", ("center_x_m",))
@@ -324,13 +365,19 @@ def _read_object(fh: h5py.File, src: str):
         raise DataError(src, "object", f"{int((~np.isfinite(arr)).sum())} NaN/inf values")
     layers = shape[0]
     if layers > 1:
-        log.warning("%s: object has %d layers; using their product (projected transmission) "
-                    "as the single-slice object", src, layers)
+        log.warning(
+            "%s: object has %d layers; using their product (projected transmission) "
+            "as the single-slice object",
+            src,
+            layers,
+        )
     obj = np.prod(arr, axis=0) if layers > 1 else arr[0]
     spacing = []
     sds = _dataset(fh, src, "object_layer_spacing_m", required=False)
     if sds is not None:
-        spacing = [float(v) for v in np.asarray(_read(sds, src, "object_layer_spacing_m")).reshape(-1)]
+        spacing = [
+            float(v) for v in np.asarray(_read(sds, src, "object_layer_spacing_m")).reshape(-1)
+        ]
     grid = ObjectGrid(shape[1:], pw, ph, cx, cy)
     return obj, grid, layers, spacing
 
@@ -338,13 +385,19 @@ def _read_object(fh: h5py.File, src: str):
 def _read_probe(fh: h5py.File, src: str, grid: ObjectGrid):
     ds = _dataset(fh, src, "probe")
     if ds.ndim not in (2, 3, 4):
-        raise DataError(src, "probe", f"expected a 2-D to 4-D array (coherent, incoherent, H, W), got shape {ds.shape}")
+        raise DataError(
+            src,
+            "probe",
+            f"expected a 2-D to 4-D array (coherent, incoherent, H, W), got shape {ds.shape}",
+        )
     if ds.dtype.kind != "c":
         raise DataError(src, "probe", f"expected a complex array, got dtype {ds.dtype}")
     if min(ds.shape) < 1:
         raise DataError(src, "probe", f"empty probe array {ds.shape}")
     pw = _float_attr(ds.attrs, src, "probe.", ("pixel_width_m",), grid.pixel_width_m, positive=True)
-    ph = _float_attr(ds.attrs, src, "probe.", ("pixel_height_m",), grid.pixel_height_m, positive=True)
+    ph = _float_attr(
+        ds.attrs, src, "probe.", ("pixel_height_m",), grid.pixel_height_m, positive=True
+    )
     if ds.ndim == 4:
         if ds.shape[0] > 1:
             log.info("%s: probe has %d coherent (OPR) modes; using the first", src, ds.shape[0])
@@ -352,12 +405,20 @@ def _read_probe(fh: h5py.File, src: str, grid: ObjectGrid):
     else:
         probe = _read(ds, src, "probe")
     probe = probe if probe.ndim == 3 else probe[None]
-    if not (math.isclose(pw, grid.pixel_width_m, rel_tol=1e-6)
-            and math.isclose(ph, grid.pixel_height_m, rel_tol=1e-6)):
+    if not (
+        math.isclose(pw, grid.pixel_width_m, rel_tol=1e-6)
+        and math.isclose(ph, grid.pixel_height_m, rel_tol=1e-6)
+    ):
         # the forward model samples probe and object on the same pixels
-        log.warning("%s: probe pixels (%.6g x %.6g m) differ from object pixels (%.6g x %.6g m); "
-                    "the probe is used as if sampled on the object grid", src, pw, ph,
-                    grid.pixel_width_m, grid.pixel_height_m)
+        log.warning(
+            "%s: probe pixels (%.6g x %.6g m) differ from object pixels (%.6g x %.6g m); "
+            "the probe is used as if sampled on the object grid",
+            src,
+            pw,
+            ph,
+            grid.pixel_width_m,
+            grid.pixel_height_m,
+        )
     if not np.isfinite(probe).all():
         raise DataError(src, "probe", f"{int((~np.isfinite(probe)).sum())} NaN/inf values")
     return probe, pw, ph
@@ -367,7 +428,11 @@ def _read_positions(fh: h5py.File, src: str):
     ids = _dataset(fh, src, "probe_position_indexes")
     xs = _dataset(fh, src, "probe_position_x_m")
     ys = _dataset(fh, src, "probe_position_y_m")
-    for key, ds in (("probe_position_indexes", ids), ("probe_position_x_m", xs), ("probe_position_y_m", ys)):
+    for key, ds in (
+        ("probe_position_indexes", ids),
+        ("probe_position_x_m", xs),
+        ("probe_position_y_m", ys),
+    ):
         if ds.ndim != 1:
             raise DataError(src, key, f"expected a 1-D array, got shape {ds.shape}")
     if ids.dtype.kind not in "iu":
@@ -376,7 +441,9 @@ def _read_positions(fh: h5py.File, src: str):
         if ds.dtype.kind not in "iuf":
             raise DataError(src, key, f"expected real numbers, got dtype {ds.dtype}")
         if ds.shape != ids.shape:
-            raise DataError(src, key, f"{ds.shape[0]} values but probe_position_indexes has {ids.shape[0]}")
+            raise DataError(
+                src, key, f"{ds.shape[0]} values but probe_position_indexes has {ids.shape[0]}"
+            )
     index = _read(ids, src, "probe_position_indexes").astype(np.int64)
     x_m = _read(xs, src, "probe_position_x_m", np.float64)
     y_m = _read(ys, src, "probe_position_y_m", np.float64)
@@ -393,8 +460,14 @@ def _examples(values: np.ndarray, k: int = 5) -> str:
     return shown + (", ..." if values.size > k else "")
 
 
-def pair_by_index(pattern_index: np.ndarray, position_index: np.ndarray, x_m: np.ndarray,
-                  y_m: np.ndarray, *, source: str = "<memory>"):
+def pair_by_index(
+    pattern_index: np.ndarray,
+    position_index: np.ndarray,
+    x_m: np.ndarray,
+    y_m: np.ndarray,
+    *,
+    source: str = "<memory>",
+):
     """Pair patterns with positions by scan-index value.
 
     Args:
@@ -408,29 +481,46 @@ def pair_by_index(pattern_index: np.ndarray, position_index: np.ndarray, x_m: np
         DataError: when no pattern pairs with any position.
     """
     pattern_index = np.asarray(pattern_index, np.int64)
-    uniq, inverse, counts = np.unique(np.asarray(position_index, np.int64), return_inverse=True,
-                                      return_counts=True)
+    uniq, inverse, counts = np.unique(
+        np.asarray(position_index, np.int64), return_inverse=True, return_counts=True
+    )
     mean_x = np.bincount(inverse, weights=x_m) / counts
     mean_y = np.bincount(inverse, weights=y_m) / counts
     if (counts > 1).any():
-        log.warning("%s: %d probe_position_indexes values occur more than once (e.g. %s); "
-                    "averaging their positions", source, int((counts > 1).sum()),
-                    _examples(uniq[counts > 1]))
+        log.warning(
+            "%s: %d probe_position_indexes values occur more than once (e.g. %s); "
+            "averaging their positions",
+            source,
+            int((counts > 1).sum()),
+            _examples(uniq[counts > 1]),
+        )
     slot = np.searchsorted(uniq, pattern_index).clip(0, max(uniq.size - 1, 0))
     matched = uniq[slot] == pattern_index
     if not matched.any():
-        raise DataError(source, "indexes",
-                        f"no pattern index matches a probe_position_indexes value (pattern indexes "
-                        f"span [{pattern_index.min()}, {pattern_index.max()}], position indexes span "
-                        f"[{uniq.min()}, {uniq.max()}])")
+        raise DataError(
+            source,
+            "indexes",
+            f"no pattern index matches a probe_position_indexes value (pattern indexes "
+            f"span [{pattern_index.min()}, {pattern_index.max()}], position indexes span "
+            f"[{uniq.min()}, {uniq.max()}])",
+        )
     if not matched.all():
         lost = pattern_index[~matched]
-        log.warning("%s: dropping %d of %d patterns whose index has no probe position (e.g. %s)",
-                    source, lost.size, pattern_index.size, _examples(lost))
+        log.warning(
+            "%s: dropping %d of %d patterns whose index has no probe position (e.g. %s)",
+            source,
+            lost.size,
+            pattern_index.size,
+            _examples(lost),
+        )
     unused = ~np.isin(uniq, pattern_index)
     if unused.any():
-        log.warning("%s: dropping %d probe positions with no diffraction pattern (e.g. index %s)",
-                    source, int(unused.sum()), _examples(uniq[unused]))
+        log.warning(
+            "%s: dropping %d probe positions with no diffraction pattern (e.g. index %s)",
+            source,
+            int(unused.sum()),
+            _examples(uniq[unused]),
+        )
     rows = np.flatnonzero(matched)
     return rows, mean_x[slot[rows]], mean_y[slot[rows]]
 
@@ -456,7 +546,9 @@ def _read_diffraction(fh: h5py.File, src: str):
     bds = _dataset(fh, src, "bad_pixels", required=False)
     if bds is not None:
         if bds.shape != (h, w):
-            raise DataError(src, "bad_pixels", f"expected shape ({h}, {w}) to match patterns, got {bds.shape}")
+            raise DataError(
+                src, "bad_pixels", f"expected shape ({h}, {w}) to match patterns, got {bds.shape}"
+            )
         if bds.dtype.kind not in "biu":
             raise DataError(src, "bad_pixels", f"expected a boolean mask, got dtype {bds.dtype}")
         bad = _read(bds, src, "bad_pixels").astype(bool)
@@ -467,8 +559,13 @@ def _read_diffraction(fh: h5py.File, src: str):
 # reader
 
 
-def read_ptychodus(product_path: str | Path, diffraction_path: str | Path, *,
-                   diffraction_units: str = "auto", source: str | None = None) -> ScanData:
+def read_ptychodus(
+    product_path: str | Path,
+    diffraction_path: str | Path,
+    *,
+    diffraction_units: str = "auto",
+    source: str | None = None,
+) -> ScanData:
     """Load a Ptychodus ``product.h5`` + ``diffraction.h5`` pair into ScanData.
 
     - Patterns pair with positions by scan-index value (``/indexes`` in the diffraction file,
@@ -506,20 +603,27 @@ def read_ptychodus(product_path: str | Path, diffraction_path: str | Path, *,
         pds, pat_index, bad, (det_w, det_h) = _read_diffraction(fh, dsrc)
         n, h, w = pds.shape
         if probe.shape[-2:] != (h, w):
-            raise DataError(psrc, "probe", f"probe is {probe.shape[-2]} x {probe.shape[-1]} but the patterns in "
-                                           f"{dsrc} are {h} x {w}; they must match")
+            raise DataError(
+                psrc,
+                "probe",
+                f"probe is {probe.shape[-2]} x {probe.shape[-1]} but the patterns in "
+                f"{dsrc} are {h} x {w}; they must match",
+            )
         filled = pat_index >= 0
         if not filled.any():
             raise DataError(dsrc, "indexes", "every index is negative (no assembled patterns)")
-        rows, x_m, y_m = pair_by_index(pat_index[filled], pos_index, x_m, y_m,
-                                       source=f"{psrc} + {dsrc}")
+        rows, x_m, y_m = pair_by_index(
+            pat_index[filled], pos_index, x_m, y_m, source=f"{psrc} + {dsrc}"
+        )
         rows = np.flatnonzero(filled)[rows]
         assert not np.any(np.diff(rows) < 0), "pair_by_index keeps the file's (increasing) order"
-        patterns = read_patterns(pds, diffraction_path, dsrc, "patterns",
-                                 None if rows.size == n else rows)
+        patterns = read_patterns(
+            pds, diffraction_path, dsrc, "patterns", None if rows.size == n else rows
+        )
     # Ptychodus files hold counts: 'auto' reads them as counts, 'amplitude' squares them
-    patterns, _ = to_counts(patterns, "amplitude" if diffraction_units == "amplitude" else "counts",
-                            dsrc, "patterns")
+    patterns, _ = to_counts(
+        patterns, "amplitude" if diffraction_units == "amplitude" else "counts", dsrc, "patterns"
+    )
     if bad is not None and bad.any():
         patterns[:, bad] = 0  # no information there; also clears detector fill values / NaN
 
@@ -543,17 +647,37 @@ def read_ptychodus(product_path: str | Path, diffraction_path: str | Path, *,
     }
     if grid.pixel_width_m == grid.pixel_height_m:
         metadata["object_pixel_size_m"] = grid.pixel_width_m
-    log.info("%s + %s: %d patterns of %d x %d paired with positions; object %d x %d at %.4g m/px",
-             psrc, dsrc, rows.size, h, w, grid.height_px, grid.width_px, grid.pixel_width_m)
+    log.info(
+        "%s + %s: %d patterns of %d x %d paired with positions; object %d x %d at %.4g m/px",
+        psrc,
+        dsrc,
+        rows.size,
+        h,
+        w,
+        grid.height_px,
+        grid.width_px,
+        grid.pixel_width_m,
+    )
     try:
-        return ScanData(diffraction=patterns, positions_px=grid.to_px(x_m, y_m), probe=probe,
-                        object_truth=obj, bad_pixels=bad, scan_index=pat_index[rows],
-                        metadata=metadata, source=source or f"{psrc} + {dsrc}")
+        return ScanData(
+            diffraction=patterns,
+            positions_px=grid.to_px(x_m, y_m),
+            probe=probe,
+            object_truth=obj,
+            bad_pixels=bad,
+            scan_index=pat_index[rows],
+            metadata=metadata,
+            source=source or f"{psrc} + {dsrc}",
+        )
     except DataError as exc:  # name the file and the key as spelled there
-        where = {"diffraction": (dsrc, "patterns"), "bad_pixels": (dsrc, "bad_pixels"),
-                 "probe": (psrc, "probe"), "object": (psrc, "object"),
-                 "positions": (psrc, "probe_position_x_m/probe_position_y_m"),
-                 "scan_index": (dsrc, "indexes")}.get(exc.key, (exc.source, exc.key))
+        where = {
+            "diffraction": (dsrc, "patterns"),
+            "bad_pixels": (dsrc, "bad_pixels"),
+            "probe": (psrc, "probe"),
+            "object": (psrc, "object"),
+            "positions": (psrc, "probe_position_x_m/probe_position_y_m"),
+            "scan_index": (dsrc, "indexes"),
+        }.get(exc.key, (exc.source, exc.key))
         raise DataError(*where, exc.problem) from None
 
 
@@ -567,7 +691,9 @@ def _pixel_pair(value, what: str) -> tuple[float, float]:
     if vals.size == 1:
         vals = np.repeat(vals, 2)
     if vals.size != 2 or not np.all(np.isfinite(vals)) or not np.all(vals > 0):
-        raise PtychoPINNError(f"{what}: expected a finite size > 0 or (width, height), got {value!r}")
+        raise PtychoPINNError(
+            f"{what}: expected a finite size > 0 or (width, height), got {value!r}"
+        )
     return float(vals[0]), float(vals[1])
 
 
@@ -581,8 +707,10 @@ def _canonical_attrs(attrs: Mapping | None) -> dict:
     for key, default in PRODUCT_ATTRS.items():
         value = given.get(key, default)
         if value is None:
-            raise PtychoPINNError(f"product attributes: '{key}' is required (Ptychodus cannot load a "
-                                  "product without it)")
+            raise PtychoPINNError(
+                f"product attributes: '{key}' is required (Ptychodus cannot load a "
+                "product without it)"
+            )
         if key in ("name", "comments"):
             out[key] = str(value)
         elif key == "far_field":
@@ -591,10 +719,14 @@ def _canonical_attrs(attrs: Mapping | None) -> dict:
             try:
                 value = float(value)
             except (TypeError, ValueError):
-                raise PtychoPINNError(f"product attributes: '{key}' must be a number, got {value!r}") from None
+                raise PtychoPINNError(
+                    f"product attributes: '{key}' must be a number, got {value!r}"
+                ) from None
             if not math.isfinite(value) or (key in _POSITIVE_ATTRS and value <= 0):
-                raise PtychoPINNError(f"product attributes: '{key}' must be finite"
-                                      f"{' and > 0' if key in _POSITIVE_ATTRS else ''}, got {value!r}")
+                raise PtychoPINNError(
+                    f"product attributes: '{key}' must be finite"
+                    f"{' and > 0' if key in _POSITIVE_ATTRS else ''}, got {value!r}"
+                )
             out[key] = value
     if given.get("polarization") is not None:
         out["polarization"] = str(given["polarization"])
@@ -611,19 +743,32 @@ def _losses_arrays(losses) -> tuple[np.ndarray, np.ndarray]:
         if not np.all(arr[:, 0] == np.round(arr[:, 0])):
             raise PtychoPINNError("losses: epochs (first column) must be integers")
         return arr[:, 0].astype(np.int64), arr[:, 1]
-    raise PtychoPINNError(f"losses: expected (E,) values or (E, 2) (epoch, value) pairs, got shape {arr.shape}")
+    raise PtychoPINNError(
+        f"losses: expected (E,) values or (E, 2) (epoch, value) pairs, got shape {arr.shape}"
+    )
 
 
-def write_product(path: str | Path, *, object_: np.ndarray, grid: ObjectGrid, probe: np.ndarray,
-                  positions_px: np.ndarray, scan_index: np.ndarray | None = None,
-                  attrs: Mapping | None = None, probe_pixel_size_m=None, losses=None,
-                  overwrite: bool = False) -> Path:
-    """Write a Ptychodus ``product.h5`` (atomically; refuses to replace a file unless ``overwrite``).
+def write_product(
+    path: str | Path,
+    *,
+    object_: np.ndarray,
+    grid: ObjectGrid,
+    probe: np.ndarray,
+    positions_px: np.ndarray,
+    scan_index: np.ndarray | None = None,
+    attrs: Mapping | None = None,
+    probe_pixel_size_m=None,
+    losses=None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a Ptychodus ``product.h5`` (atomically; refuses to replace a file unless
+    ``overwrite``).
 
     Args:
-        object_: (H, W) or (1, H, W) complex object on ``grid`` (its shape must be ``grid.shape_hw``;
-            use :func:`canvas_to_grid` to put a stitched canvas there). Written as (1, H, W) with
-            ``center_x_m/center_y_m/pixel_width_m/pixel_height_m`` attributes and an empty
+        object_: (H, W) or (1, H, W) complex object on ``grid`` (its shape must be
+            ``grid.shape_hw``; use :func:`canvas_to_grid` to put a stitched canvas there).
+            Written as (1, H, W) with ``center_x_m/center_y_m/pixel_width_m/pixel_height_m``
+            attributes and an empty
             ``object_layer_spacing_m``.
         grid: the object's sampling; positions are converted with :meth:`ObjectGrid.to_m`.
         probe: (N, N) or (K, N, N) complex, written as (1, K, N, N).
@@ -641,10 +786,14 @@ def write_product(path: str | Path, *, object_: np.ndarray, grid: ObjectGrid, pr
     if obj.ndim == 3 and obj.shape[0] == 1:
         obj = obj[0]
     if obj.ndim != 2:
-        raise PtychoPINNError(f"{path}: object must be (H, W) or (1, H, W), got shape {np.shape(object_)}")
+        raise PtychoPINNError(
+            f"{path}: object must be (H, W) or (1, H, W), got shape {np.shape(object_)}"
+        )
     if obj.shape != grid.shape_hw:
-        raise PtychoPINNError(f"{path}: object is {obj.shape[0]} x {obj.shape[1]} but the product grid is "
-                              f"{grid.height_px} x {grid.width_px}; place it on the grid first (canvas_to_grid)")
+        raise PtychoPINNError(
+            f"{path}: object is {obj.shape[0]} x {obj.shape[1]} but the product grid is "
+            f"{grid.height_px} x {grid.width_px}; place it on the grid first (canvas_to_grid)"
+        )
     if not np.isfinite(obj).all():
         raise PtychoPINNError(f"{path}: object has NaN/inf values")
     if not np.iscomplexobj(obj):
@@ -652,20 +801,30 @@ def write_product(path: str | Path, *, object_: np.ndarray, grid: ObjectGrid, pr
     pr = np.asarray(probe)
     pr = pr[None] if pr.ndim == 2 else pr
     if pr.ndim != 3 or pr.shape[1] != pr.shape[2] or not np.iscomplexobj(pr):
-        raise PtychoPINNError(f"{path}: probe must be complex (N, N) or (K, N, N), got {pr.dtype} {np.shape(probe)}")
+        raise PtychoPINNError(
+            f"{path}: probe must be complex (N, N) or (K, N, N), got {pr.dtype} {np.shape(probe)}"
+        )
     if not np.isfinite(pr).all():
         raise PtychoPINNError(f"{path}: probe has NaN/inf values")
     pos = np.asarray(positions_px, np.float64)
     if pos.ndim != 2 or pos.shape[1] != 2 or pos.shape[0] == 0 or not np.isfinite(pos).all():
-        raise PtychoPINNError(f"{path}: positions_px must be a finite (M, 2) array, got shape {pos.shape}")
+        raise PtychoPINNError(
+            f"{path}: positions_px must be a finite (M, 2) array, got shape {pos.shape}"
+        )
     m = pos.shape[0]
     index = np.arange(m, dtype=np.int64) if scan_index is None else np.asarray(scan_index)
     if index.shape != (m,) or not (index.dtype.kind in "iu" or np.all(index == np.round(index))):
-        raise PtychoPINNError(f"{path}: scan_index must be ({m},) integers, got {index.dtype} {index.shape}")
+        raise PtychoPINNError(
+            f"{path}: scan_index must be ({m},) integers, got {index.dtype} {index.shape}"
+        )
     index = index.astype(np.int64)
     root = _canonical_attrs(attrs)
-    ppw, pph = _pixel_pair(probe_pixel_size_m if probe_pixel_size_m is not None
-                           else (grid.pixel_width_m, grid.pixel_height_m), "probe_pixel_size_m")
+    ppw, pph = _pixel_pair(
+        probe_pixel_size_m
+        if probe_pixel_size_m is not None
+        else (grid.pixel_width_m, grid.pixel_height_m),
+        "probe_pixel_size_m",
+    )
     loss_epochs, loss_values = _losses_arrays(losses)
     x_m, y_m = grid.to_m(pos)
 
@@ -692,9 +851,17 @@ def write_product(path: str | Path, *, object_: np.ndarray, grid: ObjectGrid, pr
     return path
 
 
-def write_diffraction(path: str | Path, patterns: np.ndarray, indexes: np.ndarray | None = None,
-                      bad_pixels: np.ndarray | None = None, *, detector_pixel_size_m,
-                      dtype=None, compression: str | None = "lzf", overwrite: bool = False) -> Path:
+def write_diffraction(
+    path: str | Path,
+    patterns: np.ndarray,
+    indexes: np.ndarray | None = None,
+    bad_pixels: np.ndarray | None = None,
+    *,
+    detector_pixel_size_m,
+    dtype=None,
+    compression: str | None = "lzf",
+    overwrite: bool = False,
+) -> Path:
     """Write a Ptychodus assembled ``diffraction.h5`` (atomically).
 
     Args:
@@ -708,20 +875,30 @@ def write_diffraction(path: str | Path, patterns: np.ndarray, indexes: np.ndarra
     path = Path(path)
     pats = np.asarray(patterns)
     if pats.ndim != 3 or pats.shape[0] == 0 or pats.dtype.kind not in "iuf":
-        raise PtychoPINNError(f"{path}: patterns must be a real (n, H, W) array, got {pats.dtype} {pats.shape}")
+        raise PtychoPINNError(
+            f"{path}: patterns must be a real (n, H, W) array, got {pats.dtype} {pats.shape}"
+        )
     n, h, w = pats.shape
     if dtype is not None and np.dtype(dtype) != pats.dtype:
         dt = np.dtype(dtype)
         if dt.kind in "iu":
             info = np.iinfo(dt)
-            if (not np.all(np.isfinite(pats)) or np.any(pats != np.round(pats))
-                    or pats.min() < info.min or pats.max() > info.max):
-                raise PtychoPINNError(f"{path}: patterns cannot be stored as {dt} without loss "
-                                      f"(need integer counts in [{info.min}, {info.max}])")
+            if (
+                not np.all(np.isfinite(pats))
+                or np.any(pats != np.round(pats))
+                or pats.min() < info.min
+                or pats.max() > info.max
+            ):
+                raise PtychoPINNError(
+                    f"{path}: patterns cannot be stored as {dt} without loss "
+                    f"(need integer counts in [{info.min}, {info.max}])"
+                )
         pats = pats.astype(dt)
     index = np.arange(n, dtype=np.int64) if indexes is None else np.asarray(indexes)
     if index.shape != (n,) or index.dtype.kind not in "iu":
-        raise PtychoPINNError(f"{path}: indexes must be ({n},) integers, got {index.dtype} {index.shape}")
+        raise PtychoPINNError(
+            f"{path}: indexes must be ({n},) integers, got {index.dtype} {index.shape}"
+        )
     bad = np.zeros((h, w), bool) if bad_pixels is None else np.asarray(bad_pixels).astype(bool)
     if bad.shape != (h, w):
         raise PtychoPINNError(f"{path}: bad_pixels must be ({h}, {w}), got {bad.shape}")
@@ -754,8 +931,12 @@ def scan_product_attrs(scan: ScanData, *, name: str | None = None) -> dict:
                 attrs[new] = md[old]
         missing = [k for k, v in PLACEHOLDER_ATTRS.items() if k not in attrs]
         if missing:
-            log.warning("%s: no %s in the scan metadata; writing placeholder values %s",
-                        scan.source, " / ".join(missing), {k: PLACEHOLDER_ATTRS[k] for k in missing})
+            log.warning(
+                "%s: no %s in the scan metadata; writing placeholder values %s",
+                scan.source,
+                " / ".join(missing),
+                {k: PLACEHOLDER_ATTRS[k] for k in missing},
+            )
             attrs.update({k: PLACEHOLDER_ATTRS[k] for k in missing})
             note = f"placeholder {', '.join(missing)} (unknown geometry)"
             attrs["comments"] = f"{attrs['comments']}; {note}" if attrs.get("comments") else note
@@ -775,8 +956,12 @@ def scan_object_grid(scan: ScanData, *, pixel_size_m: float | None = None) -> Ob
     grid = ObjectGrid.from_metadata(scan.metadata)
     if grid is not None:
         if pixel_size_m is not None and pixel_size_m != grid.pixel_width_m:
-            log.warning("%s: keeping the product's object pixel size %.6g m (ignoring %.6g m)",
-                        scan.source, grid.pixel_width_m, pixel_size_m)
+            log.warning(
+                "%s: keeping the product's object pixel size %.6g m (ignoring %.6g m)",
+                scan.source,
+                grid.pixel_width_m,
+                pixel_size_m,
+            )
         return grid
     md = scan.metadata
     size = pixel_size_m
@@ -791,12 +976,18 @@ def scan_object_grid(scan: ScanData, *, pixel_size_m: float | None = None) -> Ob
                 break
     if size is None:
         try:
-            size = far_field_pixel_size_m(float(md["photon_energy_eV"]), float(md["detector_object_distance_m"]),
-                                          float(md["detector_pixel_width_m"]), scan.patch_size)
+            size = far_field_pixel_size_m(
+                float(md["photon_energy_eV"]),
+                float(md["detector_object_distance_m"]),
+                float(md["detector_pixel_width_m"]),
+                scan.patch_size,
+            )
         except (KeyError, TypeError, ValueError, ZeroDivisionError):
             size = None
     if size is None or not (math.isfinite(size) and size > 0):
-        log.warning("%s: no object pixel size in the scan metadata; using 1.0 m per pixel", scan.source)
+        log.warning(
+            "%s: no object pixel size in the scan metadata; using 1.0 m per pixel", scan.source
+        )
         size = 1.0
     if scan.object_truth is not None:
         shape = scan.object_truth.shape
@@ -825,7 +1016,7 @@ def canvas_to_grid(canvas: np.ndarray, offset_px, shape_hw, fill: complex = 1.0)
     y0, y1 = max(0, -oy), min(h, canvas.shape[0] - oy)
     x0, x1 = max(0, -ox), min(w, canvas.shape[1] - ox)
     if y1 > y0 and x1 > x0:
-        out[y0:y1, x0:x1] = canvas[y0 + oy:y1 + oy, x0 + ox:x1 + ox]
+        out[y0:y1, x0:x1] = canvas[y0 + oy : y1 + oy, x0 + ox : x1 + ox]
     return out
 
 
@@ -837,10 +1028,17 @@ def _product_scan_index(scan: ScanData) -> np.ndarray:
     return np.arange(scan.n_patterns, dtype=np.int64)
 
 
-def write_product_for_scan(path: str | Path, scan: ScanData, object_: np.ndarray | None = None, *,
-                           probe: np.ndarray | None = None, losses=None,
-                           grid: ObjectGrid | None = None, name: str | None = None,
-                           overwrite: bool = False) -> Path:
+def write_product_for_scan(
+    path: str | Path,
+    scan: ScanData,
+    object_: np.ndarray | None = None,
+    *,
+    probe: np.ndarray | None = None,
+    losses=None,
+    grid: ObjectGrid | None = None,
+    name: str | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write ``product.h5`` for ``scan`` on its grid (:func:`scan_object_grid` unless ``grid``).
 
     ``object_`` (default: ``scan.object_truth``, else ones) must be on that grid; ``probe``
@@ -850,23 +1048,38 @@ def write_product_for_scan(path: str | Path, scan: ScanData, object_: np.ndarray
     """
     grid = grid or scan_object_grid(scan)
     if object_ is None:
-        object_ = scan.object_truth if scan.object_truth is not None else np.ones(grid.shape_hw, np.complex64)
+        object_ = (
+            scan.object_truth
+            if scan.object_truth is not None
+            else np.ones(grid.shape_hw, np.complex64)
+        )
     if int(scan.metadata.get("object_layers", 1) or 1) > 1:
-        log.warning("%s: the input product had %s object layers; writing one (single-slice) layer",
-                    scan.source, scan.metadata["object_layers"])
+        log.warning(
+            "%s: the input product had %s object layers; writing one (single-slice) layer",
+            scan.source,
+            scan.metadata["object_layers"],
+        )
     md = scan.metadata
     probe_px = None
     if md.get("probe_pixel_width_m") and md.get("probe_pixel_height_m"):
         probe_px = (md["probe_pixel_width_m"], md["probe_pixel_height_m"])
-    return write_product(path, object_=object_, grid=grid,
-                         probe=scan.probe if probe is None else probe,
-                         positions_px=scan.positions_px, scan_index=_product_scan_index(scan),
-                         attrs=scan_product_attrs(scan, name=name), probe_pixel_size_m=probe_px,
-                         losses=losses, overwrite=overwrite)
+    return write_product(
+        path,
+        object_=object_,
+        grid=grid,
+        probe=scan.probe if probe is None else probe,
+        positions_px=scan.positions_px,
+        scan_index=_product_scan_index(scan),
+        attrs=scan_product_attrs(scan, name=name),
+        probe_pixel_size_m=probe_px,
+        losses=losses,
+        overwrite=overwrite,
+    )
 
 
-def write_diffraction_for_scan(path: str | Path, scan: ScanData, *, dtype=None,
-                               overwrite: bool = False) -> Path:
+def write_diffraction_for_scan(
+    path: str | Path, scan: ScanData, *, dtype=None, overwrite: bool = False
+) -> Path:
     """Write ``diffraction.h5`` for ``scan`` (counts, its bad pixels, indexes as in the product).
 
     Detector pixel size: from the metadata, else the far-field size implied by the object pixel
@@ -878,13 +1091,31 @@ def write_diffraction_for_scan(path: str | Path, scan: ScanData, *, dtype=None,
     else:
         grid, attrs = scan_object_grid(scan), scan_product_attrs(scan)
         lam_z = wavelength_m(attrs["photon_energy_eV"]) * attrs["detector_object_distance_m"]
-        det = (lam_z / (scan.patch_size * grid.pixel_width_m), lam_z / (scan.patch_size * grid.pixel_height_m))
-    return write_diffraction(path, scan.diffraction, _product_scan_index(scan), scan.bad_pixels,
-                             detector_pixel_size_m=det, dtype=dtype, overwrite=overwrite)
+        det = (
+            lam_z / (scan.patch_size * grid.pixel_width_m),
+            lam_z / (scan.patch_size * grid.pixel_height_m),
+        )
+    return write_diffraction(
+        path,
+        scan.diffraction,
+        _product_scan_index(scan),
+        scan.bad_pixels,
+        detector_pixel_size_m=det,
+        dtype=dtype,
+        overwrite=overwrite,
+    )
 
 
-def export_scan(scan: ScanData, product_path: str | Path, diffraction_path: str | Path, *,
-                dtype=None, overwrite: bool = False) -> tuple[Path, Path]:
+def export_scan(
+    scan: ScanData,
+    product_path: str | Path,
+    diffraction_path: str | Path,
+    *,
+    dtype=None,
+    overwrite: bool = False,
+) -> tuple[Path, Path]:
     """Write ``scan`` as a Ptychodus (product.h5, diffraction.h5) pair that reads back equal."""
-    return (write_product_for_scan(product_path, scan, overwrite=overwrite),
-            write_diffraction_for_scan(diffraction_path, scan, dtype=dtype, overwrite=overwrite))
+    return (
+        write_product_for_scan(product_path, scan, overwrite=overwrite),
+        write_diffraction_for_scan(diffraction_path, scan, dtype=dtype, overwrite=overwrite),
+    )

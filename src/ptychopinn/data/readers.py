@@ -115,14 +115,19 @@ def detect_format(path: str | Path) -> str:
     if head.startswith(b"\x93NUMPY"):
         return "npz"  # the NPZ reader explains that a single .npy is not a scan file
     kinds = "; ".join(f"{r.name}: {r.description}" for r in READERS.values())
-    raise DataError(src, "file", f"not a scan file this package reads (expected {kinds}; a "
-                    "Ptychodus product + diffraction pair is given as --product/--diffraction)")
+    raise DataError(
+        src,
+        "file",
+        f"not a scan file this package reads (expected {kinds}; a "
+        "Ptychodus product + diffraction pair is given as --product/--diffraction)",
+    )
 
 
 def read_scan(path: str | Path, diffraction_units: str = "auto", format: str = "auto"):
     """Read one scan file with the reader ``format`` ('auto' = :func:`detect_format`)."""
     if format != "auto" and format not in READERS:
-        raise ConfigError(f"data format: unknown value {format!r}; expected one of "
-                          f"{list(formats())}")
+        raise ConfigError(
+            f"data format: unknown value {format!r}; expected one of {list(formats())}"
+        )
     name = detect_format(path) if format == "auto" else format
     return READERS[name].read(path, diffraction_units)

@@ -27,7 +27,7 @@ def _check_counts(d: np.ndarray, src: str) -> bool:
     low = np.inf
     nonzero = False
     for s in range(0, d.shape[0], CHECK_CHUNK):
-        piece = d[s:s + CHECK_CHUNK]
+        piece = d[s : s + CHECK_CHUNK]
         finite = np.isfinite(piece)
         if not finite.all():
             bad += int((~finite).sum())
@@ -37,7 +37,9 @@ def _check_counts(d: np.ndarray, src: str) -> bool:
     if bad:
         raise DataError(src, "diffraction", f"{bad} NaN/inf values")
     if low < 0:
-        raise DataError(src, "diffraction", f"negative counts (min {low:g}); expected photon counts >= 0")
+        raise DataError(
+            src, "diffraction", f"negative counts (min {low:g}); expected photon counts >= 0"
+        )
     return nonzero
 
 
@@ -73,7 +75,9 @@ class ScanData:
         src = self.source
         d = np.asarray(self.diffraction)
         if d.ndim != 3:
-            raise DataError(src, "diffraction", f"expected a 3-D (M, N, N) array, got shape {d.shape}")
+            raise DataError(
+                src, "diffraction", f"expected a 3-D (M, N, N) array, got shape {d.shape}"
+            )
         m, h, w = d.shape
         if m == 0:
             raise DataError(src, "diffraction", "empty scan: 0 diffraction patterns")
@@ -90,21 +94,29 @@ class ScanData:
         if pos.ndim != 2 or pos.shape[1] != 2:
             raise DataError(src, "positions", f"expected shape (M, 2) as (x, y), got {pos.shape}")
         if pos.shape[0] != m:
-            raise DataError(src, "positions", f"{pos.shape[0]} positions for {m} diffraction patterns")
+            raise DataError(
+                src, "positions", f"{pos.shape[0]} positions for {m} diffraction patterns"
+            )
         if not np.isfinite(pos).all():
             raise DataError(src, "positions", "NaN/inf positions")
         span = pos.max(axis=0) - pos.min(axis=0) + h + 8  # (x, y) extent of the object canvas
         if span[0] * span[1] * 8 > memory_bytes():
-            raise DataError(src, "positions", f"span {span[0] - h - 8:.4g} x {span[1] - h - 8:.4g} "
-                            "pixels: the object canvas would not fit in memory (positions must be "
-                            "in object pixels, not metres or nanometres?)")
+            raise DataError(
+                src,
+                "positions",
+                f"span {span[0] - h - 8:.4g} x {span[1] - h - 8:.4g} "
+                "pixels: the object canvas would not fit in memory (positions must be "
+                "in object pixels, not metres or nanometres?)",
+            )
         p = np.asarray(self.probe)
         if not np.iscomplexobj(p):
             raise DataError(src, "probe", f"expected a complex array, got dtype {p.dtype}")
         if p.ndim == 2:
             p = p[None]
         if p.ndim != 3 or p.shape[1:] != (h, w):
-            raise DataError(src, "probe", f"expected (N, N) or (K, N, N) with N={h}, got {np.shape(self.probe)}")
+            raise DataError(
+                src, "probe", f"expected (N, N) or (K, N, N) with N={h}, got {np.shape(self.probe)}"
+            )
         if not np.isfinite(p).all():
             raise DataError(src, "probe", "NaN/inf values")
         if not np.any(np.abs(p) > 0):
@@ -115,7 +127,9 @@ class ScanData:
             if not np.issubdtype(obj.dtype, np.number):
                 raise DataError(src, "object", f"expected complex numbers, got dtype {obj.dtype}")
             if obj.ndim != 2:
-                raise DataError(src, "object", f"expected a 2-D (H, W) array, got shape {obj.shape}")
+                raise DataError(
+                    src, "object", f"expected a 2-D (H, W) array, got shape {obj.shape}"
+                )
             if not np.isfinite(obj).all():
                 raise DataError(src, "object", "NaN/inf values")
             obj = obj.astype(np.complex64, copy=False)
@@ -123,15 +137,21 @@ class ScanData:
         if bad is not None:
             bad = np.asarray(bad)
             if not (bad.dtype == np.bool_ or np.issubdtype(bad.dtype, np.integer)):
-                raise DataError(src, "bad_pixels", f"expected a boolean mask, got dtype {bad.dtype}")
+                raise DataError(
+                    src, "bad_pixels", f"expected a boolean mask, got dtype {bad.dtype}"
+                )
             if bad.shape != (h, w):
                 raise DataError(src, "bad_pixels", f"expected shape ({h}, {w}), got {bad.shape}")
             bad = bad.astype(bool, copy=False)
             if bad.all():
                 raise DataError(src, "bad_pixels", "every pixel is marked bad")
         if not measured:
-            raise DataError(src, "diffraction", f"every count of all {m} patterns is zero: nothing "
-                            "was measured (detector off, wrong dataset or wrong units?)")
+            raise DataError(
+                src,
+                "diffraction",
+                f"every count of all {m} patterns is zero: nothing "
+                "was measured (detector off, wrong dataset or wrong units?)",
+            )
         idx = self.scan_index
         if idx is not None:
             idx = np.asarray(idx)
@@ -147,8 +167,11 @@ class ScanData:
         object.__setattr__(self, "bad_pixels", bad)
         object.__setattr__(self, "scan_index", idx)
         if not isinstance(self.metadata, Mapping):
-            raise DataError(src, "metadata", f"expected a mapping of names to values, got "
-                            f"{type(self.metadata).__name__}")
+            raise DataError(
+                src,
+                "metadata",
+                f"expected a mapping of names to values, got {type(self.metadata).__name__}",
+            )
         object.__setattr__(self, "metadata", dict(self.metadata))
 
     @property
@@ -174,9 +197,12 @@ class ScanData:
 
     def subset(self, indices) -> "ScanData":
         indices = np.asarray(indices)
-        return replace(self, diffraction=self.diffraction[indices],
-                       positions_px=self.positions_px[indices],
-                       scan_index=None if self.scan_index is None else self.scan_index[indices])
+        return replace(
+            self,
+            diffraction=self.diffraction[indices],
+            positions_px=self.positions_px[indices],
+            scan_index=None if self.scan_index is None else self.scan_index[indices],
+        )
 
     def patterns(self, which: str) -> "ScanData":
         """``"all"`` (this scan), ``"even"`` (patterns 0, 2, 4, ...) or ``"odd"`` (1, 3, 5, ...):
@@ -184,11 +210,17 @@ class ScanData:
         if which == "all":
             return self
         if which not in PATTERN_SUBSETS:
-            raise DataError(self.source, "patterns", f"unknown subset {which!r}; expected one of "
-                            f"{list(PATTERN_SUBSETS)}")
+            raise DataError(
+                self.source,
+                "patterns",
+                f"unknown subset {which!r}; expected one of {list(PATTERN_SUBSETS)}",
+            )
         if self.n_patterns < 4:
-            raise DataError(self.source, "patterns", f"halving needs at least 4 patterns, the "
-                            f"scan has {self.n_patterns}")
+            raise DataError(
+                self.source,
+                "patterns",
+                f"halving needs at least 4 patterns, the scan has {self.n_patterns}",
+            )
         half = self.subset(np.arange(0 if which == "even" else 1, self.n_patterns, 2))
         return replace(half, metadata={**self.metadata, "patterns": which})
 

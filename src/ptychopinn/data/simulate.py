@@ -13,8 +13,14 @@ from ptychopinn.data.objects import make_object
 from ptychopinn.data.scan import ScanData
 from ptychopinn.errors import ConfigError
 from ptychopinn.physics.forward import diffraction_intensity
-from ptychopinn.physics.probe import (MAX_MODES, PROBES, apply_soft_mask, incoherent_modes, make_probe,
-                                      scale_probe)
+from ptychopinn.physics.probe import (
+    MAX_MODES,
+    PROBES,
+    apply_soft_mask,
+    incoherent_modes,
+    make_probe,
+    scale_probe,
+)
 from ptychopinn.physics.shifts import SHIFT_PAD, extract_patches
 
 SCAN_KINDS = ("raster", "fermat", "random")
@@ -89,8 +95,9 @@ class SimulationConfig:
         return self.step if self.step is not None else self.diameter * (1 - self.overlap)
 
 
-def scan_positions(kind: str, n: int, step: float, rng: np.random.Generator,
-                   jitter: float = 0.0) -> np.ndarray:
+def scan_positions(
+    kind: str, n: int, step: float, rng: np.random.Generator, jitter: float = 0.0
+) -> np.ndarray:
     """(n, 2) positions (x, y) with the minimum at (0, 0); neighbour spacing about ``step``."""
     if kind == "raster":
         side = int(math.ceil(math.sqrt(n)))
@@ -108,8 +115,12 @@ def scan_positions(kind: str, n: int, step: float, rng: np.random.Generator,
     return pos - pos.min(axis=0)
 
 
-def simulate_scan(config: SimulationConfig = SimulationConfig(), *, probe: np.ndarray | None = None,
-                  positions: np.ndarray | None = None) -> ScanData:
+def simulate_scan(
+    config: SimulationConfig = SimulationConfig(),
+    *,
+    probe: np.ndarray | None = None,
+    positions: np.ndarray | None = None,
+) -> ScanData:
     """Simulate one scan: object, probe, positions, counts (Poisson noise unless disabled).
 
     ``probe``: (N, N) or (K, N, N) complex, an experiment's own probe (e.g. retrieved from a
@@ -124,28 +135,42 @@ def simulate_scan(config: SimulationConfig = SimulationConfig(), *, probe: np.nd
     if positions is not None:
         pos = np.asarray(positions, dtype=np.float64)
         if pos.ndim != 2 or pos.shape[1] != 2 or len(pos) < 1 or not np.isfinite(pos).all():
-            raise ConfigError(f"positions: expected finite (M, 2) positions (x, y), got shape {pos.shape}")
+            raise ConfigError(
+                f"positions: expected finite (M, 2) positions (x, y), got shape {pos.shape}"
+            )
         pos = pos - pos.min(axis=0)
         config = replace(config, n_positions=len(pos))
     else:
-        pos = scan_positions(config.scan_kind, config.n_positions, config.step_px, rng, config.jitter)
+        pos = scan_positions(
+            config.scan_kind, config.n_positions, config.step_px, rng, config.jitter
+        )
     border = n // 2 + SHIFT_PAD + 2
     extent = np.ceil(pos.max(axis=0)).astype(int)
     needed = int(max(extent) + 2 * border + 1)
     size = config.object_size or needed
     if size < needed:
-        raise ConfigError(f"object_size: {size} is too small for this scan; it needs >= {needed} pixels "
-                         f"(reduce n_positions or step, or raise object_size)")
+        raise ConfigError(
+            f"object_size: {size} is too small for this scan; it needs >= {needed} pixels "
+            f"(reduce n_positions or step, or raise object_size)"
+        )
     # centre the scan on the object
     pos = pos + (size - extent) / 2.0
-    obj = make_object(config.object_kind, (size, size), rng, config.amplitude_contrast,
-                      config.phase_range, test_split=config.test_split)
+    obj = make_object(
+        config.object_kind,
+        (size, size),
+        rng,
+        config.amplitude_contrast,
+        config.phase_range,
+        test_split=config.test_split,
+    )
     if probe is not None:
         given = np.asarray(probe)
         given = given[None] if given.ndim == 2 else given
         if given.ndim != 3 or given.shape[-2:] != (n, n) or not np.iscomplexobj(given):
-            raise ConfigError(f"probe: expected a complex (N, N) or (K, N, N) probe with N = patch_size "
-                              f"= {n}, got {given.dtype} of shape {given.shape}")
+            raise ConfigError(
+                f"probe: expected a complex (N, N) or (K, N, N) probe with N = patch_size "
+                f"= {n}, got {given.dtype} of shape {given.shape}"
+            )
         if not np.isfinite(given).all() or not np.any(np.abs(given) > 0):
             raise ConfigError("probe: expected finite values, not all zero")
         probe = scale_probe(given.astype(np.complex128), config.photons)
@@ -153,7 +178,9 @@ def simulate_scan(config: SimulationConfig = SimulationConfig(), *, probe: np.nd
         probe = make_probe(config.probe_kind, n, config.diameter)
         if config.probe_soft_mask:
             probe = apply_soft_mask(probe)
-        probe = incoherent_modes(probe, config.probe_modes) if config.probe_modes > 1 else probe[None]
+        probe = (
+            incoherent_modes(probe, config.probe_modes) if config.probe_modes > 1 else probe[None]
+        )
         probe = scale_probe(probe, config.photons)
 
     obj_t = torch.as_tensor(obj)
@@ -162,10 +189,14 @@ def simulate_scan(config: SimulationConfig = SimulationConfig(), *, probe: np.nd
     expected = np.empty((len(pos), n, n), dtype=np.float64)
     with torch.no_grad():
         for s in range(0, len(pos), 256):
-            patches = extract_patches(obj_t.to(torch.complex128), pos_t[s:s + 256], n)
-            expected[s:s + 256] = diffraction_intensity(patches, probe_t.to(torch.complex128)).numpy()
+            patches = extract_patches(obj_t.to(torch.complex128), pos_t[s : s + 256], n)
+            expected[s : s + 256] = diffraction_intensity(
+                patches, probe_t.to(torch.complex128)
+            ).numpy()
     expected = np.clip(expected, 0, None)
-    counts = rng.poisson(expected).astype(np.float32) if config.noise else expected.astype(np.float32)
+    counts = (
+        rng.poisson(expected).astype(np.float32) if config.noise else expected.astype(np.float32)
+    )
     metadata = {
         "generator": f"ptychopinn {__version__} simulate",
         "simulation": asdict(config),
@@ -176,5 +207,11 @@ def simulate_scan(config: SimulationConfig = SimulationConfig(), *, probe: np.nd
         "probe_source": "given" if probe_given else config.probe_kind,
         "positions_source": "given" if positions is not None else config.scan_kind,
     }
-    return ScanData(diffraction=counts, positions_px=pos, probe=probe, object_truth=obj,
-                    metadata=metadata, source=f"simulation(seed={config.seed})")
+    return ScanData(
+        diffraction=counts,
+        positions_px=pos,
+        probe=probe,
+        object_truth=obj,
+        metadata=metadata,
+        source=f"simulation(seed={config.seed})",
+    )

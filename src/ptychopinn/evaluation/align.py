@@ -82,7 +82,9 @@ def fourier_shift(image: np.ndarray, shift_xy) -> np.ndarray:
     h, w = img.shape
     dx, dy = float(shift_xy[0]), float(shift_xy[1])
     if dx == 0.0 and dy == 0.0:
-        return img.astype(np.result_type(img.dtype, np.complex64) if np.iscomplexobj(img) else np.float64)
+        return img.astype(
+            np.result_type(img.dtype, np.complex64) if np.iscomplexobj(img) else np.float64
+        )
     fy = np.fft.fftfreq(h)[:, None]
     fx = np.fft.fftfreq(w)[None, :]
     ramp_y = np.exp(-2j * np.pi * fy * dy)
@@ -103,8 +105,9 @@ def gaussian_kernel(sigma: float, truncate: float = 3.5) -> np.ndarray:
     return k / k.sum()
 
 
-def gaussian_filter(image: np.ndarray, sigma: float, truncate: float = 3.5,
-                    mode: str = "symmetric") -> np.ndarray:
+def gaussian_filter(
+    image: np.ndarray, sigma: float, truncate: float = 3.5, mode: str = "symmetric"
+) -> np.ndarray:
     """Separable Gaussian blur of a 2-D array; ``mode`` is a numpy.pad mode.
 
     ``mode="symmetric"`` equals scipy.ndimage's ``"reflect"`` (edge sample repeated);
@@ -115,8 +118,8 @@ def gaussian_filter(image: np.ndarray, sigma: float, truncate: float = 3.5,
     img = np.asarray(image, dtype=np.result_type(image, np.float64))
     padded = np.pad(img, r, mode=mode)
     h, w = img.shape
-    rows = sum(k[i] * padded[i:i + h, :] for i in range(k.size))
-    return sum(k[i] * rows[:, i:i + w] for i in range(k.size))
+    rows = sum(k[i] * padded[i : i + h, :] for i in range(k.size))
+    return sum(k[i] * rows[:, i : i + w] for i in range(k.size))
 
 
 def erode(mask: np.ndarray, radius_px: int) -> np.ndarray:
@@ -129,7 +132,7 @@ def erode(mask: np.ndarray, radius_px: int) -> np.ndarray:
     s = np.pad(padded.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
     k = 2 * r + 1
     h, w = mask.shape
-    box = s[k:k + h, k:k + w] - s[:h, k:k + w] - s[k:k + h, :w] + s[:h, :w]
+    box = s[k : k + h, k : k + w] - s[:h, k : k + w] - s[k : k + h, :w] + s[:h, :w]
     return box == k * k
 
 
@@ -140,12 +143,15 @@ def mask_bbox(mask: np.ndarray, margin: int = 0) -> tuple[slice, slice]:
     if rows.size == 0:
         raise PtychoPINNError("evaluation region: empty; nothing to compare")
     h, w = mask.shape
-    return (slice(max(rows[0] - margin, 0), min(rows[-1] + 1 + margin, h)),
-            slice(max(cols[0] - margin, 0), min(cols[-1] + 1 + margin, w)))
+    return (
+        slice(max(rows[0] - margin, 0), min(rows[-1] + 1 + margin, h)),
+        slice(max(cols[0] - margin, 0), min(cols[-1] + 1 + margin, w)),
+    )
 
 
-def disc_mask(shape: tuple[int, int], positions_px, radius_px: float,
-              origin_px=(0, 0)) -> np.ndarray:
+def disc_mask(
+    shape: tuple[int, int], positions_px, radius_px: float, origin_px=(0, 0)
+) -> np.ndarray:
     """Union of discs of ``radius_px`` around ``positions_px`` (M, 2) (x, y) on an (H, W) grid
     whose pixel (0, 0) is at ``origin_px`` in the positions' frame."""
     h, w = shape
@@ -200,8 +206,13 @@ def _parabolic_peak(values: np.ndarray, i: int) -> float:
     return 0.0 if den >= 0 else float(0.5 * (a - c) / den)
 
 
-def register_translation(moving: np.ndarray, reference: np.ndarray, weight: np.ndarray | None = None,
-                         upsample: int = 20, max_shift_px: float | None = None) -> np.ndarray:
+def register_translation(
+    moving: np.ndarray,
+    reference: np.ndarray,
+    weight: np.ndarray | None = None,
+    upsample: int = 20,
+    max_shift_px: float | None = None,
+) -> np.ndarray:
     """Sub-pixel (dx, dy) such that ``moving(x) ~ reference(x - (dx, dy))``.
 
     Undo it with ``fourier_shift(moving, -shift)``. Both (H, W), real or complex; ``weight``
@@ -313,13 +324,22 @@ def _as_object(array, name: str) -> np.ndarray:
     return a.astype(np.complex128)
 
 
-def align_to_truth(recon_object: np.ndarray, ground_truth: np.ndarray, *,
-                   offset_px=None, region_mask: np.ndarray | None = None,
-                   illumination: np.ndarray | None = None, positions_px=None,
-                   radius_px: float | None = None, probe: np.ndarray | None = None,
-                   illumination_fraction: float = ILLUMINATION_FRACTION, shrink_px: int = SHRINK_PX,
-                   remove=AMBIGUITIES, upsample: int = 20,
-                   max_shift_px: float | None = None) -> AlignedPair:
+def align_to_truth(
+    recon_object: np.ndarray,
+    ground_truth: np.ndarray,
+    *,
+    offset_px=None,
+    region_mask: np.ndarray | None = None,
+    illumination: np.ndarray | None = None,
+    positions_px=None,
+    radius_px: float | None = None,
+    probe: np.ndarray | None = None,
+    illumination_fraction: float = ILLUMINATION_FRACTION,
+    shrink_px: int = SHRINK_PX,
+    remove=AMBIGUITIES,
+    upsample: int = 20,
+    max_shift_px: float | None = None,
+) -> AlignedPair:
     """Put ``recon_object`` on the ground-truth frame and remove the ambiguities in ``remove``.
 
     Args:
@@ -342,10 +362,15 @@ def align_to_truth(recon_object: np.ndarray, ground_truth: np.ndarray, *,
     """
     unknown = set(remove) - set(AMBIGUITIES)
     if unknown:
-        raise PtychoPINNError(f"remove: unknown ambiguities {sorted(unknown)}; expected a subset of {list(AMBIGUITIES)}")
+        raise PtychoPINNError(
+            f"remove: unknown ambiguities {sorted(unknown)}; expected a subset of "
+            f"{list(AMBIGUITIES)}"
+        )
     rec = _as_object(recon_object, "reconstruction object")
     gt = _as_object(ground_truth, "ground truth object")
-    offset = np.zeros(2) if offset_px is None else np.asarray(offset_px, dtype=np.float64).reshape(-1)
+    offset = (
+        np.zeros(2) if offset_px is None else np.asarray(offset_px, dtype=np.float64).reshape(-1)
+    )
     if offset.shape != (2,) or not np.isfinite(offset).all():
         raise PtychoPINNError(f"offset_px: expected two finite numbers (x, y), got {offset_px!r}")
     o_int = np.round(offset)
@@ -354,8 +379,10 @@ def align_to_truth(recon_object: np.ndarray, ground_truth: np.ndarray, *,
         rec = fourier_shift(rec, -frac)  # sample the canvas at gt pixel + offset
     frame = _common_frame(rec.shape, gt.shape, o_int)
     if frame is None:
-        raise PtychoPINNError(f"reconstruction {rec.shape} at offset_px {tuple(offset)} does not overlap "
-                              f"the ground truth {gt.shape}; cannot align")
+        raise PtychoPINNError(
+            f"reconstruction {rec.shape} at offset_px {tuple(offset)} does not overlap "
+            f"the ground truth {gt.shape}; cannot align"
+        )
     ty, tx, ry, rx = frame
     rec, gt = rec[ry, rx], gt[ty, tx]
     origin = (tx.start, ty.start)
@@ -363,18 +390,24 @@ def align_to_truth(recon_object: np.ndarray, ground_truth: np.ndarray, *,
     if region_mask is not None:
         m = np.asarray(region_mask, dtype=bool)
         if m.shape != np.shape(ground_truth):
-            raise PtychoPINNError(f"region_mask: shape {m.shape} differs from the ground truth "
-                                  f"{np.shape(ground_truth)}")
+            raise PtychoPINNError(
+                f"region_mask: shape {m.shape} differs from the ground truth "
+                f"{np.shape(ground_truth)}"
+            )
         mask, source = m[ty, tx], "mask"
     elif illumination is not None:
         ill = np.asarray(illumination, dtype=np.float64)
         if ill.shape != np.shape(recon_object):
-            raise PtychoPINNError(f"illumination: shape {ill.shape} differs from the reconstruction "
-                                  f"object {np.shape(recon_object)}")
+            raise PtychoPINNError(
+                f"illumination: shape {ill.shape} differs from the reconstruction "
+                f"object {np.shape(recon_object)}"
+            )
         ill = ill[ry, rx]
         peak = float(ill.max()) if ill.size else 0.0
         if not peak > 0:
-            raise PtychoPINNError("illumination: zero where reconstruction and ground truth overlap")
+            raise PtychoPINNError(
+                "illumination: zero where reconstruction and ground truth overlap"
+            )
         mask, source = erode(ill > illumination_fraction * peak, shrink_px), "illumination"
     elif positions_px is not None and len(positions_px):
         if radius_px is None:
@@ -386,9 +419,11 @@ def align_to_truth(recon_object: np.ndarray, ground_truth: np.ndarray, *,
     rows, cols = mask_bbox(mask) if mask.any() else (slice(0, 0), slice(0, 0))
     if rows.stop - rows.start < MIN_REGION_SIDE_PX or cols.stop - cols.start < MIN_REGION_SIDE_PX:
         raise PtychoPINNError(
-            f"evaluation region ({source}): bounding box {rows.stop - rows.start}x{cols.stop - cols.start} px "
+            f"evaluation region ({source}): bounding box "
+            f"{rows.stop - rows.start}x{cols.stop - cols.start} px "
             f"is smaller than {MIN_REGION_SIDE_PX}x{MIN_REGION_SIDE_PX}; cannot compute metrics "
-            "(check offset_px, the illumination fraction or the shrink)")
+            "(check offset_px, the illumination fraction or the shrink)"
+        )
 
     window = gaussian_filter(mask.astype(np.float64), 2.0, mode="constant") * mask
     xx, yy = _centred_coords(mask)
@@ -423,14 +458,21 @@ def align_to_truth(recon_object: np.ndarray, ground_truth: np.ndarray, *,
     scale = amplitude_scale(work, gt, mask) if "scale" in remove else 1.0
     work = work * scale
     params = {
-        "shift_x_px": float(shift[0]), "shift_y_px": float(shift[1]),
+        "shift_x_px": float(shift[0]),
+        "shift_y_px": float(shift[1]),
         "phase_offset_rad": float(np.angle(np.exp(1j * (c0 + c1)))),
-        "phase_ramp_x_rad_per_px": float(g0x + g1x), "phase_ramp_y_rad_per_px": float(g0y + g1y),
+        "phase_ramp_x_rad_per_px": float(g0x + g1x),
+        "phase_ramp_y_rad_per_px": float(g0y + g1y),
         "amplitude_scale": float(scale),
         "offset_px": [float(offset[0]), float(offset[1])],
-        "region_source": source, "region_pixels": int(mask.sum()),
-        "region_bbox_px": [int(cols.start + origin[0]), int(rows.start + origin[1]),
-                           int(cols.stop + origin[0]), int(rows.stop + origin[1])],
+        "region_source": source,
+        "region_pixels": int(mask.sum()),
+        "region_bbox_px": [
+            int(cols.start + origin[0]),
+            int(rows.start + origin[1]),
+            int(cols.stop + origin[0]),
+            int(rows.stop + origin[1]),
+        ],
         "removed": [r for r in AMBIGUITIES if r in remove],
     }
     return AlignedPair(recon=work, truth=gt, mask=mask, origin_px=origin, params=params)

@@ -77,23 +77,37 @@ def load_reconstruction_file(path: str | Path) -> ReconstructionFile:
     """Read and validate a ``reconstruction.npz``; errors name the file and key."""
     src, arrays = _load_arrays(path)
     if "object" not in arrays:
-        raise DataError(src, "object", f"missing; not a reconstruction file (keys: {sorted(arrays)})")
+        raise DataError(
+            src, "object", f"missing; not a reconstruction file (keys: {sorted(arrays)})"
+        )
     obj = _object(src, "object", arrays["object"])
     offset = np.asarray(arrays.get("offset_px", np.zeros(2)))
-    if offset.shape != (2,) or not np.issubdtype(offset.dtype, np.number) or not np.isfinite(offset).all():
-        raise DataError(src, "offset_px", f"expected two finite numbers (x, y), got shape {offset.shape}")
+    if (
+        offset.shape != (2,)
+        or not np.issubdtype(offset.dtype, np.number)
+        or not np.isfinite(offset).all()
+    ):
+        raise DataError(
+            src, "offset_px", f"expected two finite numbers (x, y), got shape {offset.shape}"
+        )
     pos = arrays.get("positions_px")
     if pos is not None:
         pos = np.asarray(pos, dtype=np.float64)
         if pos.ndim != 2 or pos.shape[1] != 2 or not np.isfinite(pos).all():
-            raise DataError(src, "positions_px", f"expected finite (M, 2) positions (x, y), got shape {pos.shape}")
+            raise DataError(
+                src,
+                "positions_px",
+                f"expected finite (M, 2) positions (x, y), got shape {pos.shape}",
+            )
         if pos.shape[0] == 0:
             pos = None
     ill = arrays.get("illumination")
     if ill is not None:
         ill = np.asarray(ill, dtype=np.float64)
         if ill.shape != obj.shape:
-            raise DataError(src, "illumination", f"shape {ill.shape} differs from the object {obj.shape}")
+            raise DataError(
+                src, "illumination", f"shape {ill.shape} differs from the object {obj.shape}"
+            )
         if not np.isfinite(ill).all() or not ill.max() > 0:
             raise DataError(src, "illumination", "expected finite values with a positive maximum")
     probe = arrays.get("probe")
@@ -101,8 +115,15 @@ def load_reconstruction_file(path: str | Path) -> ReconstructionFile:
         probe = np.asarray(probe)
         if probe.ndim not in (2, 3) or not np.iscomplexobj(probe) or not np.any(np.abs(probe) > 0):
             probe = None  # only used to size a fallback region; an odd probe is not fatal
-    return ReconstructionFile(object=obj, offset_px=offset.astype(np.float64), positions_px=pos,
-                              illumination=ill, probe=probe, metadata=_metadata(src, arrays), source=src)
+    return ReconstructionFile(
+        object=obj,
+        offset_px=offset.astype(np.float64),
+        positions_px=pos,
+        illumination=ill,
+        probe=probe,
+        metadata=_metadata(src, arrays),
+        source=src,
+    )
 
 
 def load_ground_truth(path: str | Path) -> tuple[np.ndarray, dict, np.ndarray | None]:
@@ -114,8 +135,11 @@ def load_ground_truth(path: str | Path) -> tuple[np.ndarray, dict, np.ndarray | 
     src, arrays = _load_arrays(path)
     key = "objectGuess" if "objectGuess" in arrays else "object" if "object" in arrays else None
     if key is None:
-        raise DataError(src, "objectGuess", f"missing; a ground truth needs 'objectGuess' or 'object' "
-                                            f"(keys: {sorted(arrays)})")
+        raise DataError(
+            src,
+            "objectGuess",
+            f"missing; a ground truth needs 'objectGuess' or 'object' (keys: {sorted(arrays)})",
+        )
     obj = _object(src, key, arrays[key])
     positions = None
     if "xcoords" in arrays and "ycoords" in arrays:

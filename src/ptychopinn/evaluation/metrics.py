@@ -38,8 +38,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from ptychopinn.errors import PtychoPINNError
-from ptychopinn.evaluation.align import (AMBIGUITIES, ILLUMINATION_FRACTION, SHRINK_PX, AlignedPair,
-                                         align_to_truth, gaussian_filter, gaussian_kernel, mask_bbox)
+from ptychopinn.evaluation.align import (
+    AMBIGUITIES,
+    ILLUMINATION_FRACTION,
+    SHRINK_PX,
+    AlignedPair,
+    align_to_truth,
+    gaussian_filter,
+    gaussian_kernel,
+    mask_bbox,
+)
 
 SSIM_SIGMA = 1.5
 SSIM_TRUNCATE = 3.5
@@ -48,9 +56,17 @@ SSIM_K2 = 0.03
 FRC_WINDOW_SIGMA_PX = 2.0
 
 #: scalar metrics reported for the reconstruction and for the flat baseline
-METRIC_KEYS = ("amplitude_psnr", "amplitude_ssim", "phase_psnr", "phase_ssim", "complex_nrmse",
-               "frc_resolution_px", "frc_resolution_cycles_per_px", "frc_resolution_m",
-               "frc_crossed_threshold")
+METRIC_KEYS = (
+    "amplitude_psnr",
+    "amplitude_ssim",
+    "phase_psnr",
+    "phase_ssim",
+    "complex_nrmse",
+    "frc_resolution_px",
+    "frc_resolution_cycles_per_px",
+    "frc_resolution_m",
+    "frc_crossed_threshold",
+)
 
 #: metadata keys (reconstruction or ground-truth files) that give the object pixel size in metres
 PIXEL_SIZE_KEYS = ("object_pixel_size_m", "pixel_size_m", "object_pixel_width_m", "pixel_width_m")
@@ -87,8 +103,12 @@ def data_range_of(truth: np.ndarray, mask: np.ndarray | None = None) -> float:
     return peak if peak > 0 else 1.0
 
 
-def psnr(recon: np.ndarray, truth: np.ndarray, data_range: float | None = None,
-         mask: np.ndarray | None = None) -> float:
+def psnr(
+    recon: np.ndarray,
+    truth: np.ndarray,
+    data_range: float | None = None,
+    mask: np.ndarray | None = None,
+) -> float:
     """Peak signal-to-noise ratio in dB of real images (H, W) inside ``mask``; inf if equal."""
     r = np.asarray(recon, dtype=np.float64)
     t = np.asarray(truth, dtype=np.float64)
@@ -100,8 +120,15 @@ def psnr(recon: np.ndarray, truth: np.ndarray, data_range: float | None = None,
     return math.inf if mse == 0 else 10.0 * math.log10(rng * rng / mse)
 
 
-def ssim_map(recon: np.ndarray, truth: np.ndarray, data_range: float, sigma: float = SSIM_SIGMA,
-             truncate: float = SSIM_TRUNCATE, k1: float = SSIM_K1, k2: float = SSIM_K2) -> np.ndarray:
+def ssim_map(
+    recon: np.ndarray,
+    truth: np.ndarray,
+    data_range: float,
+    sigma: float = SSIM_SIGMA,
+    truncate: float = SSIM_TRUNCATE,
+    k1: float = SSIM_K1,
+    k2: float = SSIM_K2,
+) -> np.ndarray:
     """Per-pixel SSIM (H, W) of two real images with a Gaussian window (Wang et al. 2004)."""
     x = np.asarray(recon, dtype=np.float64)
     y = np.asarray(truth, dtype=np.float64)
@@ -125,8 +152,13 @@ def ssim_map(recon: np.ndarray, truth: np.ndarray, data_range: float, sigma: flo
     return ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
 
 
-def ssim(recon: np.ndarray, truth: np.ndarray, data_range: float | None = None,
-         mask: np.ndarray | None = None, sigma: float = SSIM_SIGMA) -> float:
+def ssim(
+    recon: np.ndarray,
+    truth: np.ndarray,
+    data_range: float | None = None,
+    mask: np.ndarray | None = None,
+    sigma: float = SSIM_SIGMA,
+) -> float:
     """Mean SSIM of real images (H, W).
 
     Without ``mask``: the mean over the map with a window-radius border cropped (as
@@ -161,7 +193,8 @@ def complex_nrmse(recon: np.ndarray, truth: np.ndarray, mask: np.ndarray | None 
 
 
 def half_bit_threshold(ring_pixels: np.ndarray) -> np.ndarray:
-    """1/2-bit information threshold (van Heel & Schatz 2005) for rings of ``ring_pixels`` pixels."""
+    """1/2-bit information threshold (van Heel & Schatz 2005) for rings of ``ring_pixels``
+    pixels."""
     n = np.maximum(np.asarray(ring_pixels, dtype=np.float64), 1.0)
     s = np.sqrt(n)
     return (0.2071 + 1.9102 / s) / (1.2071 + 0.9102 / s)
@@ -185,18 +218,24 @@ class FRCResult:
 
     @property
     def resolution_px(self) -> float:
-        return 1.0 / self.resolution_cycles_per_px if self.resolution_cycles_per_px > 0 else math.inf
+        return (
+            1.0 / self.resolution_cycles_per_px if self.resolution_cycles_per_px > 0 else math.inf
+        )
 
     def curve_dict(self) -> dict:
         """The curve as JSON lists: frequency_cycles_per_px, frc, threshold_half_bit, ring_pixels
         (the ``frc_curve`` entry of metrics.json)."""
-        return {"frequency_cycles_per_px": [float(v) for v in self.frequency_cycles_per_px],
-                "frc": [float(v) for v in self.frc],
-                "threshold_half_bit": [float(v) for v in self.threshold],
-                "ring_pixels": [int(v) for v in self.ring_pixels]}
+        return {
+            "frequency_cycles_per_px": [float(v) for v in self.frequency_cycles_per_px],
+            "frc": [float(v) for v in self.frc],
+            "threshold_half_bit": [float(v) for v in self.threshold],
+            "ring_pixels": [int(v) for v in self.ring_pixels],
+        }
 
 
-def frc_resolution(frequency: np.ndarray, frc_curve: np.ndarray, threshold: np.ndarray) -> tuple[float, bool]:
+def frc_resolution(
+    frequency: np.ndarray, frc_curve: np.ndarray, threshold: np.ndarray
+) -> tuple[float, bool]:
     """First frequency (cycles/px, linear interpolation) where ``frc`` drops below ``threshold``,
     skipping the DC ring. Returns (frequency, crossed); (0.5, False) if it never drops."""
     d = np.asarray(frc_curve, float) - np.asarray(threshold, float)
@@ -212,8 +251,12 @@ def frc_resolution(frequency: np.ndarray, frc_curve: np.ndarray, threshold: np.n
     return 0.5, False
 
 
-def frc(image_a: np.ndarray, image_b: np.ndarray, mask: np.ndarray | None = None,
-        window_sigma_px: float = FRC_WINDOW_SIGMA_PX) -> FRCResult:
+def frc(
+    image_a: np.ndarray,
+    image_b: np.ndarray,
+    mask: np.ndarray | None = None,
+    window_sigma_px: float = FRC_WINDOW_SIGMA_PX,
+) -> FRCResult:
     """Fourier ring correlation of two (H, W) images (real or complex) on ``mask``'s bounding box.
 
     The window is ``mask`` blurred by a Gaussian of ``window_sigma_px`` (zero outside the box) times
@@ -267,9 +310,11 @@ def phase_images(recon: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.n
     return pt + np.angle(r * np.conj(t)), pt
 
 
-def metrics_from_alignment(pair: AlignedPair, pixel_size_m: float | None = None,
-                           with_curve: bool = True) -> dict:
-    """Scalar metrics (METRIC_KEYS plus data ranges and the alignment parameters) of an aligned pair.
+def metrics_from_alignment(
+    pair: AlignedPair, pixel_size_m: float | None = None, with_curve: bool = True
+) -> dict:
+    """Scalar metrics (METRIC_KEYS plus data ranges and the alignment parameters) of an aligned
+    pair.
 
     With ``with_curve`` the FRC curve is added under ``frc_curve`` as lists:
     frequency_cycles_per_px, frc, threshold_half_bit, ring_pixels.
@@ -307,17 +352,27 @@ def flat_baseline_pair(pair: AlignedPair) -> AlignedPair:
     freedoms as the reconstruction (a translation means nothing for a constant)."""
     level = float(np.abs(pair.truth)[pair.mask].mean())
     flat = np.full(pair.truth.shape, level, dtype=np.complex128)
-    return align_to_truth(flat, pair.truth, region_mask=pair.mask,
-                          remove=("phase_offset", "phase_ramp", "scale"))
+    return align_to_truth(
+        flat, pair.truth, region_mask=pair.mask, remove=("phase_offset", "phase_ramp", "scale")
+    )
 
 
-def evaluate_reconstruction(recon_object: np.ndarray, ground_truth: np.ndarray,
-                            region_mask: np.ndarray | None = None, offset_px=None, *,
-                            illumination: np.ndarray | None = None, positions_px=None,
-                            radius_px: float | None = None, probe: np.ndarray | None = None,
-                            illumination_fraction: float = ILLUMINATION_FRACTION,
-                            shrink_px: int = SHRINK_PX, pixel_size_m: float | None = None,
-                            remove=AMBIGUITIES, baseline: bool = True) -> dict:
+def evaluate_reconstruction(
+    recon_object: np.ndarray,
+    ground_truth: np.ndarray,
+    region_mask: np.ndarray | None = None,
+    offset_px=None,
+    *,
+    illumination: np.ndarray | None = None,
+    positions_px=None,
+    radius_px: float | None = None,
+    probe: np.ndarray | None = None,
+    illumination_fraction: float = ILLUMINATION_FRACTION,
+    shrink_px: int = SHRINK_PX,
+    pixel_size_m: float | None = None,
+    remove=AMBIGUITIES,
+    baseline: bool = True,
+) -> dict:
     """Align ``recon_object`` to ``ground_truth`` and measure it (see the module docstring).
 
     Arguments as :func:`ptychopinn.evaluation.align.align_to_truth`; ``pixel_size_m`` adds
@@ -327,15 +382,27 @@ def evaluate_reconstruction(recon_object: np.ndarray, ground_truth: np.ndarray,
     region_pixels, region_bbox_px [x0, y0, x1, y1]), ``frc_curve`` (lists) and, with
     ``baseline``, ``baseline_flat`` (the METRIC_KEYS of the flat-object baseline).
     """
-    pair = align_to_truth(recon_object, ground_truth, offset_px=offset_px, region_mask=region_mask,
-                          illumination=illumination, positions_px=positions_px, radius_px=radius_px,
-                          probe=probe, illumination_fraction=illumination_fraction,
-                          shrink_px=shrink_px, remove=remove)
+    pair = align_to_truth(
+        recon_object,
+        ground_truth,
+        offset_px=offset_px,
+        region_mask=region_mask,
+        illumination=illumination,
+        positions_px=positions_px,
+        radius_px=radius_px,
+        probe=probe,
+        illumination_fraction=illumination_fraction,
+        shrink_px=shrink_px,
+        remove=remove,
+    )
     return evaluate_aligned(pair, pixel_size_m=pixel_size_m, baseline=baseline)
 
 
-def evaluate_aligned(pair: AlignedPair, pixel_size_m: float | None = None, baseline: bool = True) -> dict:
-    """:func:`evaluate_reconstruction` for an already aligned pair (the CLI reuses the pair for plots)."""
+def evaluate_aligned(
+    pair: AlignedPair, pixel_size_m: float | None = None, baseline: bool = True
+) -> dict:
+    """:func:`evaluate_reconstruction` for an already aligned pair (the CLI reuses the pair for
+    plots)."""
     out = metrics_from_alignment(pair, pixel_size_m)
     if baseline:
         base = metrics_from_alignment(flat_baseline_pair(pair), pixel_size_m, with_curve=False)

@@ -36,13 +36,19 @@ def _limits(values: np.ndarray, mask: np.ndarray | None) -> tuple[float, float]:
 def _show(fig, ax, image, title, cmap, limits, mask=None, origin_px=(0, 0)):
     h, w = image.shape
     x0, y0 = origin_px
-    extent = (x0 - 0.5, x0 + w - 0.5, y0 + h - 0.5, y0 - 0.5)  # pixel centres at integer coordinates
+    extent = (
+        x0 - 0.5,
+        x0 + w - 0.5,
+        y0 + h - 0.5,
+        y0 - 0.5,
+    )  # pixel centres at integer coordinates
     step = -(-max(h, w) // MAX_DISPLAY_PX)  # ceil: 1 for images up to MAX_DISPLAY_PX
     if step > 1:  # the axes keep the full image's pixel coordinates
         image = image[::step, ::step]
         mask = None if mask is None else mask[::step, ::step]
-    im = ax.imshow(image, cmap=cmap, vmin=limits[0], vmax=limits[1], interpolation="nearest",
-                   extent=extent)
+    im = ax.imshow(
+        image, cmap=cmap, vmin=limits[0], vmax=limits[1], interpolation="nearest", extent=extent
+    )
     if mask is not None and not np.all(mask):
         # grey veil over pixels outside the evaluated/scanned region
         veil = np.zeros(mask.shape + (4,))
@@ -69,12 +75,18 @@ def _check_2d(obj, name: str) -> np.ndarray:
     a = np.asarray(obj)
     if a.ndim != 2:
         from ptychopinn.errors import PtychoPINNError
+
         raise PtychoPINNError(f"{name}: expected a 2-D (H, W) array to plot, got shape {a.shape}")
     return a
 
 
-def save_complex_png(obj: np.ndarray, path: str | Path, title: str = "", mask: np.ndarray | None = None,
-                     overwrite: bool = False) -> Path:
+def save_complex_png(
+    obj: np.ndarray,
+    path: str | Path,
+    title: str = "",
+    mask: np.ndarray | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Amplitude and phase panels of a complex (H, W) object, each with a colour bar.
 
     ``mask`` (H, W) bool: colour limits come from these pixels and the rest is greyed out.
@@ -86,7 +98,9 @@ def save_complex_png(obj: np.ndarray, path: str | Path, title: str = "", mask: n
     amp, phase = np.abs(a), np.angle(a)
     # fixed margins: constrained/tight layout costs about twice the rendering time
     fig = Figure(figsize=(9.0, 4.2))
-    fig.subplots_adjust(left=0.07, right=0.95, bottom=0.12, top=0.86 if title else 0.92, wspace=0.35)
+    fig.subplots_adjust(
+        left=0.07, right=0.95, bottom=0.12, top=0.86 if title else 0.92, wspace=0.35
+    )
     ax1, ax2 = fig.subplots(1, 2)
     _show(fig, ax1, amp, "amplitude", "gray", _limits(amp, m), m)
     cbar = _show(fig, ax2, phase, "phase", "viridis", _limits(phase, m), m)
@@ -96,8 +110,15 @@ def save_complex_png(obj: np.ndarray, path: str | Path, title: str = "", mask: n
     return _save(fig, path, overwrite)
 
 
-def save_comparison_png(recon: np.ndarray, gt: np.ndarray, path: str | Path, mask: np.ndarray | None = None,
-                        title: str = "", overwrite: bool = False, origin_px=(0, 0)) -> Path:
+def save_comparison_png(
+    recon: np.ndarray,
+    gt: np.ndarray,
+    path: str | Path,
+    mask: np.ndarray | None = None,
+    title: str = "",
+    overwrite: bool = False,
+    origin_px=(0, 0),
+) -> Path:
     """2 x 2 figure: ground truth and reconstruction, amplitude (top) and phase (bottom).
 
     Both (H, W) complex on the same frame (e.g. an ``AlignedPair``); each row shares colour
@@ -111,11 +132,15 @@ def save_comparison_png(recon: np.ndarray, gt: np.ndarray, path: str | Path, mas
     t = _check_2d(gt, "ground truth").astype(np.complex128)
     if r.shape != t.shape:
         from ptychopinn.errors import PtychoPINNError
-        raise PtychoPINNError(f"comparison: shapes differ, reconstruction {r.shape} vs truth {t.shape}")
+
+        raise PtychoPINNError(
+            f"comparison: shapes differ, reconstruction {r.shape} vs truth {t.shape}"
+        )
     m = None if mask is None else np.asarray(mask, dtype=bool)
     fig = Figure(figsize=(8.5, 7.6))
-    fig.subplots_adjust(left=0.08, right=0.95, bottom=0.07, top=0.91 if title else 0.95,
-                        wspace=0.35, hspace=0.3)
+    fig.subplots_adjust(
+        left=0.08, right=0.95, bottom=0.07, top=0.91 if title else 0.95, wspace=0.35, hspace=0.3
+    )
     axes = fig.subplots(2, 2)
     amp_lim = _limits(np.abs(t), m)
     ph_t = np.angle(t)
@@ -131,9 +156,16 @@ def save_comparison_png(recon: np.ndarray, gt: np.ndarray, path: str | Path, mas
     return _save(fig, path, overwrite)
 
 
-def save_frc_png(freq: np.ndarray, frc: np.ndarray, threshold: np.ndarray, path: str | Path,
-                 resolution_cycles_per_px: float | None = None, title: str = "Fourier ring correlation",
-                 overwrite: bool = False, label: str = "FRC (reconstruction vs truth)") -> Path:
+def save_frc_png(
+    freq: np.ndarray,
+    frc: np.ndarray,
+    threshold: np.ndarray,
+    path: str | Path,
+    resolution_cycles_per_px: float | None = None,
+    title: str = "Fourier ring correlation",
+    overwrite: bool = False,
+    label: str = "FRC (reconstruction vs truth)",
+) -> Path:
     """FRC curve and the 1/2-bit threshold against spatial frequency (cycles/px), DC ring omitted;
     a vertical line marks ``resolution_cycles_per_px`` when given."""
     from matplotlib.figure import Figure
@@ -143,17 +175,24 @@ def save_frc_png(freq: np.ndarray, frc: np.ndarray, threshold: np.ndarray, path:
     t = np.asarray(threshold, dtype=np.float64)
     if not (f.shape == c.shape == t.shape) or f.ndim != 1:
         from ptychopinn.errors import PtychoPINNError
-        raise PtychoPINNError(f"FRC plot: freq, frc and threshold must be 1-D of one length, got "
-                              f"{f.shape}, {c.shape}, {t.shape}")
+
+        raise PtychoPINNError(
+            f"FRC plot: freq, frc and threshold must be 1-D of one length, got "
+            f"{f.shape}, {c.shape}, {t.shape}"
+        )
     fig = Figure(figsize=(6.0, 4.0))
     fig.subplots_adjust(left=0.11, right=0.97, bottom=0.13, top=0.91)
     ax = fig.subplots()
     ax.plot(f[1:], c[1:], label=label, color="C0")
     ax.plot(f[1:], t[1:], label="1/2-bit threshold", color="C3", linestyle="--")
     if resolution_cycles_per_px is not None and np.isfinite(resolution_cycles_per_px):
-        ax.axvline(resolution_cycles_per_px, color="0.4", linestyle=":",
-                   label=f"resolution {resolution_cycles_per_px:.3f} cyc/px "
-                         f"({1.0 / resolution_cycles_per_px:.2f} px)")
+        ax.axvline(
+            resolution_cycles_per_px,
+            color="0.4",
+            linestyle=":",
+            label=f"resolution {resolution_cycles_per_px:.3f} cyc/px "
+            f"({1.0 / resolution_cycles_per_px:.2f} px)",
+        )
     ax.set_xlim(0, 0.5)
     ax.set_ylim(min(-0.1, float(np.nanmin(c[1:])) if c.size > 1 else -0.1), 1.05)
     ax.set_xlabel("spatial frequency (cycles/px)")
@@ -164,22 +203,37 @@ def save_frc_png(freq: np.ndarray, frc: np.ndarray, threshold: np.ndarray, path:
     return _save(fig, path, overwrite)
 
 
-def save_frc_metrics_png(metrics: dict, path: str | Path, title: str = "Fourier ring correlation",
-                         overwrite: bool = False, label: str = "FRC (reconstruction vs truth)") -> Path:
+def save_frc_metrics_png(
+    metrics: dict,
+    path: str | Path,
+    title: str = "Fourier ring correlation",
+    overwrite: bool = False,
+    label: str = "FRC (reconstruction vs truth)",
+) -> Path:
     """``save_frc_png`` of a metrics dict as ``evaluate`` and ``half_scan_frc`` write it
     (``frc_curve``, ``frc_resolution_cycles_per_px``, ``frc_crossed_threshold``): the resolution
     line is drawn only when the curve crossed the threshold."""
     curve = metrics["frc_curve"]
     crossed = metrics.get("frc_crossed_threshold")
-    return save_frc_png(np.asarray(curve["frequency_cycles_per_px"]), np.asarray(curve["frc"]),
-                        np.asarray(curve["threshold_half_bit"]), path,
-                        resolution_cycles_per_px=(metrics.get("frc_resolution_cycles_per_px")
-                                                  if crossed else None),
-                        title=title, overwrite=overwrite, label=label)
+    return save_frc_png(
+        np.asarray(curve["frequency_cycles_per_px"]),
+        np.asarray(curve["frc"]),
+        np.asarray(curve["threshold_half_bit"]),
+        path,
+        resolution_cycles_per_px=(metrics.get("frc_resolution_cycles_per_px") if crossed else None),
+        title=title,
+        overwrite=overwrite,
+        label=label,
+    )
 
 
-def save_residual_png(positions_px: np.ndarray, per_pattern: np.ndarray, path: str | Path,
-                      title: str = "data residual", overwrite: bool = False) -> Path:
+def save_residual_png(
+    positions_px: np.ndarray,
+    per_pattern: np.ndarray,
+    path: str | Path,
+    title: str = "data residual",
+    overwrite: bool = False,
+) -> Path:
     """Scan positions coloured by each pattern's Poisson deviance per pixel (where the model fails
     to explain the counts), y downwards like the object images."""
     from matplotlib.figure import Figure
@@ -188,12 +242,22 @@ def save_residual_png(positions_px: np.ndarray, per_pattern: np.ndarray, path: s
     val = np.asarray(per_pattern, dtype=np.float64)
     if pos.ndim != 2 or pos.shape != (val.size, 2):
         from ptychopinn.errors import PtychoPINNError
-        raise PtychoPINNError(f"residual plot: {val.size} values for positions of shape {pos.shape}")
+
+        raise PtychoPINNError(
+            f"residual plot: {val.size} values for positions of shape {pos.shape}"
+        )
     fig = Figure(figsize=(6.0, 5.0))
     ax = fig.subplots()
     hi = float(np.percentile(val, 99)) if val.size else 1.0
-    sc = ax.scatter(pos[:, 0], pos[:, 1], c=val, s=max(4.0, 4000.0 / max(val.size, 1)),
-                    cmap="magma", vmin=float(val.min()), vmax=max(hi, float(val.min()) + 1e-12))
+    sc = ax.scatter(
+        pos[:, 0],
+        pos[:, 1],
+        c=val,
+        s=max(4.0, 4000.0 / max(val.size, 1)),
+        cmap="magma",
+        vmin=float(val.min()),
+        vmax=max(hi, float(val.min()) + 1e-12),
+    )
     ax.invert_yaxis()
     ax.set_aspect("equal")
     ax.set_xlabel("x (px)")

@@ -36,8 +36,9 @@ def split_halves(scan):
     return scan.patterns("even"), scan.patterns("odd")
 
 
-def data_residual(object_: np.ndarray, offset_px, probe: np.ndarray, scan,
-                  positions_px: np.ndarray | None = None) -> dict:
+def data_residual(
+    object_: np.ndarray, offset_px, probe: np.ndarray, scan, positions_px: np.ndarray | None = None
+) -> dict:
     """Data residual of a reconstruction on ``scan`` (module docstring).
 
     object_: (H, W) complex canvas, canvas pixel = position pixel + ``offset_px`` (x, y);
@@ -51,8 +52,9 @@ def data_residual(object_: np.ndarray, offset_px, probe: np.ndarray, scan,
     probe = np.asarray(probe)
     probe = probe[None] if probe.ndim == 2 else probe
     if probe.ndim != 3 or probe.shape[-2:] != (n, n):
-        raise PtychoPINNError(f"probe of shape {probe.shape} does not match the scan's {n} x {n} "
-                              "patterns")
+        raise PtychoPINNError(
+            f"probe of shape {probe.shape} does not match the scan's {n} x {n} patterns"
+        )
     pos = np.asarray(scan.positions_px if positions_px is None else positions_px, np.float64)
     if pos.shape != (scan.n_patterns, 2):
         raise PtychoPINNError(f"{pos.shape[0]} positions for {scan.n_patterns} patterns")
@@ -72,7 +74,7 @@ def data_residual(object_: np.ndarray, offset_px, probe: np.ndarray, scan,
     m = scan.n_patterns
 
     def model(s):  # (B, N, N) modelled intensity without gain, patterns s .. s + batch
-        p = torch.as_tensor(canvas_pos[s:s + RESIDUAL_BATCH])
+        p = torch.as_tensor(canvas_pos[s : s + RESIDUAL_BATCH])
         return diffraction_intensity(extract_patches(canvas, p, n), probe_t)
 
     # two passes in batches (memory O(batch), not O(M)): the Poisson ML gain, then the measures
@@ -85,12 +87,13 @@ def data_residual(object_: np.ndarray, offset_px, probe: np.ndarray, scan,
         per_pattern_dev = torch.empty(m, dtype=torch.float64)
         for s in range(0, m, RESIDUAL_BATCH):
             lam = model(s).double() * gain
-            i = torch.as_tensor(scan.diffraction[s:s + RESIDUAL_BATCH]).double()
+            i = torch.as_tensor(scan.diffraction[s : s + RESIDUAL_BATCH]).double()
             log_lam = torch.log(lam + eps)
             nll_sum += float(((lam - i * log_lam + torch.lgamma(i + 1)) * good_t).sum())
-            ratio = torch.where(i > 0, i * (torch.log(i.clamp_min(1e-300)) - log_lam),
-                                torch.zeros_like(i))
-            per_pattern_dev[s:s + len(i)] = (2.0 * (ratio - (i - lam)) * good_t).sum(dim=(-2, -1))
+            ratio = torch.where(
+                i > 0, i * (torch.log(i.clamp_min(1e-300)) - log_lam), torch.zeros_like(i)
+            )
+            per_pattern_dev[s : s + len(i)] = (2.0 * (ratio - (i - lam)) * good_t).sum(dim=(-2, -1))
             amp_diff += float(((lam.sqrt() - i.sqrt()).abs() * good_t).sum())
             amp_sum += float((i.sqrt() * good_t).sum())
         r_factor = amp_diff / max(amp_sum, 1e-30)
@@ -106,21 +109,31 @@ def data_residual(object_: np.ndarray, offset_px, probe: np.ndarray, scan,
     }
     for key in ("poisson_deviance_per_pixel", "poisson_nll_per_pattern", "r_factor"):
         if not math.isfinite(result[key]):
-            raise PtychoPINNError(f"data residual {key} is not finite: the reconstruction's "
-                                  "object or probe holds no usable values")
+            raise PtychoPINNError(
+                f"data residual {key} is not finite: the reconstruction's "
+                "object or probe holds no usable values"
+            )
     return result
 
 
 def _lit(recon, fraction: float) -> np.ndarray:
     ill = np.asarray(recon.illumination, dtype=np.float64)
     if ill.shape != np.shape(recon.object) or not ill.max() > 0:
-        raise PtychoPINNError("half-scan FRC needs each reconstruction's illumination map (as "
-                              "written in reconstruction.npz)")
+        raise PtychoPINNError(
+            "half-scan FRC needs each reconstruction's illumination map (as "
+            "written in reconstruction.npz)"
+        )
     return ill >= fraction * ill.max()
 
 
-def half_scan_frc(recon_a, recon_b, *, pixel_size_m: float | None = None,
-                  illumination_fraction: float | None = None, shrink_px: int | None = None) -> dict:
+def half_scan_frc(
+    recon_a,
+    recon_b,
+    *,
+    pixel_size_m: float | None = None,
+    illumination_fraction: float | None = None,
+    shrink_px: int | None = None,
+) -> dict:
     """FRC between two reconstructions of disjoint halves of one scan (module docstring).
 
     ``recon_a``/``recon_b``: objects with ``object``, ``offset_px`` and ``illumination``
@@ -132,8 +145,12 @@ def half_scan_frc(recon_a, recon_b, *, pixel_size_m: float | None = None,
     ``frc_resolution_m`` when ``pixel_size_m`` is given, ``frc_crossed_threshold``), the curve
     under ``frc_curve`` and the alignment that was removed under ``alignment``.
     """
-    from ptychopinn.evaluation.align import (ILLUMINATION_FRACTION, SHRINK_PX, align_to_truth,
-                                             erode)
+    from ptychopinn.evaluation.align import (
+        ILLUMINATION_FRACTION,
+        SHRINK_PX,
+        align_to_truth,
+        erode,
+    )
     from ptychopinn.evaluation.metrics import frc
 
     fraction = illumination_fraction or ILLUMINATION_FRACTION
@@ -149,11 +166,18 @@ def half_scan_frc(recon_a, recon_b, *, pixel_size_m: float | None = None,
     r0, c0 = max(0, -shift[1]), max(0, -shift[0])
     r1, c1 = min(h, hb - shift[1]), min(w, wb - shift[0])
     if r1 > r0 and c1 > c0:
-        both[r0:r1, c0:c1] = lit_a[r0:r1, c0:c1] & lit_b[r0 + shift[1]:r1 + shift[1],
-                                                          c0 + shift[0]:c1 + shift[0]]
+        both[r0:r1, c0:c1] = (
+            lit_a[r0:r1, c0:c1]
+            & lit_b[r0 + shift[1] : r1 + shift[1], c0 + shift[0] : c1 + shift[0]]
+        )
     region = erode(both, shrink)
-    pair = align_to_truth(recon_b.object, a_obj, offset_px=rel, region_mask=region,
-                          max_shift_px=HALF_SCAN_MAX_SHIFT_PX)
+    pair = align_to_truth(
+        recon_b.object,
+        a_obj,
+        offset_px=rel,
+        region_mask=region,
+        max_shift_px=HALF_SCAN_MAX_SHIFT_PX,
+    )
     curve = frc(pair.recon, pair.truth, pair.mask)
     res_px = curve.resolution_px
     return {
@@ -163,8 +187,17 @@ def half_scan_frc(recon_a, recon_b, *, pixel_size_m: float | None = None,
         "frc_crossed_threshold": bool(curve.crossed),
         "region_pixels": int(pair.mask.sum()),
         "frc_curve": curve.curve_dict(),
-        "alignment": {k: v for k, v in pair.params.items()
-                      if k in ("shift_x_px", "shift_y_px", "phase_offset_rad",
-                               "phase_ramp_x_rad_per_px", "phase_ramp_y_rad_per_px",
-                               "amplitude_scale")},
+        "alignment": {
+            k: v
+            for k, v in pair.params.items()
+            if k
+            in (
+                "shift_x_px",
+                "shift_y_px",
+                "phase_offset_rad",
+                "phase_ramp_x_rad_per_px",
+                "phase_ramp_y_rad_per_px",
+                "amplitude_scale",
+            )
+        },
     }

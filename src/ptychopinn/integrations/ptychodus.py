@@ -59,13 +59,24 @@ from pathlib import Path
 import numpy as np
 from ptychodus.api.object import Object
 from ptychodus.api.product import LossValue, Product
-from ptychodus.api.reconstruct import (ReconstructInput, Reconstructor, ReconstructorLibrary,
-                                       ReconstructOutput, TrainableReconstructor, TrainOutput)
+from ptychodus.api.reconstruct import (
+    ReconstructInput,
+    Reconstructor,
+    ReconstructorLibrary,
+    ReconstructOutput,
+    TrainableReconstructor,
+    TrainOutput,
+)
 from ptychodus.api.settings import SettingsRegistry
 
-from ptychopinn.data.ptychodus_h5 import (ATTRS_KEY, GRID_KEY, SOURCE_FORMAT, ObjectGrid,
-                                          canvas_to_grid)
 from ptychopinn.config import INFERENCE_BATCH_SIZE
+from ptychopinn.data.ptychodus_h5 import (
+    ATTRS_KEY,
+    GRID_KEY,
+    SOURCE_FORMAT,
+    ObjectGrid,
+    canvas_to_grid,
+)
 from ptychopinn.data.scan import ScanData
 from ptychopinn.errors import DataError, PtychoPINNError
 from ptychopinn.log import LOGGER_NAME, get_logger
@@ -105,8 +116,12 @@ class PtychoPINNSettings:
         "Accelerator": "execution.accelerator",
     }
     #: imposed on every run: Ptychodus shows the losses; DDP would relaunch the host process
-    FORCED = {"execution.logger": "none", "execution.enable_checkpointing": False,
-              "execution.devices": 1, "execution.quiet": False}
+    FORCED = {
+        "execution.logger": "none",
+        "execution.enable_checkpointing": False,
+        "execution.devices": 1,
+        "execution.quiet": False,
+    }
 
     def __init__(self, registry: SettingsRegistry) -> None:
         g = self._group = registry.create_group(SETTINGS_GROUP)
@@ -139,20 +154,23 @@ class PtychoPINNSettings:
         overrides = {key: self._parameter(name).get_value() for name, key in self.KEYS.items()}
         overrides["model.loss"] = str(overrides["model.loss"]).strip().lower()
         overrides["execution.accelerator"] = str(overrides["execution.accelerator"]).strip().lower()
-        overrides["training.supervised_weight"] = (float(self.supervised_weight.get_value())
-                                                   if supervised else 0.0)
+        overrides["training.supervised_weight"] = (
+            float(self.supervised_weight.get_value()) if supervised else 0.0
+        )
         overrides.update(self.FORCED)
         text = self.config_file.get_value().strip()
         config_file = Path(text).expanduser() if text else None
         if config_file is not None and not config_file.is_file():
             raise PtychoPINNError(f"{SETTINGS_GROUP}.ConfigFile: {config_file}: no such file")
         try:
-            return build_run_config(overrides, config_file=config_file, override_source=SETTINGS_SOURCE)
+            return build_run_config(
+                overrides, config_file=config_file, override_source=SETTINGS_SOURCE
+            )
         except ValueError as exc:
             message = str(exc)
             for name, key in self.KEYS.items():
                 if message.startswith(key + ":"):
-                    message = f"{SETTINGS_GROUP}.{name}:" + message[len(key) + 1:]
+                    message = f"{SETTINGS_GROUP}.{name}:" + message[len(key) + 1 :]
                     break
             raise PtychoPINNError(message) from None
 
@@ -164,7 +182,8 @@ class PtychoPINNSettings:
 def _metadata_attrs(metadata) -> dict:
     """ProductMetadata -> product.h5 root attributes (canonical names, as read_ptychodus keeps)."""
     attrs = {
-        "name": str(metadata.name), "comments": str(metadata.comments),
+        "name": str(metadata.name),
+        "comments": str(metadata.comments),
         "detector_object_distance_m": float(metadata.detector_distance_m),
         "photon_energy_eV": float(metadata.photon_energy_eV),
         "probe_photon_count": float(metadata.probe_photon_count),
@@ -187,8 +206,12 @@ def input_grid(parameters: ReconstructInput) -> ObjectGrid:
     array = obj.get_array()
     name = parameters.product.metadata.name
     if array.size == 0:
-        raise DataError(name, "object", "the product has an empty object; Ptychodus must "
-                        "initialise the object (its grid places the positions) before reconstructing")
+        raise DataError(
+            name,
+            "object",
+            "the product has an empty object; Ptychodus must "
+            "initialise the object (its grid places the positions) before reconstructing",
+        )
     try:
         pixels, center = obj.get_pixel_geometry(), obj.get_center()
     except ValueError as exc:
@@ -196,7 +219,9 @@ def input_grid(parameters: ReconstructInput) -> ObjectGrid:
     return ObjectGrid(array.shape[-2:], pixels.width_m, pixels.height_m, center.x_m, center.y_m)
 
 
-def scan_from_reconstruct_input(parameters: ReconstructInput, *, source: str | None = None) -> ScanData:
+def scan_from_reconstruct_input(
+    parameters: ReconstructInput, *, source: str | None = None
+) -> ScanData:
     """A ReconstructInput (as built by ``prepare_reconstruct_input``) as ScanData.
 
     Row i of the patterns pairs with ``product.probe_positions[i]``. Positions (metres) become
@@ -212,21 +237,30 @@ def scan_from_reconstruct_input(parameters: ReconstructInput, *, source: str | N
     grid = input_grid(parameters)
     patterns = np.asarray(parameters.diffraction_patterns)
     if patterns.ndim != 3 or patterns.shape[0] == 0:
-        raise DataError(src, "diffraction_patterns", f"expected (n, H, W) patterns, got shape {patterns.shape}")
+        raise DataError(
+            src, "diffraction_patterns", f"expected (n, H, W) patterns, got shape {patterns.shape}"
+        )
     patterns = patterns.astype(np.float32)  # always a copy: bad pixels are zeroed below
     positions = product.probe_positions
     index = np.asarray(positions.get_indexes(), np.int64)
     if index.shape[0] != patterns.shape[0]:
-        raise DataError(src, "probe_positions", f"{index.shape[0]} positions for {patterns.shape[0]} "
-                        "patterns; build the input with ptychodus.api.reconstruct.prepare_reconstruct_input")
+        raise DataError(
+            src,
+            "probe_positions",
+            f"{index.shape[0]} positions for {patterns.shape[0]} "
+            "patterns; build the input with ptychodus.api.reconstruct.prepare_reconstruct_input",
+        )
     x_m = np.asarray(positions.get_coordinates_x_m(), np.float64)
     y_m = np.asarray(positions.get_coordinates_y_m(), np.float64)
     bad = None
     if parameters.bad_pixels is not None and np.size(parameters.bad_pixels):
         bad = np.asarray(parameters.bad_pixels).astype(bool)
         if bad.shape != patterns.shape[1:]:
-            raise DataError(src, "bad_pixels", f"shape {bad.shape} does not match the patterns "
-                            f"{patterns.shape[1:]}")
+            raise DataError(
+                src,
+                "bad_pixels",
+                f"shape {bad.shape} does not match the patterns {patterns.shape[1:]}",
+            )
         if bad.any():
             patterns[:, bad] = 0  # no information there (may hold detector fill values)
     probes = product.probes.get_array()
@@ -235,11 +269,19 @@ def scan_from_reconstruct_input(parameters: ReconstructInput, *, source: str | N
             log.info("%s: probe has %d coherent (OPR) modes; using the first", src, probes.shape[0])
         probes = probes[0]
     probe_pixels = product.probes.get_pixel_geometry()
-    if not (math.isclose(probe_pixels.width_m, grid.pixel_width_m, rel_tol=1e-6)
-            and math.isclose(probe_pixels.height_m, grid.pixel_height_m, rel_tol=1e-6)):
-        log.warning("%s: probe pixels (%.6g x %.6g m) differ from object pixels (%.6g x %.6g m); "
-                    "the probe is used as if sampled on the object grid", src, probe_pixels.width_m,
-                    probe_pixels.height_m, grid.pixel_width_m, grid.pixel_height_m)
+    if not (
+        math.isclose(probe_pixels.width_m, grid.pixel_width_m, rel_tol=1e-6)
+        and math.isclose(probe_pixels.height_m, grid.pixel_height_m, rel_tol=1e-6)
+    ):
+        log.warning(
+            "%s: probe pixels (%.6g x %.6g m) differ from object pixels (%.6g x %.6g m); "
+            "the probe is used as if sampled on the object grid",
+            src,
+            probe_pixels.width_m,
+            probe_pixels.height_m,
+            grid.pixel_width_m,
+            grid.pixel_height_m,
+        )
     layers = product.object_.get_array()
     obj = np.prod(layers, axis=0) if layers.shape[0] > 1 else layers[0]
     attrs = _metadata_attrs(product.metadata)
@@ -259,13 +301,21 @@ def scan_from_reconstruct_input(parameters: ReconstructInput, *, source: str | N
     }
     if grid.pixel_width_m == grid.pixel_height_m:
         metadata["object_pixel_size_m"] = grid.pixel_width_m
-    return ScanData(diffraction=patterns, positions_px=grid.to_px(x_m, y_m), probe=probes,
-                    object_truth=obj, bad_pixels=bad, scan_index=index, metadata=metadata,
-                    source=src)
+    return ScanData(
+        diffraction=patterns,
+        positions_px=grid.to_px(x_m, y_m),
+        probe=probes,
+        object_truth=obj,
+        bad_pixels=bad,
+        scan_index=index,
+        metadata=metadata,
+        source=src,
+    )
 
 
-def product_on_input_grid(parameters: ReconstructInput, recon=None,
-                          losses: Sequence[LossValue] = ()) -> Product:
+def product_on_input_grid(
+    parameters: ReconstructInput, recon=None, losses: Sequence[LossValue] = ()
+) -> Product:
     """The input product with ``recon``'s object put on its object grid (and ``losses``).
 
     ``recon``: a ``ptychopinn.inference.Reconstruction`` (canvas + offset in grid pixels) or None
@@ -278,23 +328,39 @@ def product_on_input_grid(parameters: ReconstructInput, recon=None,
         grid = input_grid(parameters)
         array = canvas_to_grid(recon.object, recon.offset_px, grid.shape_hw).astype(np.complex64)
         source = product.object_
-        obj = Object(array=array, pixel_geometry=source.get_pixel_geometry().copy(),
-                     center=source.get_center().copy())
-    return Product(metadata=product.metadata, probe_positions=product.probe_positions,
-                   probes=product.probes, object_=obj, losses=list(losses))
+        obj = Object(
+            array=array,
+            pixel_geometry=source.get_pixel_geometry().copy(),
+            center=source.get_center().copy(),
+        )
+    return Product(
+        metadata=product.metadata,
+        probe_positions=product.probe_positions,
+        probes=product.probes,
+        object_=obj,
+        losses=list(losses),
+    )
 
 
 def _check_ground_truth(scan: ScanData) -> None:
     """Supervised training needs a real object: reject a missing or uniform one."""
     if scan.object_truth is None:
-        raise DataError(scan.source, "object", "supervised training needs a ground-truth object "
-                        "(objectGuess in NPZ files, the product's object in Ptychodus files)")
+        raise DataError(
+            scan.source,
+            "object",
+            "supervised training needs a ground-truth object "
+            "(objectGuess in NPZ files, the product's object in Ptychodus files)",
+        )
     obj = scan.object_truth
     spread = float(np.abs(obj - obj.mean()).max())
     if spread <= 1e-6 * max(float(np.abs(obj).max()), 1e-12):
-        raise DataError(scan.source, "object", "the object is uniform (an initial guess, not a ground "
-                        "truth); supervised training would teach the network the guess. Use the "
-                        f"{PINN} reconstructor, or a product whose object is a real reconstruction")
+        raise DataError(
+            scan.source,
+            "object",
+            "the object is uniform (an initial guess, not a ground "
+            "truth); supervised training would teach the network the guess. Use the "
+            f"{PINN} reconstructor, or a product whose object is a real reconstruction",
+        )
 
 
 def _scale_supervised_weight(rc, scans: list[ScanData]):
@@ -302,10 +368,15 @@ def _scale_supervised_weight(rc, scans: list[ScanData]):
     pixel (measured on 32 x 32 scans: 18x the supervised term's at 10 counts/pixel, 4200x at
     1000), so the weight given to training is SupervisedWeight x mean counts per pixel, which
     keeps 1.0 at comparable gradient sizes (within ~2x over that range)."""
-    per_pixel = float(np.mean([s.mean_counts / s.patch_size ** 2 for s in scans]))
+    per_pixel = float(np.mean([s.mean_counts / s.patch_size**2 for s in scans]))
     weight = rc.training.supervised_weight * per_pixel
-    log.info("supervised weight %.4g = %s.SupervisedWeight %.4g x %.4g mean counts per pixel",
-             weight, SETTINGS_GROUP, rc.training.supervised_weight, per_pixel)
+    log.info(
+        "supervised weight %.4g = %s.SupervisedWeight %.4g x %.4g mean counts per pixel",
+        weight,
+        SETTINGS_GROUP,
+        rc.training.supervised_weight,
+        per_pixel,
+    )
     return rc.with_values(SETTINGS_SOURCE, **{"training.supervised_weight": weight})
 
 
@@ -367,42 +438,24 @@ class _Pipeline:
             self._thread.join()
 
 
-def _epoch_callback(pipe: _Pipeline):
-    """A Lightning callback posting ("epoch", (epoch, train_loss, val_loss)) after every epoch and
-    setting ``trainer.should_stop`` once a stop is requested."""
-    import lightning as L
-
-    class EpochReporter(L.Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if pipe.stop_requested.is_set():
-                trainer.should_stop = True
-
-        def on_train_epoch_end(self, trainer, pl_module):
-            metrics = trainer.callback_metrics
-
-            def value(name):
-                v = metrics.get(name)
-                return float(v) if v is not None else None
-
-            epoch = trainer.current_epoch + 1
-            train, val = value(pl_module.train_loss_name), value(pl_module.val_loss_name)
-            log.info("epoch %d/%d  %s %s  %s %s", epoch, trainer.max_epochs,
-                     pl_module.train_loss_name, f"{train:.6g}" if train is not None else "-",
-                     pl_module.val_loss_name, f"{val:.6g}" if val is not None else "-")
-            pipe.post("epoch", (epoch, train, val))
-            if pipe.stop_requested.is_set():
-                trainer.should_stop = True
-
-    return EpochReporter()
-
-
 def _fit(pipe: _Pipeline, scans: list[ScanData], rc):
     """fit() on ``scans`` writing no files (no output directory; FORCED turns off the Lightning
     logger and checkpoints); returns the TrainResult."""
     from ptychopinn.training.fit import fit
+    from ptychopinn.training.progress import EpochReporter
 
-    result = fit(scans, None, run_config=rc, output_dir=None, callbacks=[_epoch_callback(pipe)],
-                 trainer_overrides={"enable_progress_bar": False, "enable_model_summary": False})
+    result = fit(
+        scans,
+        None,
+        run_config=rc,
+        output_dir=None,
+        callbacks=[
+            EpochReporter(
+                lambda *epoch: pipe.post("epoch", epoch), pipe.stop_requested.is_set, logger=log
+            )
+        ],
+        trainer_overrides={"enable_progress_bar": False, "enable_model_summary": False},
+    )
     pipe.check_stop()  # a stopped fit returns normally; its half-trained model is dropped
     return result
 
@@ -425,8 +478,12 @@ def training_scans(input_path: Path) -> list[ScanData]:
     path = Path(input_path)
     if path.is_file():
         if path.suffix.lower() != ".npz":
-            raise DataError(str(path), "file", "expected a PtychoPINN .npz training file or a folder "
-                            f"holding {BATCH_PRODUCT} + {BATCH_DIFFRACTION} and/or *.npz files")
+            raise DataError(
+                str(path),
+                "file",
+                "expected a PtychoPINN .npz training file or a folder "
+                f"holding {BATCH_PRODUCT} + {BATCH_DIFFRACTION} and/or *.npz files",
+            )
         return [load_scan(path)]
     if not path.is_dir():
         raise DataError(str(path), "file", "no such file or folder")
@@ -440,8 +497,12 @@ def training_scans(input_path: Path) -> list[ScanData]:
     for npz in sorted(path.glob("*.npz")):
         scans.append(load_scan(npz))
     if not scans:
-        raise DataError(str(path), "file", f"no training data: expected {BATCH_PRODUCT} + "
-                        f"{BATCH_DIFFRACTION} (Ptychodus batch layout) and/or *.npz files")
+        raise DataError(
+            str(path),
+            "file",
+            f"no training data: expected {BATCH_PRODUCT} + "
+            f"{BATCH_DIFFRACTION} (Ptychodus batch layout) and/or *.npz files",
+        )
     log.info("training data: %s", ", ".join(s.source for s in scans))
     return scans
 
@@ -488,29 +549,47 @@ class PtychoPINNReconstructor(TrainableReconstructor):
         """
         scan = scan_from_reconstruct_input(parameters)
         if scan.metadata["object_layers"] > 1:
-            log.warning("%s: the input object has %d layers; reconstructing one (projected) layer",
-                        scan.source, scan.metadata["object_layers"])
+            log.warning(
+                "%s: the input object has %d layers; reconstructing one (projected) layer",
+                scan.source,
+                scan.metadata["object_layers"],
+            )
         bundle = self._bundle
         if bundle is None and self._supervised:
-            raise PtychoPINNError(f"{LIBRARY_NAME} {SUPERVISED}: no model loaded; train one (Train) "
-                                  f"or load one (Load Model), or use {LIBRARY_NAME} {PINN} to "
-                                  "reconstruct without a model (self-supervised)")
+            raise PtychoPINNError(
+                f"{LIBRARY_NAME} {SUPERVISED}: no model loaded; train one (Train) "
+                f"or load one (Load Model), or use {LIBRARY_NAME} {PINN} to "
+                "reconstruct without a model (self-supervised)"
+            )
         settings = self._settings
         rc = settings.run_config(supervised=False) if bundle is None else None
         refine_epochs = settings.refine_epochs.get_value()
         seed = settings.seed.get_value()
-        accelerator = rc.execution.accelerator if rc is not None else \
-            str(settings.accelerator.get_value()).strip().lower()
+        accelerator = (
+            rc.execution.accelerator
+            if rc is not None
+            else str(settings.accelerator.get_value()).strip().lower()
+        )
         epochs = rc.training.max_epochs if rc is not None else 0
         goal = epochs + 1 + refine_epochs
         if bundle is not None:
             batch = bundle.execution.get("inference_batch_size") or INFERENCE_BATCH_SIZE
-            log.info("%s %s: reconstructing %d patterns with the loaded model", LIBRARY_NAME,
-                     self.name, scan.n_patterns)
+            log.info(
+                "%s %s: reconstructing %d patterns with the loaded model",
+                LIBRARY_NAME,
+                self.name,
+                scan.n_patterns,
+            )
         else:
             batch = rc.execution.inference_batch_size or INFERENCE_BATCH_SIZE
-            log.info("%s %s: no model loaded; training on this scan (%d patterns, %d epochs), "
-                     "then reconstructing", LIBRARY_NAME, self.name, scan.n_patterns, epochs)
+            log.info(
+                "%s %s: no model loaded; training on this scan (%d patterns, %d epochs), "
+                "then reconstructing",
+                LIBRARY_NAME,
+                self.name,
+                scan.n_patterns,
+                epochs,
+            )
 
         def target(pipe: _Pipeline):
             from ptychopinn.inference import reconstruct
@@ -521,16 +600,26 @@ class PtychoPINNReconstructor(TrainableReconstructor):
             if model is None:
                 # the product's object is an initial guess here, not a label
                 model = _fit(pipe, [replace(scan, object_truth=None)], rc).bundle
-            recon = reconstruct(model, scan, batch_size=int(batch), seed=seed, quiet=True, device=device)
+            recon = reconstruct(
+                model, scan, batch_size=int(batch), seed=seed, quiet=True, device=device
+            )
             pipe.post("network", recon)
             pipe.check_stop()
             if refine_epochs:
+
                 def progress(epoch, loss):
                     pipe.post("refine_epoch", (epoch, float(loss)))
                     pipe.check_stop()
 
-                recon = refine_reconstruction(recon, scan, refine_epochs, quiet=False, seed=seed,
-                                              device=device, progress=progress)
+                recon = refine_reconstruction(
+                    recon,
+                    scan,
+                    refine_epochs,
+                    quiet=False,
+                    seed=seed,
+                    device=device,
+                    progress=progress,
+                )
                 pipe.post("refined", recon)
 
         self._active_goal = goal
@@ -562,7 +651,9 @@ class PtychoPINNReconstructor(TrainableReconstructor):
                 if progress <= last:
                     continue
                 last = progress
-                yield ReconstructOutput(product_on_input_grid(parameters, recon, losses), progress, 0)
+                yield ReconstructOutput(
+                    product_on_input_grid(parameters, recon, losses), progress, 0
+                )
         finally:
             pipe.close()
             self._active_goal = None
@@ -590,7 +681,9 @@ class PtychoPINNReconstructor(TrainableReconstructor):
         from ptychopinn.io.bundle import save_bundle
 
         if self._bundle is None:
-            raise PtychoPINNError(f"{LIBRARY_NAME} {self.name}: no model to save; train or load one first")
+            raise PtychoPINNError(
+                f"{LIBRARY_NAME} {self.name}: no model to save; train or load one first"
+            )
         path = Path(file_path)
         if path.suffix != MODEL_EXTENSION:
             path = path.with_name(path.name + MODEL_EXTENSION)
@@ -626,15 +719,21 @@ class PtychoPINNReconstructor(TrainableReconstructor):
                 _check_ground_truth(scan)
         else:
             # the object of a Ptychodus product is usually an initial guess, not a label
-            scans = [replace(s, object_truth=None) if s.metadata.get("source_format") == SOURCE_FORMAT
-                     else s for s in scans]
+            scans = [
+                replace(s, object_truth=None)
+                if s.metadata.get("source_format") == SOURCE_FORMAT
+                else s
+                for s in scans
+            ]
         rc = self._settings.run_config(supervised=self._supervised)
         if self._supervised:
             rc = _scale_supervised_weight(rc, scans)
         epochs = rc.training.max_epochs
         goal = epochs + 1
         out_dir = Path(output_path)
-        log.info("%s %s: training on %d scan(s), %d epochs", LIBRARY_NAME, self.name, len(scans), epochs)
+        log.info(
+            "%s %s: training on %d scan(s), %d epochs", LIBRARY_NAME, self.name, len(scans), epochs
+        )
 
         def target(pipe: _Pipeline):
             pipe.post("trained", _fit(pipe, scans, rc))
@@ -658,8 +757,11 @@ class PtychoPINNReconstructor(TrainableReconstructor):
                     self._bundle = payload.bundle
                     out_dir.mkdir(parents=True, exist_ok=True)
                     self.save_model(out_dir / f"model{MODEL_EXTENSION}")
-                    audit = write_audit(payload.run_config, out_dir,
-                                        {**payload.runtime, "output_dir": str(out_dir.resolve())})
+                    audit = write_audit(
+                        payload.run_config,
+                        out_dir,
+                        {**payload.runtime, "output_dir": str(out_dir.resolve())},
+                    )
                     log.info("wrote %s", audit)
                     yield TrainOutput(list(training), list(validation), goal, 0)
         finally:
@@ -674,14 +776,18 @@ class PtychoPINNLibrary(ReconstructorLibrary):
     package logger (Ptychodus attaches its log view to it).
     """
 
-    def __init__(self, settings_registry: SettingsRegistry, is_developer_mode_enabled: bool = False) -> None:
+    def __init__(
+        self, settings_registry: SettingsRegistry, is_developer_mode_enabled: bool = False
+    ) -> None:
         super().__init__(LOGGER_NAME)
         self.settings = PtychoPINNSettings(settings_registry)
         self.pinn = PtychoPINNReconstructor(self.settings, supervised=False)
         self.supervised = PtychoPINNReconstructor(self.settings, supervised=True)
         from ptychopinn import __version__
 
-        log.info("%s %s (ptychopinn %s)", LIBRARY_NAME, ", ".join(r.name for r in self), __version__)
+        log.info(
+            "%s %s (ptychopinn %s)", LIBRARY_NAME, ", ".join(r.name for r in self), __version__
+        )
 
     @property
     def name(self) -> str:
@@ -695,7 +801,9 @@ class PtychoPINNLibrary(ReconstructorLibrary):
 # launcher support: add the library to Ptychodus's processing core
 
 
-def add_library(libraries: Sequence[ReconstructorLibrary], settings_registry: SettingsRegistry) -> list:
+def add_library(
+    libraries: Sequence[ReconstructorLibrary], settings_registry: SettingsRegistry
+) -> list:
     """``libraries`` plus a new :class:`PtychoPINNLibrary` (unless one is there already)."""
     out = list(libraries)
     if not any(lib.name == LIBRARY_NAME for lib in out):
@@ -707,9 +815,17 @@ def wrap_processing_core(original):
     """A drop-in for ``ProcessingCore(task_manager, settings_registry, product_api,
     algorithm_libraries)`` that adds our library to ``algorithm_libraries``."""
 
-    def processing_core(task_manager, settings_registry, product_api, algorithm_libraries, *args, **kwargs):
-        return original(task_manager, settings_registry, product_api,
-                        add_library(algorithm_libraries, settings_registry), *args, **kwargs)
+    def processing_core(
+        task_manager, settings_registry, product_api, algorithm_libraries, *args, **kwargs
+    ):
+        return original(
+            task_manager,
+            settings_registry,
+            product_api,
+            add_library(algorithm_libraries, settings_registry),
+            *args,
+            **kwargs,
+        )
 
     processing_core.__wrapped__ = original
     return processing_core
@@ -742,7 +858,7 @@ def finalize_batch_output(output_dir: Path, since: float) -> Path | None:
     output_dir = Path(output_dir)
     steps = []
     for path in output_dir.glob("product.*.h5"):
-        middle = path.name[len("product."):-len(".h5")]
+        middle = path.name[len("product.") : -len(".h5")]
         if middle.isdigit() and path.stat().st_mtime >= since - 1:
             steps.append((int(middle), path))
     if not steps:
@@ -760,7 +876,19 @@ def finalize_batch_output(output_dir: Path, since: float) -> Path | None:
     return final
 
 
-__all__ = ["LIBRARY_NAME", "PINN", "SUPERVISED", "PtychoPINNLibrary", "PtychoPINNReconstructor",
-           "PtychoPINNSettings", "scan_from_reconstruct_input", "product_on_input_grid", "input_grid",
-           "training_scans", "add_library", "wrap_processing_core", "patch_ptychodus",
-           "finalize_batch_output"]
+__all__ = [
+    "LIBRARY_NAME",
+    "PINN",
+    "SUPERVISED",
+    "PtychoPINNLibrary",
+    "PtychoPINNReconstructor",
+    "PtychoPINNSettings",
+    "scan_from_reconstruct_input",
+    "product_on_input_grid",
+    "input_grid",
+    "training_scans",
+    "add_library",
+    "wrap_processing_core",
+    "patch_ptychodus",
+    "finalize_batch_output",
+]

@@ -16,7 +16,8 @@ from ptychopinn.errors import PtychoPINNError
 
 
 def _umask() -> int:
-    """The process umask, read without changing it where Linux allows (umask() is not thread-safe)."""
+    """The process umask, read without changing it where Linux allows (umask() is not
+    thread-safe)."""
     try:
         with open("/proc/self/status") as fh:
             for line in fh:
@@ -33,7 +34,9 @@ def check_new_output(path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Refuse to replace an existing output unless ``overwrite`` is set."""
     path = Path(path)
     if path.exists() and not overwrite:
-        raise PtychoPINNError(f"{path}: output already exists; choose another path or pass --overwrite")
+        raise PtychoPINNError(
+            f"{path}: output already exists; choose another path or pass --overwrite"
+        )
     return path
 
 
@@ -97,8 +100,10 @@ def exchange(a: str | os.PathLike, b: str | os.PathLike) -> bool:
 
 
 def _written_meanwhile(dst) -> PtychoPINNError:
-    return PtychoPINNError(f"{dst}: output already exists (written by another run meanwhile); "
-                           "choose another path or pass --overwrite")
+    return PtychoPINNError(
+        f"{dst}: output already exists (written by another run meanwhile); "
+        "choose another path or pass --overwrite"
+    )
 
 
 def rename_new(src: str | os.PathLike, dst: str | os.PathLike) -> None:
@@ -127,8 +132,9 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False):
     """
     path = check_new_output(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix,
-                               dir=path.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent
+    )
     os.close(fd)
     try:
         yield Path(tmp)
@@ -162,7 +168,9 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False):
         else:
             old = None
             if path.exists():  # no atomic exchange here: keep the old output until the new is in
-                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+                old = Path(
+                    tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent)
+                )
                 os.replace(path, old / "x")
             os.replace(tmp, path)
             if old is not None:

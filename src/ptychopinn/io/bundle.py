@@ -27,7 +27,13 @@ import numpy as np
 import torch
 
 from ptychopinn import __version__
-from ptychopinn.config import DataConfig, ModelConfig, TrainingConfig, from_dict, to_dict
+from ptychopinn.config import (
+    DataConfig,
+    ModelConfig,
+    TrainingConfig,
+    from_dict,
+    to_dict,
+)
 from ptychopinn.errors import BundleError
 from ptychopinn.io.atomic import atomic_path
 
@@ -56,11 +62,15 @@ class ModelBundle:
         from ptychopinn.models.registry import build_generator
 
         try:
-            net = build_generator(self.model_config.generator, **self.model_config.generator_kwargs())
+            net = build_generator(
+                self.model_config.generator, **self.model_config.generator_kwargs()
+            )
             net.load_state_dict(self.state_dict, strict=True)
         except (RuntimeError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0]
-            raise BundleError(f"model bundle weights do not match its configuration: {first}") from None
+            raise BundleError(
+                f"model bundle weights do not match its configuration: {first}"
+            ) from None
         return net.eval()
 
 
@@ -74,9 +84,14 @@ def save_bundle(bundle: ModelBundle, path: str | Path, overwrite: bool = False) 
     if path.suffix != EXTENSION:
         path = path.with_name(path.name + EXTENSION)
     payload = {}
-    payload["config.json"] = json.dumps({
-        "model": to_dict(bundle.model_config), "data": to_dict(bundle.data_config),
-        "training": to_dict(bundle.training_config)}, indent=2).encode()
+    payload["config.json"] = json.dumps(
+        {
+            "model": to_dict(bundle.model_config),
+            "data": to_dict(bundle.data_config),
+            "training": to_dict(bundle.training_config),
+        },
+        indent=2,
+    ).encode()
     payload["normalisation.json"] = json.dumps(bundle.normalisation, indent=2).encode()
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in bundle.state_dict.items()}, buf)
@@ -86,8 +101,11 @@ def save_bundle(bundle: ModelBundle, path: str | Path, overwrite: bool = False) 
     payload["probe.npy"] = buf.getvalue()
     payload["execution.json"] = json.dumps(bundle.execution, indent=2, default=str).encode()
     manifest = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "ptychopinn_version": __version__,
-        "torch_version": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "ptychopinn_version": __version__,
+        "torch_version": torch.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "files": {name: _sha256(data) for name, data in payload.items()},
     }
     with atomic_path(path, overwrite=overwrite) as tmp:
@@ -117,13 +135,18 @@ def _load_weights(path: Path, raw: bytes) -> dict:
     try:
         state = torch.load(io.BytesIO(raw), weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - whatever the safe unpickler refuses, we refuse
-        raise BundleError(f"{path}: weights.pt: not a safe ptychopinn bundle: the weights are not a "
-                          f"plain tensor state dict (the safe loader refused it: "
-                          f"{type(exc).__name__}); do not open this file with other tools") from None
-    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v)
-                                              for k, v in state.items()):
-        raise BundleError(f"{path}: weights.pt: not a safe ptychopinn bundle: expected a dict of "
-                          f"named tensors, got {type(state).__name__}")
+        raise BundleError(
+            f"{path}: weights.pt: not a safe ptychopinn bundle: the weights are not a "
+            f"plain tensor state dict (the safe loader refused it: "
+            f"{type(exc).__name__}); do not open this file with other tools"
+        ) from None
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()
+    ):
+        raise BundleError(
+            f"{path}: weights.pt: not a safe ptychopinn bundle: expected a dict of "
+            f"named tensors, got {type(state).__name__}"
+        )
     return state
 
 
@@ -137,11 +160,15 @@ def load_bundle(path: str | Path) -> ModelBundle:
                 raise BundleError(f"{path}: not a ptychopinn model bundle (no manifest.json)")
             manifest = json.loads(zf.read("manifest.json"))
             if manifest.get("format") != FORMAT:
-                raise BundleError(f"{path}: manifest.json: format {manifest.get('format')!r}, expected {FORMAT!r}")
+                raise BundleError(
+                    f"{path}: manifest.json: format {manifest.get('format')!r}, expected {FORMAT!r}"
+                )
             version = manifest.get("format_version")
             if version != FORMAT_VERSION:
-                raise BundleError(f"{path}: bundle format version {version!r}; this ptychopinn "
-                                  f"{__version__} reads version {FORMAT_VERSION}")
+                raise BundleError(
+                    f"{path}: bundle format version {version!r}; this ptychopinn "
+                    f"{__version__} reads version {FORMAT_VERSION}"
+                )
             data = {}
             for name in MEMBERS:
                 if name not in names:
@@ -149,9 +176,13 @@ def load_bundle(path: str | Path) -> ModelBundle:
                 data[name] = zf.read(name)
                 expected = manifest.get("files", {}).get(name)
                 if expected != _sha256(data[name]):
-                    raise BundleError(f"{path}: {name}: checksum mismatch (corrupt or modified bundle)")
+                    raise BundleError(
+                        f"{path}: {name}: checksum mismatch (corrupt or modified bundle)"
+                    )
     except (zipfile.BadZipFile, OSError, json.JSONDecodeError, KeyError) as exc:
-        raise BundleError(f"{path}: unreadable model bundle ({type(exc).__name__}: {exc})") from None
+        raise BundleError(
+            f"{path}: unreadable model bundle ({type(exc).__name__}: {exc})"
+        ) from None
     try:
         config = json.loads(data["config.json"])
         model_config = from_dict(ModelConfig, config["model"])
@@ -163,7 +194,8 @@ def load_bundle(path: str | Path) -> ModelBundle:
         execution = json.loads(data["execution.json"])
     except (ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise BundleError(f"{path}: invalid bundle content ({type(exc).__name__}: {exc})") from None
-    bundle = ModelBundle(model_config, data_config, training_config, state, probe, normalisation,
-                         execution, manifest)
+    bundle = ModelBundle(
+        model_config, data_config, training_config, state, probe, normalisation, execution, manifest
+    )
     bundle.build_generator()  # strict weight check now, not at first use
     return bundle

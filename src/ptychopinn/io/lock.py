@@ -53,7 +53,8 @@ def output_lock(directory: str | os.PathLike, what: str = "run"):
             raise OutputLockedError(
                 f"{directory}: in use by another ptychopinn {owner.get('what', 'run')} (pid {pid} "
                 f"on {owner.get('host', 'this machine')}, since {since}); wait for it to finish or "
-                "choose another --output-dir") from None
+                "choose another --output-dir"
+            ) from None
         # the file may have been unlinked by its previous owner between open and flock
         try:
             same = os.stat(path).st_ino == os.fstat(fd).st_ino
@@ -64,12 +65,25 @@ def output_lock(directory: str | os.PathLike, what: str = "run"):
         os.close(fd)
     previous = _owner(fd)
     if previous.get("pid"):
-        log.warning("%s: taking over a stale lock of a run that no longer exists (pid %s, %s)",
-                    directory, previous.get("pid"), previous.get("started", "?"))
+        log.warning(
+            "%s: taking over a stale lock of a run that no longer exists (pid %s, %s)",
+            directory,
+            previous.get("pid"),
+            previous.get("started", "?"),
+        )
     os.ftruncate(fd, 0)
     os.lseek(fd, 0, os.SEEK_SET)
-    os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "what": what,
-                             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode())
+    os.write(
+        fd,
+        json.dumps(
+            {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "what": what,
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+        ).encode(),
+    )
     try:
         yield path
     finally:

@@ -16,8 +16,6 @@ import weakref
 import numpy as np
 import torch
 
-from ptychopinn.errors import PtychoPINNError
-
 #: Arrays larger than this (bytes) are kept in a temporary file by default.
 SPILL_BYTES = 512 * 2**20
 
@@ -31,8 +29,9 @@ class SpillArray:
     worker maps the same file instead of receiving a copy); only the creating object removes it.
     """
 
-    def __init__(self, shape, dtype=np.complex64, memory_bytes: float = SPILL_BYTES,
-                 directory=None):
+    def __init__(
+        self, shape, dtype=np.complex64, memory_bytes: float = SPILL_BYTES, directory=None
+    ):
         self.shape = tuple(int(s) for s in shape)
         self.dtype = np.dtype(dtype)
         self.path = None
@@ -77,8 +76,9 @@ class SpillArray:
             self._ram[key] = values.to(self._ram.dtype)
             return
         mapped = self._map("r+")
-        mapped[indices if isinstance(indices, slice) else np.asarray(indices)] = \
+        mapped[indices if isinstance(indices, slice) else np.asarray(indices)] = (
             values.detach().cpu().numpy().astype(self.dtype, copy=False)
+        )
         mapped.flush()
         del mapped
 
@@ -110,31 +110,6 @@ class SpillArray:
         state = dict(self.__dict__)
         state["_finalizer"] = None  # a copy never removes the creator's file
         return state
-
-
-def scratch_array(shape, dtype, directory=None) -> np.memmap:
-    """A writable numpy array of ``shape`` and ``dtype`` in a temporary file that is already
-    removed from its directory: its pages are file-backed (written back and dropped by the
-    kernel under memory pressure, unlike anonymous memory) and the space is freed when the last
-    view of the array goes. The space is reserved first, so a full disk is a clear error here and
-    not a crash (SIGBUS) at the first write to a page that does not fit."""
-    shape = tuple(int(s) for s in shape)
-    dtype = np.dtype(dtype)
-    nbytes = max(math.prod(shape) * dtype.itemsize, 1)
-    fd, path = tempfile.mkstemp(prefix="ptychopinn-scratch-", suffix=".bin", dir=directory)
-    try:
-        try:
-            os.posix_fallocate(fd, 0, nbytes)
-        except OSError as exc:
-            raise PtychoPINNError(
-                f"{os.path.dirname(path)}: cannot reserve {nbytes / 2**30:.2f} GiB of scratch "
-                f"space for a {shape} {dtype} array ({exc.strerror}); free disk space or set "
-                "TMPDIR to a larger disk") from None
-        with open(fd, "r+b", closefd=False) as fh:
-            return np.memmap(fh, dtype=dtype, mode="r+", shape=shape)
-    finally:
-        os.close(fd)
-        os.unlink(path)
 
 
 def _torch_dtype(dtype: np.dtype) -> torch.dtype:

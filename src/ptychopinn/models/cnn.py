@@ -24,8 +24,10 @@ from ptychopinn.models.registry import register_generator
 
 def _block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1), nn.GELU(),
-        nn.Conv2d(cout, cout, 3, padding=1), nn.GELU(),
+        nn.Conv2d(cin, cout, 3, padding=1),
+        nn.GELU(),
+        nn.Conv2d(cout, cout, 3, padding=1),
+        nn.GELU(),
     )
 
 
@@ -35,8 +37,16 @@ class CNNGenerator(nn.Module):
     2C extra channels and outputs a multiplicative correction of it: at initialisation (zero head)
     the output equals the estimate, so training starts from physics, not from noise."""
 
-    def __init__(self, n: int, channels: int = 1, n_filters_scale: int = 2, skip: bool = False,
-                 amp_max: float = 1.5, support: float | None = None, estimate_input: bool = False):
+    def __init__(
+        self,
+        n: int,
+        channels: int = 1,
+        n_filters_scale: int = 2,
+        skip: bool = False,
+        amp_max: float = 1.5,
+        support: float | None = None,
+        estimate_input: bool = False,
+    ):
         super().__init__()
         self.estimate_input = estimate_input
         if n < 16 or n & (n - 1):
@@ -45,7 +55,7 @@ class CNNGenerator(nn.Module):
             raise ConfigError(f"n_filters_scale: {n_filters_scale} must be >= 1")
         self.n, self.channels, self.skip, self.amp_max = n, channels, skip, amp_max
         levels = int(math.log2(n)) - 3
-        widths = [min(16 * n_filters_scale * 2 ** i, 256) for i in range(levels + 1)]
+        widths = [min(16 * n_filters_scale * 2**i, 256) for i in range(levels + 1)]
         self.down = nn.ModuleList()
         cin = channels * (3 if estimate_input else 1)
         for w in widths[:-1]:
@@ -72,7 +82,9 @@ class CNNGenerator(nn.Module):
         else:
             self.support_mask = None
 
-    def forward(self, amplitudes: torch.Tensor, estimate: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, amplitudes: torch.Tensor, estimate: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if self.estimate_input:
             if estimate is None:
                 raise ValueError("this generator needs the physics estimate as second input")
@@ -85,7 +97,7 @@ class CNNGenerator(nn.Module):
             skips.append(x)
             x = self.pool(x)
         x = self.bottom(x)
-        for upconv, block in zip(self.upconv, self.up):
+        for upconv, block in zip(self.upconv, self.up, strict=False):
             x = upconv(x)
             s = skips.pop()
             x = block(torch.cat([x, s], dim=1) if self.skip else x)
@@ -95,10 +107,10 @@ class CNNGenerator(nn.Module):
             base_amp = estimate.abs().clamp(1e-3, self.amp_max * (1 - 1e-3))
             logit = torch.log(base_amp / (self.amp_max - base_amp))
             amp = self.amp_max * torch.sigmoid(out[:, : self.channels] + logit)
-            phase = torch.angle(estimate) + math.pi * torch.tanh(out[:, self.channels:])
+            phase = torch.angle(estimate) + math.pi * torch.tanh(out[:, self.channels :])
         else:
             amp = self.amp_max * torch.sigmoid(out[:, : self.channels])
-            phase = math.pi * torch.tanh(out[:, self.channels:])
+            phase = math.pi * torch.tanh(out[:, self.channels :])
         if self.support_mask is not None:
             # outside the probe support the object is taken as flat (amplitude 1, phase 0)
             m = self.support_mask
@@ -108,8 +120,21 @@ class CNNGenerator(nn.Module):
 
 
 @register_generator("cnn")
-def build_cnn(n: int, channels: int = 1, n_filters_scale: int = 2, skip: bool = False,
-              amp_max: float = 1.5, support: float | None = None,
-              estimate_input: bool = False) -> CNNGenerator:
-    return CNNGenerator(n=n, channels=channels, n_filters_scale=n_filters_scale, skip=skip,
-                        amp_max=amp_max, support=support, estimate_input=estimate_input)
+def build_cnn(
+    n: int,
+    channels: int = 1,
+    n_filters_scale: int = 2,
+    skip: bool = False,
+    amp_max: float = 1.5,
+    support: float | None = None,
+    estimate_input: bool = False,
+) -> CNNGenerator:
+    return CNNGenerator(
+        n=n,
+        channels=channels,
+        n_filters_scale=n_filters_scale,
+        skip=skip,
+        amp_max=amp_max,
+        support=support,
+        estimate_input=estimate_input,
+    )

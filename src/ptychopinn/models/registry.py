@@ -17,6 +17,7 @@ def register_generator(name: str):
             raise ValueError(f"generator {name!r} registered twice")
         GENERATORS[name] = factory
         return factory
+
     return deco
 
 
@@ -27,7 +28,9 @@ def build_generator(name: str, **kwargs) -> nn.Module:
     try:
         factory = GENERATORS[name]
     except KeyError:
-        raise ConfigError(f"generator: unknown name {name!r}; expected one of {sorted(GENERATORS)}") from None
+        raise ConfigError(
+            f"generator: unknown name {name!r}; expected one of {sorted(GENERATORS)}"
+        ) from None
     return factory(**kwargs)
 
 

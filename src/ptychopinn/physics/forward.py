@@ -35,7 +35,7 @@ def edge_taper(n: int, width: int = 3, dtype=torch.float32) -> torch.Tensor:
     """(n, n) separable sin^2 ramp from 0 at the border to 1 after ``width`` pixels."""
     ramp = torch.ones(n, dtype=dtype)
     t = torch.sin(0.5 * math.pi * (torch.arange(width, dtype=dtype) + 0.5) / width) ** 2
-    ramp[:width], ramp[n - width:] = t, t.flip(0)
+    ramp[:width], ramp[n - width :] = t, t.flip(0)
     return ramp[:, None] * ramp[None, :]
 
 
@@ -46,10 +46,14 @@ def probe_weight(probe: torch.Tensor, floor: float = 1e-3) -> torch.Tensor:
     modes = probe if probe.dim() == 3 else probe[None]
     intensity = modes.abs().square().sum(dim=0)
     n = intensity.shape[-1]
-    return (intensity / intensity.max() + floor) * edge_taper(n, dtype=intensity.dtype).to(intensity.device)
+    return (intensity / intensity.max() + floor) * edge_taper(n, dtype=intensity.dtype).to(
+        intensity.device
+    )
 
 
-def phase_factors(patches: torch.Tensor, reference: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def phase_factors(
+    patches: torch.Tensor, reference: torch.Tensor, weight: torch.Tensor
+) -> torch.Tensor:
     """Unit complex factors (...,) that best rotate each patch (..., N, N) onto ``reference``
     (weighted least squares over each patch): the free global phase of a far-field patch."""
     c = (weight * reference * patches.conj()).sum(dim=(-2, -1))
@@ -77,8 +81,12 @@ class OverlapGeometry:
         self.den = den + self.delta
 
 
-def overlap_constrain(patches: torch.Tensor, offsets_xy: torch.Tensor,
-                      weight: torch.Tensor, geometry: OverlapGeometry | None = None) -> torch.Tensor:
+def overlap_constrain(
+    patches: torch.Tensor,
+    offsets_xy: torch.Tensor,
+    weight: torch.Tensor,
+    geometry: OverlapGeometry | None = None,
+) -> torch.Tensor:
     """Make the C patches of each group mutually consistent (PHYSICS.md section 3).
 
     patches: (B, C, N, N) complex; offsets_xy: (B, C, 2) positions relative to the group centroid;
@@ -108,8 +116,9 @@ class ForwardModel(nn.Module):
             probe = probe[None]
         self.register_buffer("probe", probe.to(torch.complex64))
         self.register_buffer("weight", probe_weight(self.probe))
-        self.log_gain = nn.Parameter(torch.tensor(math.log(gain), dtype=torch.float32),
-                                     requires_grad=trainable_gain)
+        self.log_gain = nn.Parameter(
+            torch.tensor(math.log(gain), dtype=torch.float32), requires_grad=trainable_gain
+        )
 
     @property
     def gain(self) -> torch.Tensor:
@@ -118,7 +127,9 @@ class ForwardModel(nn.Module):
     def constrain(self, patches: torch.Tensor, offsets_xy: torch.Tensor) -> torch.Tensor:
         return overlap_constrain(patches, offsets_xy, self.weight)
 
-    def forward(self, patches: torch.Tensor, offsets_xy: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, patches: torch.Tensor, offsets_xy: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """patches (B, C, N, N) complex -> expected counts (B, C, N, N) float."""
         if offsets_xy is not None:
             patches = self.constrain(patches, offsets_xy)
@@ -134,10 +145,15 @@ def init_gain(mean_counts_per_pattern: float, probe) -> float:
     return max(float(mean_counts_per_pattern), 1e-12) / energy
 
 
-def projection_estimate(counts: torch.Tensor, probe: torch.Tensor, gain: torch.Tensor,
-                        iterations: int, offsets_xy: torch.Tensor | None = None,
-                        weight: torch.Tensor | None = None,
-                        bad_pixels: torch.Tensor | None = None) -> torch.Tensor:
+def projection_estimate(
+    counts: torch.Tensor,
+    probe: torch.Tensor,
+    gain: torch.Tensor,
+    iterations: int,
+    offsets_xy: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
+    bad_pixels: torch.Tensor | None = None,
+) -> torch.Tensor:
     """A physics-only first estimate of the object patches of each group (no learning).
 
     Starting from a flat object, ``iterations`` rounds of the error-reduction projection:
@@ -158,14 +174,18 @@ def projection_estimate(counts: torch.Tensor, probe: torch.Tensor, gain: torch.T
     g = gain.view(-1, 1, 1, 1) if gain.dim() == 1 else gain
     measured = (counts.clamp_min(0) / g).sqrt()
     obj = torch.ones(counts.shape, dtype=torch.complex64, device=counts.device)
-    step = modes.conj() / modes.abs().square().sum(dim=-3, keepdim=True).amax(dim=(-2, -1), keepdim=True)
+    step = modes.conj() / modes.abs().square().sum(dim=-3, keepdim=True).amax(
+        dim=(-2, -1), keepdim=True
+    )
     constrain = offsets_xy is not None and obj.shape[1] > 1 and weight is not None
     geometry = OverlapGeometry(offsets_xy, weight, obj.shape[-1], obj.dtype) if constrain else None
     for _ in range(iterations):
         psi = obj.unsqueeze(-3) * modes  # (B, C, K, N, N)
         far = far_field(psi)
         predicted = far.abs().square().sum(dim=-3, keepdim=True).sqrt()
-        ratio = measured.unsqueeze(-3) / (predicted + 1e-6 * predicted.amax(dim=(-2, -1), keepdim=True) + 1e-12)
+        ratio = measured.unsqueeze(-3) / (
+            predicted + 1e-6 * predicted.amax(dim=(-2, -1), keepdim=True) + 1e-12
+        )
         if bad_pixels is not None:
             ratio = torch.where(bad_pixels.to(ratio.device), torch.ones_like(ratio), ratio)
         far = far * ratio

@@ -27,9 +27,13 @@ def default_eps(measured: torch.Tensor, bad_pixels: torch.Tensor | None = None) 
     return (1e-6 * _masked_mean(measured.detach(), bad_pixels)).clamp_min(1e-12)
 
 
-def poisson_nll(measured: torch.Tensor, predicted: torch.Tensor, *,
-                bad_pixels: torch.Tensor | None = None, eps: float | torch.Tensor | None = None
-                ) -> torch.Tensor:
+def poisson_nll(
+    measured: torch.Tensor,
+    predicted: torch.Tensor,
+    *,
+    bad_pixels: torch.Tensor | None = None,
+    eps: float | torch.Tensor | None = None,
+) -> torch.Tensor:
     """Poisson negative log-likelihood per pixel, ``mean(lambda - I log(lambda + eps))``.
 
     The constant ``lgamma(I + 1)`` is dropped. Safe at zero counts and zero predictions; for
@@ -41,9 +45,13 @@ def poisson_nll(measured: torch.Tensor, predicted: torch.Tensor, *,
     return _masked_mean(values, bad_pixels)
 
 
-def amplitude_mae(measured: torch.Tensor, predicted: torch.Tensor, *,
-                  bad_pixels: torch.Tensor | None = None, eps: float | torch.Tensor | None = None
-                  ) -> torch.Tensor:
+def amplitude_mae(
+    measured: torch.Tensor,
+    predicted: torch.Tensor,
+    *,
+    bad_pixels: torch.Tensor | None = None,
+    eps: float | torch.Tensor | None = None,
+) -> torch.Tensor:
     """Mean absolute error of amplitudes, ``mean(|sqrt(lambda) - sqrt(I)|)``."""
     if eps is None:
         eps = default_eps(measured, bad_pixels)
@@ -58,4 +66,6 @@ def get_loss(name: str):
     try:
         return LOSSES[name]
     except KeyError:
-        raise ConfigError(f"loss: unknown value {name!r}; expected one of {sorted(LOSSES)}") from None
+        raise ConfigError(
+            f"loss: unknown value {name!r}; expected one of {sorted(LOSSES)}"
+        ) from None

@@ -20,6 +20,7 @@ def register_probe(name):
     def deco(fn):
         PROBES[name] = fn
         return fn
+
     return deco
 
 
@@ -43,7 +44,7 @@ def fresnel_propagate(field: np.ndarray, fresnel_px2: float) -> np.ndarray:
     n = field.shape[0]
     f = np.fft.fftfreq(n)
     fx, fy = np.meshgrid(f, f)
-    h = np.exp(-1j * np.pi * fresnel_px2 * (fx ** 2 + fy ** 2))
+    h = np.exp(-1j * np.pi * fresnel_px2 * (fx**2 + fy**2))
     return np.fft.ifft2(np.fft.fft2(field) * h)
 
 
@@ -58,9 +59,9 @@ def pinhole_probe(n: int, diameter: float | None = None, fresnel_number: float =
     big = 2 * n
     radius = diameter / 2
     aperture = soft_disk(big, radius, edge=0.5).astype(np.complex128)
-    prop = fresnel_propagate(aperture, radius ** 2 / fresnel_number)
+    prop = fresnel_propagate(aperture, radius**2 / fresnel_number)
     c0 = big // 2 - n // 2
-    return _normalise(prop[c0:c0 + n, c0:c0 + n])
+    return _normalise(prop[c0 : c0 + n, c0 : c0 + n])
 
 
 @register_probe("gaussian")
@@ -69,8 +70,8 @@ def gaussian_probe(n: int, diameter: float | None = None, curvature: float = 0.0
     diameter = diameter or n / 2
     x, y = _grid(n)
     w = diameter / 2
-    r2 = x ** 2 + y ** 2
-    return _normalise(np.exp(-r2 / w ** 2) * np.exp(1j * curvature * r2 / w ** 2))
+    r2 = x**2 + y**2
+    return _normalise(np.exp(-r2 / w**2) * np.exp(1j * curvature * r2 / w**2))
 
 
 @register_probe("disk")
@@ -81,7 +82,7 @@ def defocused_disk_probe(n: int, diameter: float | None = None, defocus: float =
     x, y = _grid(n)
     radius = diameter / 2
     amp = soft_disk(n, radius, edge=1.0)
-    phase = defocus * (x ** 2 + y ** 2) / radius ** 2
+    phase = defocus * (x**2 + y**2) / radius**2
     return _normalise(amp * np.exp(1j * phase))
 
 
@@ -89,11 +90,15 @@ def make_probe(kind: str, n: int, diameter: float | None = None, **kwargs) -> np
     try:
         fn = PROBES[kind]
     except KeyError:
-        raise ConfigError(f"probe: unknown kind {kind!r}; expected one of {sorted(PROBES)}") from None
+        raise ConfigError(
+            f"probe: unknown kind {kind!r}; expected one of {sorted(PROBES)}"
+        ) from None
     return fn(n, diameter, **kwargs)
 
 
-def apply_soft_mask(probe: np.ndarray, radius: float | None = None, edge: float = 2.0) -> np.ndarray:
+def apply_soft_mask(
+    probe: np.ndarray, radius: float | None = None, edge: float = 2.0
+) -> np.ndarray:
     """Suppress probe tails outside ``radius`` (default 0.45 N) with a smooth edge."""
     n = probe.shape[-1]
     mask = soft_disk(n, radius or 0.45 * n, edge)
@@ -111,9 +116,9 @@ def incoherent_modes(probe: np.ndarray, n_modes: int, power_ratio: float = 0.3) 
         raise ConfigError(f"n_modes: {n_modes} must be >= 1")
     n = probe.shape[-1]
     x, y = _grid(n)
-    scale = max(np.sqrt(np.sum(np.abs(probe) ** 2 * (x ** 2 + y ** 2)) / np.sum(np.abs(probe) ** 2)), 1)
+    scale = max(np.sqrt(np.sum(np.abs(probe) ** 2 * (x**2 + y**2)) / np.sum(np.abs(probe) ** 2)), 1)
     xs, ys = x / scale, y / scale
-    factors = [np.ones_like(xs), xs, ys, xs * ys, xs ** 2 - ys ** 2, xs ** 2 + ys ** 2 - 1]
+    factors = [np.ones_like(xs), xs, ys, xs * ys, xs**2 - ys**2, xs**2 + ys**2 - 1]
     assert len(factors) == MAX_MODES
     if n_modes > len(factors):
         raise ConfigError(f"n_modes: {n_modes} exceeds the supported {len(factors)}")
@@ -124,9 +129,10 @@ def incoherent_modes(probe: np.ndarray, n_modes: int, power_ratio: float = 0.3) 
             m = m - np.vdot(b, m) * b
         basis.append(m / np.linalg.norm(m))
     total = np.sum(np.abs(probe) ** 2)
-    powers = np.array([power_ratio ** k for k in range(n_modes)])
+    powers = np.array([power_ratio**k for k in range(n_modes)])
     powers = powers / powers.sum() * total
-    return np.stack([b * np.sqrt(p) for b, p in zip(basis, powers)]).astype(np.complex64)
+    modes = [b * np.sqrt(p) for b, p in zip(basis, powers, strict=False)]
+    return np.stack(modes).astype(np.complex64)
 
 
 def scale_probe(probe: np.ndarray, photons: float) -> np.ndarray:

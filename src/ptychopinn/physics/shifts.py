@@ -84,8 +84,12 @@ def _window_index(canvas_shape, row0, col0, size: int, device) -> torch.Tensor:
     faster on the CPU than advanced indexing with ``index_put(accumulate=True)``.
     """
     batch, height, width = canvas_shape
-    if bool((row0 < 0).any() or (col0 < 0).any() or (row0 + size > height).any()
-            or (col0 + size > width).any()):
+    if bool(
+        (row0 < 0).any()
+        or (col0 < 0).any()
+        or (row0 + size > height).any()
+        or (col0 + size > width).any()
+    ):
         raise ValueError(
             f"patch windows fall outside the {height}x{width} canvas: positions must lie at "
             f"least N//2+{SHIFT_PAD} pixels inside it (see canvas_geometry)"
@@ -104,8 +108,9 @@ def _batched(canvas, positions_xy):
     return canvas, positions_xy, squeeze
 
 
-def extract_patches(canvas: torch.Tensor, positions_xy: torch.Tensor, n: int,
-                    kernel: str = "fourier") -> torch.Tensor:
+def extract_patches(
+    canvas: torch.Tensor, positions_xy: torch.Tensor, n: int, kernel: str = "fourier"
+) -> torch.Tensor:
     """Extract N x N patches centred at sub-pixel positions.
 
     canvas: (H, W) or (B, H, W) complex; positions_xy: (M, 2) or (B, M, 2) as (x, y) in canvas
@@ -120,18 +125,24 @@ def extract_patches(canvas: torch.Tensor, positions_xy: torch.Tensor, n: int,
         windows = windows.to(torch.complex64)
     if kernel == "fourier":
         windows = fourier_shift(windows, -frac_yx)
-        out = windows[..., SHIFT_PAD:SHIFT_PAD + n, SHIFT_PAD:SHIFT_PAD + n]
+        out = windows[..., SHIFT_PAD : SHIFT_PAD + n, SHIFT_PAD : SHIFT_PAD + n]
     else:
         fy, fx = _bilinear_fractions(frac_yx, windows.real.dtype)
         p = SHIFT_PAD
-        rows_mix = (1 - fy) * windows[..., p:p + n, p:p + n + 1] + fy * windows[..., p + 1:p + n + 1, p:p + n + 1]
+        rows_mix = (1 - fy) * windows[..., p : p + n, p : p + n + 1] + fy * windows[
+            ..., p + 1 : p + n + 1, p : p + n + 1
+        ]
         out = (1 - fx) * rows_mix[..., :, :n] + fx * rows_mix[..., :, 1:]
     return out[0] if squeeze else out
 
 
-def place_patches(patches: torch.Tensor, positions_xy: torch.Tensor,
-                  canvas_shape: tuple[int, int], kernel: str = "fourier",
-                  out: torch.Tensor | None = None) -> torch.Tensor:
+def place_patches(
+    patches: torch.Tensor,
+    positions_xy: torch.Tensor,
+    canvas_shape: tuple[int, int],
+    kernel: str = "fourier",
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Sum N x N patches into a zero canvas at sub-pixel positions (adjoint of extract_patches
     with the same kernel).
 
@@ -161,23 +172,29 @@ def place_patches(patches: torch.Tensor, positions_xy: torch.Tensor,
         cols_spread[..., :n] += (1 - fx) * patches
         cols_spread[..., 1:] += fx * patches
         windows = patches.new_zeros((*patches.shape[:-2], size, size))
-        windows[..., p:p + n, p:p + n + 1] += (1 - fy) * cols_spread
-        windows[..., p + 1:p + n + 1, p:p + n + 1] += fy * cols_spread
+        windows[..., p : p + n, p : p + n + 1] += (1 - fy) * cols_spread
+        windows[..., p + 1 : p + n + 1, p : p + n + 1] += fy * cols_spread
     flat, values = flat.expand(windows.shape).reshape(-1), windows.reshape(-1)
     if out is not None:
-        if tuple(out.shape) != (tuple(canvas_shape) if squeeze else shape) or not out.is_contiguous():
-            raise ValueError(f"out: expected a contiguous canvas of shape {canvas_shape}, got "
-                             f"{tuple(out.shape)}")
+        if (
+            tuple(out.shape) != (tuple(canvas_shape) if squeeze else shape)
+            or not out.is_contiguous()
+        ):
+            raise ValueError(
+                f"out: expected a contiguous canvas of shape {canvas_shape}, got {tuple(out.shape)}"
+            )
         out.view(-1).index_add_(0, flat, values.to(out.dtype))
         return out
-    canvas = torch.zeros(batch * canvas_shape[0] * canvas_shape[1], dtype=patches.dtype,
-                         device=patches.device).index_add(0, flat, values)
+    canvas = torch.zeros(
+        batch * canvas_shape[0] * canvas_shape[1], dtype=patches.dtype, device=patches.device
+    ).index_add(0, flat, values)
     canvas = canvas.view(shape)
     return canvas[0] if squeeze else canvas
 
 
-def canvas_geometry(positions_xy, n: int, object_shape: tuple[int, int] | None = None,
-                    margin: int = 0):
+def canvas_geometry(
+    positions_xy, n: int, object_shape: tuple[int, int] | None = None, margin: int = 0
+):
     """Canvas shape and origin for stitching patches at ``positions_xy`` (M, 2) array-like.
 
     Returns ``(shape_hw, offset_xy)``: canvas pixel = object pixel + offset. If the positions fit

@@ -36,15 +36,24 @@ def network_check(module, val_set, batch_size: int) -> dict | None:
     try:
         with torch.no_grad():
             # its own generator: iterating must not draw from the global RNG
-            loader = DataLoader(val_set, batch_size=batch_size, shuffle=False,
-                                generator=torch.Generator().manual_seed(0))
+            loader = DataLoader(
+                val_set,
+                batch_size=batch_size,
+                shuffle=False,
+                generator=torch.Generator().manual_seed(0),
+            )
             for batch in loader:
                 batch = {k: _like(v.to(device), real) for k, v in batch.items()}
                 truth = batch["truth"]
                 w = module.weights[batch["scan"]][:, None]
                 b = truth.shape[0]
-                patches = module(batch["counts"], batch["offsets"], batch["scan"], batch["a0"],
-                                 batch.get("estimate"))
+                patches = module(
+                    batch["counts"],
+                    batch["offsets"],
+                    batch["scan"],
+                    batch["a0"],
+                    batch.get("estimate"),
+                )
                 sums["network"] += float(patch_nrmse(patches.to(truth.dtype), truth, w)) * b
                 if has_estimate:
                     sums["estimate"] += float(patch_nrmse(batch["estimate"], truth, w)) * b
@@ -52,10 +61,13 @@ def network_check(module, val_set, batch_size: int) -> dict | None:
                 groups += b
     finally:
         module.train(was_training)
-    return {"network": sums["network"] / groups,
-            "estimate": sums["estimate"] / groups if has_estimate else None,
-            "flat": sums["flat"] / groups, "groups": groups,
-            "criterion": "patch NRMSE on validation groups (global phase and scale removed)"}
+    return {
+        "network": sums["network"] / groups,
+        "estimate": sums["estimate"] / groups if has_estimate else None,
+        "flat": sums["flat"] / groups,
+        "groups": groups,
+        "criterion": "patch NRMSE on validation groups (global phase and scale removed)",
+    }
 
 
 def _like(t: torch.Tensor, real: torch.dtype) -> torch.Tensor:
@@ -70,16 +82,28 @@ def report(check: dict | None) -> None:
     if check is None:
         return
     est = check["estimate"]
-    log.info("validation patch NRMSE (%d groups): network %.4f, physics estimate %s, flat %.4f",
-             check["groups"], check["network"], "n/a" if est is None else f"{est:.4f}", check["flat"])
+    log.info(
+        "validation patch NRMSE (%d groups): network %.4f, physics estimate %s, flat %.4f",
+        check["groups"],
+        check["network"],
+        "n/a" if est is None else f"{est:.4f}",
+        check["flat"],
+    )
     if est is not None and check["network"] > est:
-        log.warning("the network is WORSE than its own physics-estimate input on the validation "
-                    "patterns (patch NRMSE %.4f > %.4f): it adds time, not quality; train longer or "
-                    "on more varied data, or reconstruct by refinement (ptychopinn reconstruct)",
-                    check["network"], est)
+        log.warning(
+            "the network is WORSE than its own physics-estimate input on the validation "
+            "patterns (patch NRMSE %.4f > %.4f): it adds time, not quality; train longer or "
+            "on more varied data, or reconstruct by refinement (ptychopinn reconstruct)",
+            check["network"],
+            est,
+        )
     elif check["network"] > check["flat"]:
-        log.warning("the network is WORSE than a flat object on the validation patterns (patch "
-                    "NRMSE %.4f > %.4f)", check["network"], check["flat"])
+        log.warning(
+            "the network is WORSE than a flat object on the validation patterns (patch "
+            "NRMSE %.4f > %.4f)",
+            check["network"],
+            check["flat"],
+        )
 
 
 #: The real-space criterion that selects the bundled weights when validation has ground truth.
@@ -102,8 +126,11 @@ class BestWeights(L.Callback):
         return {"best": self.best, "epoch": self.epoch, "state": self.state}
 
     def load_state_dict(self, state_dict):
-        self.best, self.epoch, self.state = (state_dict["best"], state_dict["epoch"],
-                                             state_dict["state"])
+        self.best, self.epoch, self.state = (
+            state_dict["best"],
+            state_dict["epoch"],
+            state_dict["state"],
+        )
 
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking:
@@ -114,5 +141,6 @@ class BestWeights(L.Callback):
         value = float(value)
         if self.best is None or value < self.best:
             self.best, self.epoch = value, int(trainer.current_epoch)
-            self.state = {k: v.detach().cpu().clone()
-                          for k, v in pl_module.generator.state_dict().items()}
+            self.state = {
+                k: v.detach().cpu().clone() for k, v in pl_module.generator.state_dict().items()
+            }

@@ -1,4 +1,5 @@
-"""The PtychoPINN LightningModule: generator + physics + Poisson likelihood, automatic optimisation."""
+"""The PtychoPINN LightningModule: generator + physics + Poisson likelihood, automatic
+optimisation."""
 
 from __future__ import annotations
 
@@ -8,18 +9,26 @@ from torch import nn
 
 from ptychopinn.config import ExecutionConfig, ModelConfig, TrainingConfig
 from ptychopinn.models.registry import build_generator
-from ptychopinn.physics.forward import diffraction_intensity, phase_factors, probe_weight
+from ptychopinn.physics.forward import (
+    diffraction_intensity,
+    phase_factors,
+    probe_weight,
+)
 from ptychopinn.physics.losses import get_loss
 from ptychopinn.predictor import predict_group_patches
 from ptychopinn.training.optim import configure_optimization
 
 
-def align_phase(patches: torch.Tensor, reference: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def align_phase(
+    patches: torch.Tensor, reference: torch.Tensor, weight: torch.Tensor
+) -> torch.Tensor:
     """Rotate each patch by the global phase that best matches ``reference`` (weighted)."""
     return patches * phase_factors(patches, reference, weight)[..., None, None]
 
 
-def align_scale(patches: torch.Tensor, reference: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def align_scale(
+    patches: torch.Tensor, reference: torch.Tensor, weight: torch.Tensor
+) -> torch.Tensor:
     """Multiply each patch by the complex scalar (global phase and amplitude scale, the
     ambiguities of PHYSICS.md section 5) that best matches ``reference`` (weighted)."""
     num = (weight * reference * patches.conj()).sum(dim=(-2, -1), keepdim=True)
@@ -44,9 +53,16 @@ class PtychoPINN(L.LightningModule):
     Metric names: ``{loss}_train_loss`` / ``{loss}_val_loss`` (see ``train_loss_name``).
     """
 
-    def __init__(self, model_config: ModelConfig, training_config: TrainingConfig,
-                 execution_config: ExecutionConfig, probes: torch.Tensor, gains, eps: float,
-                 monitor: str | None = None):
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        training_config: TrainingConfig,
+        execution_config: ExecutionConfig,
+        probes: torch.Tensor,
+        gains,
+        eps: float,
+        monitor: str | None = None,
+    ):
         super().__init__()
         self.model_config, self.training_config = model_config, training_config
         self.execution_config = execution_config
@@ -55,8 +71,10 @@ class PtychoPINN(L.LightningModule):
         self.register_buffer("probes", probes)
         self.register_buffer("weights", torch.stack([probe_weight(p) for p in probes]))
         self.register_buffer("init_gains", torch.as_tensor(gains, dtype=torch.float32))
-        self.log_gain = nn.Parameter(torch.log(torch.as_tensor(gains, dtype=torch.float32)),
-                                     requires_grad=model_config.trainable_gain)
+        self.log_gain = nn.Parameter(
+            torch.log(torch.as_tensor(gains, dtype=torch.float32)),
+            requires_grad=model_config.trainable_gain,
+        )
         self.eps = float(eps)
         self.loss_fn = get_loss(model_config.loss)
         self.monitor = monitor or self.val_loss_name
@@ -77,12 +95,26 @@ class PtychoPINN(L.LightningModule):
         return names
 
     # model ------------------------------------------------------------------------------
-    def forward(self, counts: torch.Tensor, offsets: torch.Tensor, scan: torch.Tensor,
-                a0: torch.Tensor, estimate: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        counts: torch.Tensor,
+        offsets: torch.Tensor,
+        scan: torch.Tensor,
+        a0: torch.Tensor,
+        estimate: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """(B, C, N, N) counts -> (B, C, N, N) complex patches (overlap-constrained)."""
         return predict_group_patches(
-            self.generator, self.model_config, counts, a0.view(-1, 1, 1, 1), offsets,
-            self.probes[scan][:, None], self.weights[scan][:, None], self.init_gains[scan], estimate)
+            self.generator,
+            self.model_config,
+            counts,
+            a0.view(-1, 1, 1, 1),
+            offsets,
+            self.probes[scan][:, None],
+            self.weights[scan][:, None],
+            self.init_gains[scan],
+            estimate,
+        )
 
     def predicted_counts(self, patches: torch.Tensor, scan: torch.Tensor) -> torch.Tensor:
         probe = self.probes[scan][:, None]  # (B, 1, K, N, N)
@@ -90,14 +122,22 @@ class PtychoPINN(L.LightningModule):
         return gain * diffraction_intensity(patches, probe)
 
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
-        patches = self(batch["counts"], batch["offsets"], batch["scan"], batch["a0"], batch.get("estimate"))
+        patches = self(
+            batch["counts"], batch["offsets"], batch["scan"], batch["a0"], batch.get("estimate")
+        )
         predicted = self.predicted_counts(patches, batch["scan"])
         bad = batch.get("bad_pixels")
-        loss = self.loss_fn(batch["counts"], predicted, eps=self.eps,
-                            bad_pixels=bad if bad is not None and bool(bad.any()) else None)
+        loss = self.loss_fn(
+            batch["counts"],
+            predicted,
+            eps=self.eps,
+            bad_pixels=bad if bad is not None and bool(bad.any()) else None,
+        )
         name = self.train_loss_name if stage == "train" else self.val_loss_name
         bs = batch["counts"].shape[0]
-        self.log(name, loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=bs, sync_dist=True)
+        self.log(
+            name, loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=bs, sync_dist=True
+        )
         if "truth" in batch:
             w = self.weights[batch["scan"]][:, None]
             if stage == "train" and self.training_config.supervised_weight > 0:
@@ -122,6 +162,6 @@ class PtychoPINN(L.LightningModule):
         self.log("lr", opt.param_groups[0]["lr"], on_step=False, on_epoch=True, sync_dist=True)
 
     def configure_optimizers(self):
-        return configure_optimization(self.parameters(), self.execution_config,
-                                      self.training_config.max_epochs, self.monitor)
-
+        return configure_optimization(
+            self.parameters(), self.execution_config, self.training_config.max_epochs, self.monitor
+        )

@@ -31,12 +31,15 @@ from ptychopinn.config import SCHEDULER_ALIASES, SCHEDULER_NAMES, ExecutionConfi
 from ptychopinn.errors import ConfigError
 
 OPTIMIZERS: dict[str, Callable] = {
-    "adam": lambda params, e: torch.optim.Adam(params, lr=e.learning_rate,
-                                               weight_decay=e.weight_decay),
-    "adamw": lambda params, e: torch.optim.AdamW(params, lr=e.learning_rate,
-                                                 weight_decay=e.weight_decay),
-    "sgd": lambda params, e: torch.optim.SGD(params, lr=e.learning_rate, momentum=e.momentum,
-                                             weight_decay=e.weight_decay),
+    "adam": lambda params, e: torch.optim.Adam(
+        params, lr=e.learning_rate, weight_decay=e.weight_decay
+    ),
+    "adamw": lambda params, e: torch.optim.AdamW(
+        params, lr=e.learning_rate, weight_decay=e.weight_decay
+    ),
+    "sgd": lambda params, e: torch.optim.SGD(
+        params, lr=e.learning_rate, momentum=e.momentum, weight_decay=e.weight_decay
+    ),
 }
 
 #: name -> builder(optimizer, execution, max_epochs) returning a torch scheduler or None.
@@ -49,6 +52,7 @@ def register_scheduler(name: str):
             raise ValueError(f"scheduler {name!r} registered twice")
         SCHEDULERS[name] = builder
         return builder
+
     return deco
 
 
@@ -62,6 +66,7 @@ def warmup_cosine_factor(warmup_epochs: int, max_epochs: int, base_lr: float, mi
         span = max(max_epochs - warmup_epochs, 1)
         t = min(epoch - warmup_epochs, span) / span
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
     return factor
 
 
@@ -77,8 +82,9 @@ def _exponential(optimizer, e: ExecutionConfig, max_epochs: int):
 
 @register_scheduler("MultiStage")
 def _multistage(optimizer, e: ExecutionConfig, max_epochs: int):
-    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(e.lr_milestones),
-                                                gamma=e.lr_gamma)
+    return torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones=list(e.lr_milestones), gamma=e.lr_gamma
+    )
 
 
 class PlateauScheduler(torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -100,22 +106,31 @@ class PlateauScheduler(torch.optim.lr_scheduler.ReduceLROnPlateau):
 
 @register_scheduler("Adaptive")
 def _adaptive(optimizer, e: ExecutionConfig, max_epochs: int):
-    return PlateauScheduler(optimizer, mode=e.checkpoint_mode, factor=e.plateau_factor,
-                            patience=e.plateau_patience, min_lr=e.min_lr)
+    return PlateauScheduler(
+        optimizer,
+        mode=e.checkpoint_mode,
+        factor=e.plateau_factor,
+        patience=e.plateau_patience,
+        min_lr=e.min_lr,
+    )
 
 
 @register_scheduler("WarmupCosine")
 def _warmup_cosine(optimizer, e: ExecutionConfig, max_epochs: int):
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine_factor(e.warmup_epochs, max_epochs, e.learning_rate, e.min_lr))
+        optimizer, warmup_cosine_factor(e.warmup_epochs, max_epochs, e.learning_rate, e.min_lr)
+    )
 
 
 def canonical_scheduler_name(name: str) -> str:
-    """``ReduceLROnPlateau`` -> ``Adaptive``; an unknown name raises ValueError listing the names."""
+    """``ReduceLROnPlateau`` -> ``Adaptive``; an unknown name raises ValueError listing the
+    names."""
     name = SCHEDULER_ALIASES.get(name, name)
     if name not in SCHEDULERS:
-        raise ConfigError(f"scheduler: invalid value {name!r}; expected one of {list(SCHEDULER_NAMES)} "
-                         "(alias: ReduceLROnPlateau = Adaptive)")
+        raise ConfigError(
+            f"scheduler: invalid value {name!r}; expected one of {list(SCHEDULER_NAMES)} "
+            "(alias: ReduceLROnPlateau = Adaptive)"
+        )
     return name
 
 

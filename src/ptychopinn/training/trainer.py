@@ -41,8 +41,9 @@ def available_accelerators() -> list[str]:
 
 
 def resolve_accelerator(requested: str) -> str:
-    """``auto`` -> ``cuda`` if a CUDA device exists, else ``mps`` if Apple's MPS exists, else ``cpu``;
-    ``gpu`` -> ``cuda`` or ``mps``. A requested accelerator that does not exist is an error."""
+    """``auto`` -> ``cuda`` if a CUDA device exists, else ``mps`` if Apple's MPS exists, else
+    ``cpu``; ``gpu`` -> ``cuda`` or ``mps``. A requested accelerator that does not exist is an
+    error."""
     have = available_accelerators()
     if requested == "auto":
         return "cuda" if "cuda" in have else "mps" if "mps" in have else "cpu"
@@ -50,10 +51,14 @@ def resolve_accelerator(requested: str) -> str:
         for name in ("cuda", "mps"):
             if name in have:
                 return name
-        raise PtychoPINNError(f"accelerator: 'gpu' requested but no GPU is available; available: {have}")
+        raise PtychoPINNError(
+            f"accelerator: 'gpu' requested but no GPU is available; available: {have}"
+        )
     if requested not in have:
-        raise PtychoPINNError(f"accelerator: {requested!r} requested but it is not available on this "
-                              f"machine; available: {have} (or 'auto')")
+        raise PtychoPINNError(
+            f"accelerator: {requested!r} requested but it is not available on this "
+            f"machine; available: {have} (or 'auto')"
+        )
     return requested
 
 
@@ -61,8 +66,10 @@ def resolve_devices(accelerator: str, devices: int | str) -> int:
     """The number of devices (processes per node) Lightning will use."""
     if devices != "auto":
         if accelerator == "cuda" and devices > torch.cuda.device_count():
-            raise PtychoPINNError(f"devices: {devices} requested but only {torch.cuda.device_count()} "
-                                  "CUDA device(s) are available")
+            raise PtychoPINNError(
+                f"devices: {devices} requested but only {torch.cuda.device_count()} "
+                "CUDA device(s) are available"
+            )
         return int(devices)
     if accelerator == "cuda":
         return torch.cuda.device_count()
@@ -85,8 +92,13 @@ def launch_rank(devices_per_node: int) -> int:
 
 
 # --- monitor ---------------------------------------------------------------------------------
-def resolve_monitor(requested: str, train_loss_name: str, val_loss_name: str,
-                    logged_names: list[str], has_validation: bool) -> str:
+def resolve_monitor(
+    requested: str,
+    train_loss_name: str,
+    val_loss_name: str,
+    logged_names: list[str],
+    has_validation: bool,
+) -> str:
     """The metric that checkpointing, early stopping and plateau scheduling watch.
 
     ``val_loss`` means the model's validation metric (``val_loss_name``); without validation data
@@ -97,15 +109,22 @@ def resolve_monitor(requested: str, train_loss_name: str, val_loss_name: str,
     if requested == "val_loss":
         if has_validation:
             return val_loss_name
-        log.info("no validation data: checkpointing, early stopping and plateau scheduling "
-                 "monitor the training metric %s instead of %s", train_loss_name, val_loss_name)
+        log.info(
+            "no validation data: checkpointing, early stopping and plateau scheduling "
+            "monitor the training metric %s instead of %s",
+            train_loss_name,
+            val_loss_name,
+        )
         return train_loss_name
-    available = [n for n in logged_names if has_validation or not n.startswith("val")
-                 and n != val_loss_name]
+    available = [
+        n for n in logged_names if has_validation or not n.startswith("val") and n != val_loss_name
+    ]
     if requested not in available:
         where = "" if has_validation else " (no validation data in this run)"
-        raise PtychoPINNError(f"checkpoint_monitor: invalid value {requested!r}; expected 'val_loss' or "
-                              f"a metric this model logs{where}: {available}")
+        raise PtychoPINNError(
+            f"checkpoint_monitor: invalid value {requested!r}; expected 'val_loss' or "
+            f"a metric this model logs{where}: {available}"
+        )
     return requested
 
 
@@ -119,8 +138,10 @@ def resolve_resume(resume_from: str | None, output_dir: Path | None) -> Path | N
             raise PtychoPINNError("resume_from: 'last' needs an output directory")
         path = output_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
         if not path.is_file():
-            raise PtychoPINNError(f"resume_from: 'last': no checkpoint at {path} (was the run "
-                                  "started with checkpointing enabled in this output directory?)")
+            raise PtychoPINNError(
+                f"resume_from: 'last': no checkpoint at {path} (was the run "
+                "started with checkpointing enabled in this output directory?)"
+            )
         return path
     path = Path(resume_from).expanduser()
     if not path.is_file():
@@ -137,8 +158,9 @@ def check_logger_available(kind: str) -> None:
     try:
         __import__(package)
     except ImportError:
-        raise PtychoPINNError(f"logger {kind!r} needs the {package} package: "
-                              f"pip install 'ptychopinn[{kind}]'") from None
+        raise PtychoPINNError(
+            f"logger {kind!r} needs the {package} package: pip install 'ptychopinn[{kind}]'"
+        ) from None
 
 
 def default_mlflow_uri(output_dir: Path) -> str:
@@ -162,12 +184,15 @@ def build_logger(execution: ExecutionConfig, output_dir: Path):
         return False
     if kind == "csv":
         from lightning.pytorch.loggers import CSVLogger
+
         return CSVLogger(save_dir=str(output_dir), name=LOG_DIR)
     if kind == "tensorboard":
         from lightning.pytorch.loggers import TensorBoardLogger
+
         return TensorBoardLogger(save_dir=str(output_dir), name=LOG_DIR, default_hp_metric=False)
     if kind == "mlflow":
         from lightning.pytorch.loggers import MLFlowLogger
+
         uri = execution.mlflow_tracking_uri or default_mlflow_uri(output_dir)
         return MLFlowLogger(experiment_name=execution.experiment_name, tracking_uri=uri)
     raise PtychoPINNError(f"logger: invalid value {kind!r}")
@@ -179,7 +204,7 @@ def mlflow_environment(execution: ExecutionConfig, output_dir: Path | None):
     store (MLflow >= 3.7 refuses its file store unless opted in; the file store is the one backend
     mlflow-skinny ships without a database driver). An explicit user setting wins; the
     environment is restored afterwards."""
-    uri = (execution.mlflow_tracking_uri or (default_mlflow_uri(output_dir) if output_dir else ""))
+    uri = execution.mlflow_tracking_uri or (default_mlflow_uri(output_dir) if output_dir else "")
     name = "MLFLOW_ALLOW_FILE_STORE"
     if execution.logger != "mlflow" or not _is_file_store(uri) or name in os.environ:
         yield
@@ -206,13 +231,16 @@ class FiniteGuard(L.Callback):
         self.checkpoint_dir = checkpoint_dir
 
     def _stop(self, trainer, what: str) -> None:
-        where = (f"checkpoints from before the fault are in {self.checkpoint_dir}"
-                 if self.checkpoint_dir is not None and self.checkpoint_dir.exists()
-                 else "no checkpoint was written")
+        where = (
+            f"checkpoints from before the fault are in {self.checkpoint_dir}"
+            if self.checkpoint_dir is not None and self.checkpoint_dir.exists()
+            else "no checkpoint was written"
+        )
         raise TrainingDivergedError(
             f"training diverged: {what} at epoch {trainer.current_epoch}, step "
             f"{trainer.global_step}; no model bundle written ({where}); lower --learning-rate, "
-            "set --gradient-clip-val, or rerun with --detect-anomaly to find the operation")
+            "set --gradient-clip-val, or rerun with --detect-anomaly to find the operation"
+        )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
@@ -220,13 +248,19 @@ class FiniteGuard(L.Callback):
             return
         bad = not bool(torch.isfinite(loss.detach()).all())
         if trainer.strategy.reduce_boolean_decision(bad, all=False):
-            self._stop(trainer, f"non-finite loss ({float(loss.detach()):g})" if bad
-                       else "non-finite loss on another process")
+            self._stop(
+                trainer,
+                f"non-finite loss ({float(loss.detach()):g})"
+                if bad
+                else "non-finite loss on another process",
+            )
 
     def on_train_epoch_end(self, trainer, pl_module):
         bad = [n for n, p in pl_module.named_parameters() if not bool(torch.isfinite(p).all())]
         if trainer.strategy.reduce_boolean_decision(bool(bad), all=False):
-            self._stop(trainer, f"non-finite weights ({', '.join(bad[:3]) or 'on another process'})")
+            self._stop(
+                trainer, f"non-finite weights ({', '.join(bad[:3]) or 'on another process'})"
+            )
 
 
 def build_callbacks(execution: ExecutionConfig, monitor: str, output_dir: Path | None) -> list:
@@ -236,18 +270,36 @@ def build_callbacks(execution: ExecutionConfig, monitor: str, output_dir: Path |
     ckpt_dir = output_dir / CHECKPOINT_DIR if checkpointing else None
     callbacks: list = [FiniteGuard(ckpt_dir)]
     if checkpointing:
-        callbacks.append(ModelCheckpoint(
-            dirpath=str(ckpt_dir), filename=checkpoint_filename(monitor),
-            auto_insert_metric_name=False, monitor=monitor, mode=execution.checkpoint_mode,
-            save_top_k=execution.checkpoint_save_top_k, save_last=True))
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=str(ckpt_dir),
+                filename=checkpoint_filename(monitor),
+                auto_insert_metric_name=False,
+                monitor=monitor,
+                mode=execution.checkpoint_mode,
+                save_top_k=execution.checkpoint_save_top_k,
+                save_last=True,
+            )
+        )
     if execution.early_stopping:
-        callbacks.append(EarlyStopping(monitor=monitor, mode=execution.checkpoint_mode,
-                                       patience=execution.early_stop_patience))
+        callbacks.append(
+            EarlyStopping(
+                monitor=monitor,
+                mode=execution.checkpoint_mode,
+                patience=execution.early_stop_patience,
+            )
+        )
     return callbacks
 
 
-def build_trainer(execution: ExecutionConfig, monitor: str, output_dir: Path | None,
-                  max_epochs: int, callbacks: list | None = None, **overrides) -> L.Trainer:
+def build_trainer(
+    execution: ExecutionConfig,
+    monitor: str,
+    output_dir: Path | None,
+    max_epochs: int,
+    callbacks: list | None = None,
+    **overrides,
+) -> L.Trainer:
     """A Trainer wired from ``execution``. ``callbacks`` are added to ours; ``overrides`` are
     passed to ``L.Trainer`` last (tests and benchmarks: e.g. ``limit_train_batches``).
     Without ``output_dir`` nothing is written: no logger, no checkpoints.
@@ -259,20 +311,26 @@ def build_trainer(execution: ExecutionConfig, monitor: str, output_dir: Path | N
     logger = build_logger(execution, output_dir) if output_dir is not None else False
     clip = execution.gradient_clip_val
     kwargs = dict(
-        accelerator=accelerator, devices=devices, strategy=execution.strategy,
-        num_nodes=execution.num_nodes, precision=execution.precision,
-        deterministic=execution.deterministic, detect_anomaly=execution.detect_anomaly,
+        accelerator=accelerator,
+        devices=devices,
+        strategy=execution.strategy,
+        num_nodes=execution.num_nodes,
+        precision=execution.precision,
+        deterministic=execution.deterministic,
+        detect_anomaly=execution.detect_anomaly,
         max_epochs=max_epochs,
         accumulate_grad_batches=execution.accumulate_grad_batches,
         gradient_clip_val=clip,
         gradient_clip_algorithm=execution.gradient_clip_algorithm if clip is not None else None,
         enable_checkpointing=execution.enable_checkpointing and output_dir is not None,
         logger=logger,
-        callbacks=build_callbacks(execution, monitor, output_dir) + [ProcessSetup(execution.quiet)]
+        callbacks=build_callbacks(execution, monitor, output_dir)
+        + [ProcessSetup(execution.quiet)]
         + list(callbacks or []),
         default_root_dir=str(output_dir) if output_dir is not None else None,
         enable_progress_bar=not execution.quiet,
-        enable_model_summary=not execution.quiet, log_every_n_steps=1,
+        enable_model_summary=not execution.quiet,
+        log_every_n_steps=1,
     )
     kwargs.update(overrides)
     return L.Trainer(**kwargs)
