@@ -310,7 +310,7 @@ def test_tike_errors_and_format_override(tmp_path, tiny_scan_file):
 
 
 def test_reader_registry_refuses_duplicates_and_unknown_names(tiny_scan_file):
-    with pytest.raises(RuntimeError, match="registered twice"):
+    with pytest.raises(ValueError, match="registered twice"):
         register_reader("npz", lambda p, h: False, "again")(lambda p, u: None)
     assert set(READERS) >= {"npz", "tike", "cxi"}
     from ptychopinn.errors import ConfigError

@@ -56,11 +56,12 @@ def _package_of(path: Path) -> str:
 ALLOWED = {
     "errors": set(),
     "log": set(),
+    "registry": {"errors"},
     "config": {"errors"},
-    "physics": {"errors"},
-    "models": {"errors", "log"},
+    "physics": {"errors", "registry"},
+    "models": {"errors", "log", "registry"},
     # a bundle builds its network from the model registry
-    "io": {"errors", "log", "config", "models"},
+    "io": {"errors", "log", "config", "models", "registry"},
 }
 #: Third-party packages confined to one home.
 CONFINED = {

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ptychopinn.errors import PtychoPINNError
+from ptychopinn.registry import Registry
 
 #: scikit-image test images bundled with the package (no download needed).
 NATURAL_TRAIN = (
@@ -128,7 +129,11 @@ def file_image(path: str) -> np.ndarray:
         raise PtychoPINNError(f"{path}: object image: cannot read ({exc})") from None
 
 
-PATTERNS = {"lines": lines_pattern, "grf": grf_pattern, "blobs": blobs_pattern}
+#: name -> pattern(shape, rng) -> (H, W) map in [0, 1] (the procedural object sources).
+PATTERNS = Registry("object pattern")
+PATTERNS.add("lines", lines_pattern)
+PATTERNS.add("grf", grf_pattern)
+PATTERNS.add("blobs", blobs_pattern)
 OBJECT_KINDS = ("lines", "grf", "blobs", "natural", "skimage:NAME[,NAME2]", "file:PATH[,PATH2]")
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ptychopinn.data.limits import require_file
 from ptychopinn.errors import ConfigError, DataError
+from ptychopinn.registry import Registry
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 BZIP2_MAGIC = b"BZh"
@@ -39,16 +40,14 @@ class Reader:
     description: str
 
 
-READERS: dict[str, Reader] = {}
+READERS = Registry("data format")
 
 
 def register_reader(name: str, claims: Callable, description: str):
     """Decorator registering ``read(path, diffraction_units)`` under ``name``."""
 
     def wrap(read):
-        if name in READERS:
-            raise RuntimeError(f"reader {name!r} registered twice")
-        READERS[name] = Reader(name, read, claims, description)
+        READERS.add(name, Reader(name, read, claims, description))
         return read
 
     return wrap

@@ -22,8 +22,7 @@ from ptychopinn.physics.probe import (
     scale_probe,
 )
 from ptychopinn.physics.shifts import SHIFT_PAD, extract_patches
-
-SCAN_KINDS = ("raster", "fermat", "random")
+from ptychopinn.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -65,8 +64,8 @@ class SimulationConfig:
             bad("n_positions", self.n_positions, "an integer >= 1")
         if self.probe_kind not in PROBES:
             bad("probe_kind", self.probe_kind, f"one of {sorted(PROBES)}")
-        if self.scan_kind not in SCAN_KINDS:
-            bad("scan_kind", self.scan_kind, f"one of {list(SCAN_KINDS)}")
+        if self.scan_kind not in SCAN_PATTERNS:
+            bad("scan_kind", self.scan_kind, f"one of {SCAN_PATTERNS.names()}")
         if not 0 <= self.overlap < 1:
             bad("overlap", self.overlap, "a fraction in [0, 1)")
         if self.step is not None and not 0 < self.step < math.inf:
@@ -95,23 +94,40 @@ class SimulationConfig:
         return self.step if self.step is not None else self.diameter * (1 - self.overlap)
 
 
+#: name -> pattern(n, step, rng, jitter) -> (n, 2) positions (x, y), neighbour spacing ~ step.
+SCAN_PATTERNS = Registry("scan pattern")
+
+
+@SCAN_PATTERNS.register("raster")
+def raster_scan(n: int, step: float, rng: np.random.Generator, jitter: float = 0.0) -> np.ndarray:
+    """A square grid, row by row, each position jittered by up to ``jitter`` steps."""
+    side = int(math.ceil(math.sqrt(n)))
+    iy, ix = np.divmod(np.arange(n), side)
+    pos = np.stack([ix, iy], axis=1).astype(np.float64) * step
+    return pos + rng.uniform(-jitter, jitter, pos.shape) * step
+
+
+@SCAN_PATTERNS.register("fermat")
+def fermat_scan(n: int, step: float, rng: np.random.Generator, jitter: float = 0.0) -> np.ndarray:
+    """A Fermat spiral (golden-angle increments): even density without grid periodicity."""
+    k = np.arange(n)
+    r = step * np.sqrt(k) / math.sqrt(math.pi) * 1.05
+    theta = k * math.pi * (3 - math.sqrt(5))
+    return np.stack([r * np.cos(theta), r * np.sin(theta)], axis=1)
+
+
+@SCAN_PATTERNS.register("random")
+def random_scan(n: int, step: float, rng: np.random.Generator, jitter: float = 0.0) -> np.ndarray:
+    """Uniformly random positions on a square of side ``step * sqrt(n)``."""
+    side = step * math.sqrt(n)
+    return rng.uniform(0, side, (n, 2))
+
+
 def scan_positions(
     kind: str, n: int, step: float, rng: np.random.Generator, jitter: float = 0.0
 ) -> np.ndarray:
     """(n, 2) positions (x, y) with the minimum at (0, 0); neighbour spacing about ``step``."""
-    if kind == "raster":
-        side = int(math.ceil(math.sqrt(n)))
-        iy, ix = np.divmod(np.arange(n), side)
-        pos = np.stack([ix, iy], axis=1).astype(np.float64) * step
-        pos += rng.uniform(-jitter, jitter, pos.shape) * step
-    elif kind == "fermat":
-        k = np.arange(n)
-        r = step * np.sqrt(k) / math.sqrt(math.pi) * 1.05
-        theta = k * math.pi * (3 - math.sqrt(5))
-        pos = np.stack([r * np.cos(theta), r * np.sin(theta)], axis=1)
-    else:  # random
-        side = step * math.sqrt(n)
-        pos = rng.uniform(0, side, (n, 2))
+    pos = SCAN_PATTERNS[kind](n, step, rng, jitter)
     return pos - pos.min(axis=0)
 
 

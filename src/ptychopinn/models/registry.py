@@ -2,39 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Callable
-
 from torch import nn
 
-from ptychopinn.errors import ConfigError
+from ptychopinn.registry import Registry
 
-GENERATORS: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register_generator(name: str):
-    def deco(factory):
-        if name in GENERATORS:
-            raise ValueError(f"generator {name!r} registered twice")
-        GENERATORS[name] = factory
-        return factory
-
-    return deco
+#: name -> factory(**kwargs) -> nn.Module; the built-ins register when ``models.cnn`` is imported.
+GENERATORS = Registry("generator", builtins="ptychopinn.models.cnn")
+register_generator = GENERATORS.register
 
 
 def build_generator(name: str, **kwargs) -> nn.Module:
     """Build a generator network: (B, C, N, N) amplitudes -> (B, C, N, N) complex64 patches."""
-    import ptychopinn.models.cnn  # noqa: F401  (registers the built-in generators)
-
-    try:
-        factory = GENERATORS[name]
-    except KeyError:
-        raise ConfigError(
-            f"generator: unknown name {name!r}; expected one of {sorted(GENERATORS)}"
-        ) from None
-    return factory(**kwargs)
+    return GENERATORS[name](**kwargs)
 
 
 def generator_names() -> list[str]:
-    import ptychopinn.models.cnn  # noqa: F401
-
     return sorted(GENERATORS)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ptychopinn.errors import ConfigError
+from ptychopinn.registry import Registry
 
 
 def _masked_mean(values: torch.Tensor, bad_pixels: torch.Tensor | None) -> torch.Tensor:
@@ -59,13 +59,11 @@ def amplitude_mae(
     return _masked_mean(values, bad_pixels)
 
 
-LOSSES = {"poisson": poisson_nll, "mae": amplitude_mae}
+#: name -> loss(measured, predicted, bad_pixels=None, eps=None) -> scalar tensor.
+LOSSES = Registry("loss")
+LOSSES.add("poisson", poisson_nll)
+LOSSES.add("mae", amplitude_mae)
 
 
 def get_loss(name: str):
-    try:
-        return LOSSES[name]
-    except KeyError:
-        raise ConfigError(
-            f"loss: unknown value {name!r}; expected one of {sorted(LOSSES)}"
-        ) from None
+    return LOSSES[name]

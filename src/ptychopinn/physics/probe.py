@@ -9,19 +9,14 @@ from __future__ import annotations
 import numpy as np
 
 from ptychopinn.errors import ConfigError
+from ptychopinn.registry import Registry
 
-PROBES: dict = {}
+#: name -> probe(n, diameter, **kwargs) -> (N, N) complex64 of unit energy.
+PROBES = Registry("probe")
+register_probe = PROBES.register
 
 #: Most incoherent modes ``incoherent_modes`` can build (one per low-order factor).
 MAX_MODES = 6
-
-
-def register_probe(name):
-    def deco(fn):
-        PROBES[name] = fn
-        return fn
-
-    return deco
 
 
 def _grid(n: int):
@@ -87,13 +82,7 @@ def defocused_disk_probe(n: int, diameter: float | None = None, defocus: float =
 
 
 def make_probe(kind: str, n: int, diameter: float | None = None, **kwargs) -> np.ndarray:
-    try:
-        fn = PROBES[kind]
-    except KeyError:
-        raise ConfigError(
-            f"probe: unknown kind {kind!r}; expected one of {sorted(PROBES)}"
-        ) from None
-    return fn(n, diameter, **kwargs)
+    return PROBES[kind](n, diameter, **kwargs)
 
 
 def apply_soft_mask(

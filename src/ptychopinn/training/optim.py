@@ -23,37 +23,33 @@ The module logs the learning rate of each epoch as the metric ``lr``.
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 
 from ptychopinn.config import SCHEDULER_ALIASES, SCHEDULER_NAMES, ExecutionConfig
 from ptychopinn.errors import ConfigError
+from ptychopinn.registry import Registry
 
-OPTIMIZERS: dict[str, Callable] = {
-    "adam": lambda params, e: torch.optim.Adam(
-        params, lr=e.learning_rate, weight_decay=e.weight_decay
-    ),
-    "adamw": lambda params, e: torch.optim.AdamW(
-        params, lr=e.learning_rate, weight_decay=e.weight_decay
-    ),
-    "sgd": lambda params, e: torch.optim.SGD(
+#: name -> builder(params, execution) returning a torch optimiser.
+OPTIMIZERS = Registry("optimizer")
+OPTIMIZERS.add(
+    "adam",
+    lambda params, e: torch.optim.Adam(params, lr=e.learning_rate, weight_decay=e.weight_decay),
+)
+OPTIMIZERS.add(
+    "adamw",
+    lambda params, e: torch.optim.AdamW(params, lr=e.learning_rate, weight_decay=e.weight_decay),
+)
+OPTIMIZERS.add(
+    "sgd",
+    lambda params, e: torch.optim.SGD(
         params, lr=e.learning_rate, momentum=e.momentum, weight_decay=e.weight_decay
     ),
-}
+)
 
 #: name -> builder(optimizer, execution, max_epochs) returning a torch scheduler or None.
-SCHEDULERS: dict[str, Callable] = {}
-
-
-def register_scheduler(name: str):
-    def deco(builder):
-        if name in SCHEDULERS:
-            raise ValueError(f"scheduler {name!r} registered twice")
-        SCHEDULERS[name] = builder
-        return builder
-
-    return deco
+SCHEDULERS = Registry("scheduler")
+register_scheduler = SCHEDULERS.register
 
 
 def warmup_cosine_factor(warmup_epochs: int, max_epochs: int, base_lr: float, min_lr: float):

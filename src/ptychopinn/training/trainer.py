@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from ptychopinn.config import RESUME_LAST, ExecutionConfig
 from ptychopinn.errors import PtychoPINNError, TrainingDivergedError
 from ptychopinn.log import filter_expected_warnings, get_logger, quiet_levels
+from ptychopinn.registry import Registry
 
 log = get_logger("training")
 
@@ -172,30 +173,45 @@ def _is_file_store(uri: str) -> bool:
     return uri.startswith("file:") or "://" not in uri
 
 
+#: name -> builder(execution, output_dir) -> a Lightning logger, or False for none.
+LOGGERS = Registry("logger")
+
+
+@LOGGERS.register("csv")
+def _csv_logger(execution: ExecutionConfig, output_dir: Path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    return CSVLogger(save_dir=str(output_dir), name=LOG_DIR)
+
+
+@LOGGERS.register("tensorboard")
+def _tensorboard_logger(execution: ExecutionConfig, output_dir: Path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    return TensorBoardLogger(save_dir=str(output_dir), name=LOG_DIR, default_hp_metric=False)
+
+
+@LOGGERS.register("mlflow")
+def _mlflow_logger(execution: ExecutionConfig, output_dir: Path):
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    uri = execution.mlflow_tracking_uri or default_mlflow_uri(output_dir)
+    return MLFlowLogger(experiment_name=execution.experiment_name, tracking_uri=uri)
+
+
+@LOGGERS.register("none")
+def _no_logger(execution: ExecutionConfig, output_dir: Path):
+    return False
+
+
 def build_logger(execution: ExecutionConfig, output_dir: Path):
     """The Lightning logger of ``execution.logger`` (``False`` for ``none``).
 
     csv and tensorboard write under ``OUTPUT_DIR/lightning_logs/version_K``; mlflow writes to
     ``mlflow_tracking_uri`` (default: the file store ``OUTPUT_DIR/mlruns``).
     """
-    kind = execution.logger
-    check_logger_available(kind)
-    if kind == "none":
-        return False
-    if kind == "csv":
-        from lightning.pytorch.loggers import CSVLogger
-
-        return CSVLogger(save_dir=str(output_dir), name=LOG_DIR)
-    if kind == "tensorboard":
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        return TensorBoardLogger(save_dir=str(output_dir), name=LOG_DIR, default_hp_metric=False)
-    if kind == "mlflow":
-        from lightning.pytorch.loggers import MLFlowLogger
-
-        uri = execution.mlflow_tracking_uri or default_mlflow_uri(output_dir)
-        return MLFlowLogger(experiment_name=execution.experiment_name, tracking_uri=uri)
-    raise PtychoPINNError(f"logger: invalid value {kind!r}")
+    check_logger_available(execution.logger)
+    return LOGGERS[execution.logger](execution, output_dir)
 
 
 @contextlib.contextmanager
