@@ -115,6 +115,14 @@ _PARSE_ERRORS = (
 MMAP_BYTES = 64 * 2**20
 
 
+def _npy_header(fh) -> tuple[tuple, bool, np.dtype]:
+    """(shape, fortran_order, dtype) of the ``.npy`` stream ``fh``, left at the data's start."""
+    version = np.lib.format.read_magic(fh)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(fh)
+    return np.lib.format.read_array_header_2_0(fh)
+
+
 def _mapped_member(path: Path, info: zipfile.ZipInfo) -> np.ndarray | None:
     """A copy-on-write memory map of a stored (uncompressed) ``.npy`` member, or None when the
     member is compressed (then it must be read)."""
@@ -127,13 +135,7 @@ def _mapped_member(path: Path, info: zipfile.ZipInfo) -> np.ndarray | None:
             return None
         name_len, extra_len = struct.unpack("<HH", local[26:30])
         fh.seek(info.header_offset + 30 + name_len + extra_len)
-        version = np.lib.format.read_magic(fh)
-        read_header = (
-            np.lib.format.read_array_header_1_0
-            if version == (1, 0)
-            else np.lib.format.read_array_header_2_0
-        )
-        shape, fortran, dtype = read_header(fh)
+        shape, fortran, dtype = _npy_header(fh)
         offset = fh.tell()
     return np.memmap(
         path, dtype=dtype, mode="c", offset=offset, shape=shape, order="F" if fortran else "C"
@@ -144,13 +146,7 @@ def _streamed_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
     """A compressed ``.npy`` member decompressed piece by piece into a scratch file
     (``ptychopinn.io.spill.scratch_array``): file-backed pages, no scan-sized allocation."""
     with zf.open(info) as fh:
-        version = np.lib.format.read_magic(fh)
-        read_header = (
-            np.lib.format.read_array_header_1_0
-            if version == (1, 0)
-            else np.lib.format.read_array_header_2_0
-        )
-        shape, fortran, dtype = read_header(fh)
+        shape, fortran, dtype = _npy_header(fh)
         out = scratch_array(shape[::-1] if fortran else shape, dtype)
         raw = memoryview(out.reshape(-1).view(np.uint8))
         pos = 0
@@ -187,13 +183,7 @@ def read_members(path: Path, src: str, mmap_bytes: float | None = None) -> dict[
                     continue
                 key = member[: -len(".npy")]
                 with zf.open(info) as fh:
-                    version = np.lib.format.read_magic(fh)
-                    read_header = (
-                        np.lib.format.read_array_header_1_0
-                        if version == (1, 0)
-                        else np.lib.format.read_array_header_2_0
-                    )
-                    shape, _, dtype = read_header(fh)
+                    shape, _, dtype = _npy_header(fh)
                     if dtype.hasobject:
                         raise DataError(
                             src,
