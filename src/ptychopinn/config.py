@@ -152,6 +152,14 @@ INFERENCE_BATCH_SIZE = 64
 POSITION_START_EPOCH = 10
 POSITION_STEP_PX = 0.25
 POSITION_AFFINE_EPOCHS = 10
+#: Coarse position search (``position_search_px`` > 0, for errors of several pixels, beyond the
+#: gradient's reach): this many rounds, each of POSITION_SEARCH_INTERVAL epochs of object
+#: refinement followed by a grid search of every position within the radius (the object then
+#: restarts from its start). Measured on an independently simulated 500-pattern N = 64 scan
+#: (benchmarks/positions.py): 5 px rms random errors corrected to 0.25 px, where the gradient
+#: alone ends at 2.5 px.
+POSITION_SEARCH_ROUNDS = 3
+POSITION_SEARCH_INTERVAL = 20
 ACCELERATOR_NAMES = ("auto", "cpu", "gpu", "cuda", "mps")
 PRECISION_NAMES = ("32-true", "16-mixed", "bf16-mixed", "64-true")
 #: DDP variants only: the other Lightning strategies (deepspeed, fsdp, xla) are untested with the

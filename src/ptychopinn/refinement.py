@@ -25,7 +25,9 @@ be refined too (after a couple of epochs, by a step preconditioned by the object
 like ePIE, or Adam; after every epoch the two ambiguities of joint retrieval, a phase ramp and a
 translation traded between object and probe, are pinned without changing any modelled
 intensity). Scan positions can be corrected too (``correct_positions``: each pattern's shift is
-differentiated through the Fourier-shifted probe; affine first, then per pattern). Optionally a
+differentiated through the Fourier-shifted probe; affine first, then per pattern; errors of
+several pixels first by a coarse grid search of each pattern's likelihood, ``position_search_px``).
+Optionally a
 Gaussian prior centred on the start turns the fit into a MAP estimate that keeps a good start where
 the data are noisy. Pixels lit below ~1% of the peak illumination are reset to their starting
 values before returning, because nothing constrains them.
@@ -45,6 +47,8 @@ import torch
 
 from ptychopinn.config import (
     POSITION_AFFINE_EPOCHS,
+    POSITION_SEARCH_INTERVAL,
+    POSITION_SEARCH_ROUNDS,
     POSITION_START_EPOCH,
     POSITION_STEP_PX,
 )
@@ -88,6 +92,11 @@ LIT_FRACTION = 0.01
 #: Folded probes are cached for the whole scan when they take at most this many bytes;
 #: otherwise they are recomputed per minibatch (one extra FFT per pattern).
 FOLD_CACHE_BYTES = 512 * 2**20
+#: The coarse position search tries at most (2 * this + 1)^2 grid shifts per pattern, then every
+#: whole-pixel shift between the grid points around the best; and it evaluates about this many
+#: bytes of candidate exit waves at a time.
+SEARCH_GRID_HALF = 6
+SEARCH_BYTES = 64 * 2**20
 
 
 @dataclass
@@ -279,6 +288,8 @@ class Refiner:
         position_start_epoch: int = POSITION_START_EPOCH,
         position_step_px: float = POSITION_STEP_PX,
         position_affine_epochs: int = POSITION_AFFINE_EPOCHS,
+        position_search_px: float = 0.0,
+        position_search_rounds: int = POSITION_SEARCH_ROUNDS,
     ):
         t0 = time.perf_counter()
         flat = initial_object is None
@@ -326,9 +337,21 @@ class Refiner:
         self.n = n
         self.m = scan.n_patterns
         positions = np.asarray(scan.positions_px, dtype=np.float64)
+        if not (position_search_px >= 0 and math.isfinite(position_search_px)):
+            raise PtychoPINNError(
+                f"position_search_px: {position_search_px!r} must be a finite number >= 0"
+            )
+        if int(position_search_rounds) < 1:
+            raise PtychoPINNError(
+                f"position_search_rounds: {position_search_rounds!r} must be >= 1"
+            )
+        # searched positions may leave the scanned area by up to the radius: room on the canvas
+        search_margin = int(math.ceil(position_search_px)) if correct_positions else 0
         if initial_object is None:
             truth_shape = None if scan.object_truth is None else scan.object_truth.shape
-            shape, offset = canvas_geometry(positions, n, object_shape=truth_shape)
+            shape, offset = canvas_geometry(
+                positions, n, object_shape=truth_shape, margin=search_margin
+            )
             canvas = np.ones(shape, dtype=np.complex128)
         else:
             canvas, offset = _canvas_from_initial(initial_object, offset_px, positions, n)
@@ -354,6 +377,17 @@ class Refiner:
         self.position_start_epoch = int(position_start_epoch)
         self.position_step_px = float(position_step_px)
         self.position_affine_epochs = int(position_affine_epochs)
+        self.position_search_px = float(position_search_px)
+        # coarse searches at the end of each interval; the gradient correction starts its
+        # position_start_epoch counting from the last of them
+        self.search_epochs = (
+            [POSITION_SEARCH_INTERVAL * (r + 1) for r in range(int(position_search_rounds))]
+            if self.correct_positions and self.position_search_px > 0
+            else []
+        )
+        self.gradient_start_epoch = self.position_start_epoch + (
+            self.search_epochs[-1] if self.search_epochs else 0
+        )
         self.positions_active = False
         self.delta = None  # (M, 2) (x, y) correction within the current epoch
 
@@ -417,7 +451,8 @@ class Refiner:
         self.positions_c = pos_c
         floor = np.floor(pos_c)
         frac = pos_c - floor
-        base = (floor[:, 1].astype(np.int64) - n // 2) * w + (floor[:, 0].astype(np.int64) - n // 2)
+        self.corner_xy = floor.astype(np.int64) - n // 2  # (M, 2) first pixel of each window
+        base = self.corner_xy[:, 1] * w + self.corner_xy[:, 0]
         self.base = torch.as_tensor(base, device=self.device)
         # fourier_shift takes (y, x); +f moves the probe so the window starts at the integer corner.
         self.frac_yx = torch.as_tensor(
@@ -490,7 +525,10 @@ class Refiner:
             )
         if self.refine_probe and not self.probe_active and self.epoch >= self.probe_start_epoch:
             self._start_probe_refinement()
-        if self.correct_positions and self.epoch >= self.position_start_epoch:
+        if self.epoch in self.search_epochs:
+            self.search_positions(self.position_search_px)
+            self.restart_object()
+        if self.correct_positions and self.epoch >= self.gradient_start_epoch:
             self.positions_active = True
             self.folded = None
             self.delta = torch.zeros(self.m, 2, device=self.device, requires_grad=True)
@@ -564,8 +602,9 @@ class Refiner:
     @property
     def converged(self) -> bool:
         """True once the plateau schedule has cut the step below CONVERGED_LR_FRACTION of its
-        start."""
-        return self.lr < CONVERGED_LR_FRACTION * self.lr0
+        start and no position search is still to come."""
+        pending = any(e >= self.epoch for e in self.search_epochs)
+        return not pending and self.lr < CONVERGED_LR_FRACTION * self.lr0
 
     def _schedule_step(self, loss: float):
         """Windowed plateau test, robust to minibatch noise: after each window of ``patience``
@@ -622,6 +661,82 @@ class Refiner:
         self._set_positions(new)
         self.delta = torch.zeros(self.m, 2, device=self.device, requires_grad=True)
         self._lit = None
+
+    def search_positions(self, radius_px: float) -> None:
+        """Move every pattern to the whole-pixel shift within ``radius_px`` (per axis) of its
+        current position that minimises its Poisson NLL against the current object and probe
+        (gain in closed form per candidate): first on a grid of at most
+        (2 SEARCH_GRID_HALF + 1)^2 shifts, then every whole-pixel shift between the grid points
+        around the best. Windows that would leave the canvas are not candidates. The mean move
+        (a global translation) is removed, as in the gradient correction. This reaches errors
+        that the gradient cannot (its signal vanishes beyond about the object's feature size);
+        its accuracy is then limited by the object, which is rebuilt between rounds."""
+        r = int(math.floor(radius_px))
+        if r < 1:
+            return
+        step = max(1, math.ceil(r / SEARCH_GRID_HALF))
+        grid = np.arange(-(r // step) * step, r + 1, step)
+        coarse = np.stack(np.meshgrid(grid, grid, indexing="xy"), -1).reshape(-1, 2)
+        best = self._best_shifts(np.broadcast_to(coarse, (self.m, *coarse.shape)))
+        if step > 1:
+            fine = np.arange(-(step - 1), step)
+            local = np.stack(np.meshgrid(fine, fine, indexing="xy"), -1).reshape(-1, 2)
+            best = self._best_shifts(best[:, None, :] + local[None])
+        new = self.positions_c + best
+        new = new - (new - self.nominal_c).mean(axis=0)
+        moved = float(np.sqrt(((new - self.positions_c) ** 2).sum(1).mean()))
+        log.info("position search within %d px: moved %.2f px rms", r, moved)
+        self._set_positions(new)
+        if self.folded is not None:  # fractions unchanged except where a window was clipped
+            for s in range(0, self.m, 4096):
+                idx = torch.arange(s, min(s + 4096, self.m), device=self.device)
+                self.folded[s : s + 4096] = self._fold(self.probe, idx)
+        self._lit = None
+
+    def _best_shifts(self, shifts: np.ndarray) -> np.ndarray:
+        """(M, 2) the shift (x, y) among each pattern's candidates ``shifts`` (M, S, 2) of least
+        Poisson NLL."""
+        n, (h, w) = self.n, self.shape
+        s_count = shifts.shape[1]
+        chunk = max(1, SEARCH_BYTES // (s_count * self.k * n * n * 8))
+        best = np.zeros((self.m, 2), dtype=np.int64)
+        obj = self.obj.detach()
+        with torch.no_grad():
+            for s in range(0, self.m, chunk):
+                rows = np.arange(s, min(s + chunk, self.m))
+                corner = self.corner_xy[rows][:, None, :] + shifts[rows]  # (B, S, 2)
+                valid = (
+                    (corner[..., 0] >= 0)
+                    & (corner[..., 0] <= w - n)
+                    & (corner[..., 1] >= 0)
+                    & (corner[..., 1] <= h - n)
+                )
+                start = np.where(valid, corner[..., 1] * w + corner[..., 0], 0)
+                start = torch.as_tensor(start, device=self.device)
+                idx = torch.as_tensor(rows, device=self.device)
+                windows = torch.take(obj, start[..., None, None] + self.grid)  # (B, S, N, N)
+                psi = torch.fft.fft2(windows[:, :, None] * self._probes(idx)[:, None], norm="ortho")
+                inten = torch.view_as_real(psi).square().sum(dim=(-1, 2))  # (B, S, N, N)
+                counts = torch.fft.ifftshift(self.counts[idx], dim=(-2, -1))[:, None]
+                good = self.good
+                gain = self.pattern_counts[idx][:, None, None, None] / (
+                    (inten * good).sum(dim=(-2, -1), keepdim=True).clamp_min(1e-30)
+                )
+                mu = gain * inten
+                nll = ((mu - counts * torch.log(mu + self.eps)) * good).sum(dim=(-2, -1))
+                nll = torch.where(torch.as_tensor(valid, device=self.device), nll, torch.inf)
+                pick = nll.argmin(dim=1).cpu().numpy()
+                best[rows] = shifts[rows, pick]
+        return best
+
+    def restart_object(self) -> None:
+        """Back to the starting object, step and schedule (the probe and positions are kept): the
+        object rebuilt from better positions, not one that has absorbed the old errors."""
+        with torch.no_grad():
+            self.obj.copy_(self.initial)
+        self.opt = None
+        self.lr = self.lr0
+        self.window_start = len(self.losses)
 
     def corrected_positions(self) -> np.ndarray:
         """(M, 2) current positions (x, y) in the scan's own frame."""
@@ -791,6 +906,8 @@ def refine(
     position_start_epoch: int = POSITION_START_EPOCH,
     position_step_px: float = POSITION_STEP_PX,
     position_affine_epochs: int = POSITION_AFFINE_EPOCHS,
+    position_search_px: float = 0.0,
+    position_search_rounds: int = POSITION_SEARCH_ROUNDS,
 ) -> RefineResult:
     """Refine an object (and optionally the probe) on one scan's own Poisson likelihood.
 
@@ -838,6 +955,12 @@ def refine(
             ``position_affine_epochs`` epochs of it only an affine map of the nominal positions
             (scale, rotation, shear), then freely; the mean correction is removed. The corrected
             positions are ``RefineResult.positions_px``.
+        position_search_px: with ``correct_positions``, errors up to this many pixels (per axis)
+            are first found by a coarse search (``Refiner.search_positions``): after each of
+            ``position_search_rounds`` intervals of POSITION_SEARCH_INTERVAL epochs every position
+            moves to its best whole-pixel shift within the radius and the object restarts; the
+            gradient correction then starts ``position_start_epoch`` epochs after the last
+            search. 0 (default): no search.
 
     Returns a ``RefineResult``; pixels lit below 1% of the peak illumination keep their starting
     values.
@@ -867,6 +990,8 @@ def refine(
         position_start_epoch=position_start_epoch,
         position_step_px=position_step_px,
         position_affine_epochs=position_affine_epochs,
+        position_search_px=position_search_px,
+        position_search_rounds=position_search_rounds,
     )
     for epoch in range(1, int(epochs) + 1):
         loss = refiner.run_epoch()

@@ -35,6 +35,16 @@ def positive_float(text: str) -> float:
     return value
 
 
+def nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value} must be a finite number >= 0")
+    return value
+
+
 def add_units_flag(parser: argparse.ArgumentParser) -> None:
     """``--diffraction-units`` and ``--data-format`` (how to read the input scan files)."""
     from ptychopinn.data.readers import READERS, formats
@@ -81,7 +91,12 @@ def add_patterns_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def add_position_flags(parser: argparse.ArgumentParser) -> None:
-    from ptychopinn.config import POSITION_START_EPOCH, POSITION_STEP_PX
+    from ptychopinn.config import (
+        POSITION_SEARCH_INTERVAL,
+        POSITION_SEARCH_ROUNDS,
+        POSITION_START_EPOCH,
+        POSITION_STEP_PX,
+    )
 
     parser.add_argument(
         "--correct-positions",
@@ -104,6 +119,23 @@ def add_position_flags(parser: argparse.ArgumentParser) -> None:
         help="position change per pattern per epoch, pixels (at most twice "
         f"this per axis; default {POSITION_STEP_PX})",
     )
+    parser.add_argument(
+        "--position-search-px",
+        type=nonneg_float,
+        default=0.0,
+        help="errors up to this many pixels per axis are first found by a coarse "
+        "search of each pattern's likelihood (for errors of several pixels, "
+        "beyond the gradient's reach); 0 = no search (default 0)",
+    )
+    parser.add_argument(
+        "--position-search-rounds",
+        type=positive_int,
+        default=POSITION_SEARCH_ROUNDS,
+        help=f"rounds of the coarse search, each after {POSITION_SEARCH_INTERVAL} "
+        "epochs of object refinement; the gradient correction starts "
+        "--position-start-epoch epochs after the last "
+        f"(default {POSITION_SEARCH_ROUNDS})",
+    )
 
 
 def position_kwargs(args: argparse.Namespace) -> dict:
@@ -111,6 +143,8 @@ def position_kwargs(args: argparse.Namespace) -> dict:
         "correct_positions": args.correct_positions,
         "position_start_epoch": args.position_start_epoch,
         "position_step_px": args.position_step_px,
+        "position_search_px": args.position_search_px,
+        "position_search_rounds": args.position_search_rounds,
     }
 
 
