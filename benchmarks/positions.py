@@ -17,8 +17,12 @@ pixels) and kind:
 
 Methods: exact positions; the erroneous positions uncorrected; ``--correct-positions`` (gradient);
 and ``--correct-positions --position-search-px R`` (coarse search, then gradient; R defaults to
-twice the error rms, at least 4). Reported: the rms error of the positions after removing a
-global shift (which object and positions share), phase SSIM against the truth
+twice the error rms, at least 4). With ``--ptychi-python`` pty-chi LSQML runs on the same scans
+with the same fixed probe and its own position correction (gradient type, from epoch 5, update
+limit ``--ptychi-position-limit-px`` per update instead of its 0.1 default, which cannot move
+positions by pixels): ``--ptychi-epochs`` epochs, and for the time ptychopinn's search run took
+(equal time; pty-chi's time is its ``task.run`` alone). Reported: the rms error of the positions
+after removing a global shift (which object and positions share), phase SSIM against the truth
 (``ptychopinn.evaluation``), and the wall time on this machine's CPU threads.
 """
 
@@ -94,6 +98,36 @@ def run_one(scan, truth_xy, obj, method, label, **kwargs) -> dict:
     return row
 
 
+def ptychi_rows(python, scan, truth_xy, obj, label, epochs, threads, equal_s, margin, limit):
+    from ptychi_side import run_ptychi
+    from ptychopinn.physics.shifts import canvas_geometry
+
+    canvas = canvas_geometry(
+        scan.positions_px, scan.patch_size, object_shape=obj.shape, margin=int(margin)
+    )
+    extra = ("--correct-positions", "--position-start", "5", "--position-limit-px", str(limit))
+    rows = []
+    for name, n_epochs, time_limit in (("", epochs, None), (" (equal time)", 100_000, equal_s)):
+        res = run_ptychi(
+            python, scan, "lsqml", n_epochs, 0, threads, time_limit, canvas, False, extra
+        )
+        m = evaluate_reconstruction(
+            res.object, obj, offset_px=res.offset_px, illumination=res.illumination
+        )
+        row = {
+            **label,
+            "method": f"pty-chi LSQML position correction{name}",
+            "epochs_run": res.epochs,
+            "seconds": round(res.seconds, 1),
+            "position_rms_px": round(rms_after_shift(res.positions_px, truth_xy), 3),
+            "phase_ssim": round(m["phase_ssim"], 4),
+            "phase_psnr": round(m["phase_psnr"], 2),
+        }
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--output", type=Path, required=True)
@@ -103,6 +137,9 @@ def main():
     ap.add_argument("--search-px", type=float, default=0, help="0: twice the error rms, >= 4")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--ptychi-python", default=None, help="python of an environment with ptychi")
+    ap.add_argument("--ptychi-epochs", type=int, default=100)
+    ap.add_argument("--ptychi-position-limit-px", type=float, default=1.0)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     s = replace(scenarios.SCENARIOS["zoneplate-textured"], positions=a.positions)
@@ -137,6 +174,19 @@ def main():
                     position_search_px=radius,
                 )
             )
+            if a.ptychi_python:
+                rows += ptychi_rows(
+                    a.ptychi_python,
+                    scan,
+                    xy,
+                    obj,
+                    label,
+                    a.ptychi_epochs,
+                    a.threads,
+                    rows[-1]["seconds"],
+                    radius,
+                    a.ptychi_position_limit_px,
+                )
     a.output.parent.mkdir(parents=True, exist_ok=True)
     a.output.write_text(
         json.dumps(

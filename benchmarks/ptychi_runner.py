@@ -8,7 +8,8 @@ Input NPZ: ``counts`` (M, N, N) with the zero frequency at the centre, ``positio
 probe centres in object pixels (x, y), ``probe`` (K, N, N) complex guess, ``canvas_hw`` (2,)
 object buffer size, ``origin_xy`` (2,) buffer pixel of position (0, 0).
 Output NPZ: ``object`` (H, W) complex64 (buffer pixel = position + origin_xy), ``probe``
-(K, N, N), ``seconds`` (wall time of task.run, set-up excluded), ``epoch_seconds``.
+(K, N, N), ``positions_xy`` (M, 2) (as given, or corrected with ``--correct-positions``),
+``seconds`` (wall time of task.run, set-up excluded), ``epoch_seconds``.
 
     python benchmarks/ptychi_runner.py IN.npz OUT.npz --algorithm lsqml --epochs 100
 """
@@ -31,6 +32,10 @@ def run(
     probe_start: int,
     seed: int,
     time_limit_s: float | None,
+    correct_positions: bool = False,
+    position_start: int = 10,
+    position_limit_px: float | None = 0.1,
+    position_correction: str = "gradient",
 ) -> dict:
     import ptychi.api as api
     from ptychi.api.task import PtychographyTask
@@ -58,7 +63,14 @@ def run(
     options.probe_options.optimization_plan.start = probe_start
     options.probe_position_options.position_x_px = pos[:, 0]
     options.probe_position_options.position_y_px = pos[:, 1]
-    options.probe_position_options.optimizable = False
+    options.probe_position_options.optimizable = correct_positions
+    if correct_positions:
+        ppo = options.probe_position_options
+        ppo.optimization_plan.start = position_start
+        ppo.correction_options.correction_type = api.enums.PositionCorrectionTypes(
+            position_correction
+        )
+        ppo.correction_options.update_magnitude_limit = position_limit_px
     options.reconstructor_options.batch_size = batch_size
     options.reconstructor_options.num_epochs = epochs
     if algorithm == "lsqml":
@@ -80,7 +92,9 @@ def run(
             break
     obj = task.get_data_to_cpu("object", as_numpy=True)[0]
     out_probe = task.get_data_to_cpu("probe", as_numpy=True)[0]
+    yx = task.get_data_to_cpu("probe_positions", as_numpy=True)
     return {
+        "positions_xy": np.stack([yx[:, 1], yx[:, 0]], axis=1).astype(np.float64),
         "object": obj.astype(np.complex64),
         "probe": out_probe.astype(np.complex64),
         "seconds": epoch_seconds[-1],
@@ -100,6 +114,14 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--time-limit-s", type=float, default=None)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--correct-positions", action="store_true")
+    p.add_argument("--position-start", type=int, default=10)
+    p.add_argument(
+        "--position-limit-px", type=float, default=0.1, help="pty-chi's update_magnitude_limit"
+    )
+    p.add_argument(
+        "--position-correction", choices=["gradient", "cross_correlation"], default="gradient"
+    )
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -114,6 +136,10 @@ def main() -> int:
         args.probe_start,
         args.seed,
         args.time_limit_s,
+        args.correct_positions,
+        args.position_start,
+        args.position_limit_px,
+        args.position_correction,
     )
     np.savez(args.output, **out)
     print(f"{args.algorithm}: {len(out['epoch_seconds'])} epochs in {out['seconds']:.1f} s")

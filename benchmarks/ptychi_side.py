@@ -22,9 +22,10 @@ SHIM = HERE / "ptychi_shim"
 class PtychiResult:
     """A pty-chi reconstruction in the shape ``half_scan_frc``/``data_residual`` expect."""
 
-    def __init__(self, obj, probe, offset_px, illumination, seconds, epochs):
+    def __init__(self, obj, probe, offset_px, illumination, seconds, epochs, positions_px=None):
         self.object, self.probe, self.offset_px = obj, probe, np.asarray(offset_px, float)
         self.illumination, self.seconds, self.epochs = illumination, seconds, epochs
+        self.positions_px = positions_px  # (M, 2) pty-chi's final positions (x, y)
 
 
 def illumination(shape, positions, offset, probe):
@@ -49,7 +50,11 @@ def run_ptychi(
     threads: int,
     time_limit_s: float | None = None,
     canvas=None,
+    refine_probe: bool = True,
+    extra_args: tuple = (),
 ) -> PtychiResult:
+    """pty-chi on ``scan`` in its own environment (``python``); ``extra_args`` go to
+    ptychi_runner.py (e.g. its position-correction flags)."""
     from ptychopinn.physics.shifts import canvas_geometry
 
     shape, offset = (
@@ -74,11 +79,12 @@ def run_ptychi(
             algorithm,
             "--epochs",
             str(epochs),
-            "--refine-probe",
             "--seed",
             str(seed),
             "--threads",
             str(threads),
+            *(["--refine-probe"] if refine_probe else []),
+            *extra_args,
         ]
         if time_limit_s is not None:
             cmd += ["--time-limit-s", f"{time_limit_s:.3f}"]
@@ -87,5 +93,11 @@ def run_ptychi(
         with np.load(out) as z:
             obj, probe = z["object"], z["probe"]
             seconds, n_epochs = float(z["seconds"]), int(len(z["epoch_seconds"]))
-    ill = illumination(obj.shape, scan.positions_px, offset, probe)
-    return PtychiResult(obj, probe, offset, ill, seconds, n_epochs)
+            positions = z["positions_xy"] if "positions_xy" in z else None
+    placed = scan.positions_px if positions is None else positions
+    if positions is not None and not np.isfinite(positions).all():
+        raise RuntimeError(
+            f"pty-chi returned non-finite positions ({np.isnan(positions).sum()} NaN)"
+        )
+    ill = illumination(obj.shape, placed, offset, probe)
+    return PtychiResult(obj, probe, offset, ill, seconds, n_epochs, positions)
