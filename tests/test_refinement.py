@@ -563,3 +563,26 @@ def test_position_search_then_gradient_corrects_errors_beyond_the_gradient():
     }
     assert e_search < 1.2 and e_grad > 2.0, (before, e_grad, e_search)
     assert q["search"] > q["grad"], q
+
+
+def test_reconstruct_cli_runs_the_position_search(tmp_path):
+    """--position-search-px reaches the refinement: after one search round (epoch 20) and before
+    the gradient correction (epoch 30) every pattern has moved by whole pixels only, and some
+    have moved."""
+    from ptychopinn.cli.main import main
+    from ptychopinn.data.npz import write_npz
+    from ptychopinn.inference import load_reconstruction
+
+    truth = _natural_scan(40)
+    rng = np.random.default_rng(2)
+    given = truth.positions_px + rng.integers(-2, 3, truth.positions_px.shape)
+    path = write_npz(replace(truth, positions_px=given), tmp_path / "scan.npz")
+    args = ["reconstruct", "--data", str(path), "--output-dir", str(tmp_path / "out")]
+    args += ["--refine-epochs", "25", "--refine-probe", "off", "--correct-positions"]
+    args += ["--position-search-px", "3", "--position-search-rounds", "1", "--quiet"]
+    assert main(args) == 0
+    moved = load_reconstruction(tmp_path / "out" / "reconstruction.npz").positions_px - given
+    moved -= np.round(moved)  # the mean move removed is not a whole pixel
+    assert np.allclose(moved, moved[0], atol=1e-6)
+    whole = load_reconstruction(tmp_path / "out" / "reconstruction.npz").positions_px - given
+    assert np.abs(whole - whole.mean(0)).max() >= 1.0

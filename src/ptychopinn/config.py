@@ -156,8 +156,8 @@ POSITION_AFFINE_EPOCHS = 10
 #: gradient's reach): this many rounds, each of POSITION_SEARCH_INTERVAL epochs of object
 #: refinement followed by a grid search of every position within the radius (the object then
 #: restarts from its start). Measured on an independently simulated 500-pattern N = 64 scan
-#: (benchmarks/positions.py): 5 px rms random errors corrected to 0.25 px, where the gradient
-#: alone ends at 2.5 px.
+#: (benchmarks/positions.py): 5 px rms random errors corrected to 0.19 px, where the gradient
+#: alone ends at 2.2 px; 10 px rms only to 6.6 px.
 POSITION_SEARCH_ROUNDS = 3
 POSITION_SEARCH_INTERVAL = 20
 ACCELERATOR_NAMES = ("auto", "cpu", "gpu", "cuda", "mps")

@@ -27,10 +27,9 @@ translation traded between object and probe, are pinned without changing any mod
 intensity). Scan positions can be corrected too (``correct_positions``: each pattern's shift is
 differentiated through the Fourier-shifted probe; affine first, then per pattern; errors of
 several pixels first by a coarse grid search of each pattern's likelihood, ``position_search_px``).
-Optionally a
-Gaussian prior centred on the start turns the fit into a MAP estimate that keeps a good start where
-the data are noisy. Pixels lit below ~1% of the peak illumination are reset to their starting
-values before returning, because nothing constrains them.
+Optionally a Gaussian prior centred on the start turns the fit into a MAP estimate that keeps a
+good start where the data are noisy. Pixels lit below ~1% of the peak illumination are reset to
+their starting values before returning, because nothing constrains them.
 
 Pure torch; no Lightning. ``refine`` is the one entry point; ``Refiner`` exposes the per-epoch loop
 for benchmarks that watch quality over time.
@@ -993,6 +992,14 @@ def refine(
         position_search_px=position_search_px,
         position_search_rounds=position_search_rounds,
     )
+    if refiner.search_epochs and refiner.gradient_start_epoch >= int(epochs):
+        log.warning(
+            "position search: %d epochs are too few for %d search rounds and the gradient "
+            "correction after them (it starts at epoch %d); give more epochs",
+            int(epochs),
+            len(refiner.search_epochs),
+            refiner.gradient_start_epoch,
+        )
     for epoch in range(1, int(epochs) + 1):
         loss = refiner.run_epoch()
         if not math.isfinite(loss):
