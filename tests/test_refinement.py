@@ -521,7 +521,7 @@ def test_position_search_finds_whole_pixel_errors_against_the_true_object():
 
 def _defocused_probe(n):
     """A zone-plate-like probe this package's simulator does not make: an annular pupil with a
-    defocus phase (curved phase fronts, a ring-structured spot about a third of N wide)."""
+    defocus phase (curved phase fronts, a ring-structured spot about 0.44 N wide)."""
     k = np.fft.fftshift(np.fft.fftfreq(n)) * n
     kr = np.sqrt(k[None] ** 2 + k[:, None] ** 2)
     pupil = ((kr < 0.3 * n) & (kr > 0.09 * n)) * np.exp(1j * np.pi * 0.22 / (0.3 * n) * kr**2)
