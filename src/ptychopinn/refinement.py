@@ -53,7 +53,7 @@ from ptychopinn.config import (
 )
 from ptychopinn.errors import PtychoPINNError
 from ptychopinn.log import get_logger
-from ptychopinn.physics.losses import poisson_nll
+from ptychopinn.physics.losses import poisson_nll, poisson_nll_terms
 from ptychopinn.physics.shifts import canvas_geometry, fourier_shift
 
 log = get_logger("refinement")
@@ -403,12 +403,8 @@ class Refiner:
         fold_bytes = self.m * self.k * n * n * 8
         self.folded = None
         if not self.refine_probe and fold_bytes <= FOLD_CACHE_BYTES:
-            # filled a piece at a time: the Fourier shift's temporaries stay a piece's size
             self.folded = torch.empty((self.m, self.k, n, n), dtype=torch.complex64, device=dev)
-            for s in range(0, self.m, 4096):
-                self.folded[s : s + 4096] = self._fold(
-                    self.probe, torch.arange(s, min(s + 4096, self.m), device=dev)
-                )
+            self._fill_folded()
 
         # The scan's counts as they are (centred; no copy on the CPU), shifted to FFT order one
         # minibatch at a time; bad pixels in FFT order once.
@@ -465,6 +461,13 @@ class Refiner:
         if self.positions_active:
             shift = shift + self.delta[idx].flip(-1)
         return fourier_shift(probe[None], shift[:, None, :])
+
+    def _fill_folded(self) -> None:
+        """Fold the cached probes for the current positions, a piece at a time (the Fourier
+        shift's temporaries stay a piece's size)."""
+        for s in range(0, self.m, 4096):
+            idx = torch.arange(s, min(s + 4096, self.m), device=self.device)
+            self.folded[s : s + 4096] = self._fold(self.probe, idx)
 
     def _probes(self, idx: torch.Tensor) -> torch.Tensor:
         """(B, K, N, N) folded probes of the patterns ``idx`` (cached, or folded now)."""
@@ -687,9 +690,7 @@ class Refiner:
         log.info("position search within %d px: moved %.2f px rms", r, moved)
         self._set_positions(new)
         if self.folded is not None:  # fractions unchanged except where a window was clipped
-            for s in range(0, self.m, 4096):
-                idx = torch.arange(s, min(s + 4096, self.m), device=self.device)
-                self.folded[s : s + 4096] = self._fold(self.probe, idx)
+            self._fill_folded()
         self._lit = None
 
     def _best_shifts(self, shifts: np.ndarray) -> np.ndarray:
@@ -714,15 +715,18 @@ class Refiner:
                 start = torch.as_tensor(start, device=self.device)
                 idx = torch.as_tensor(rows, device=self.device)
                 windows = torch.take(obj, start[..., None, None] + self.grid)  # (B, S, N, N)
-                psi = torch.fft.fft2(windows[:, :, None] * self._probes(idx)[:, None], norm="ortho")
-                inten = torch.view_as_real(psi).square().sum(dim=(-1, 2))  # (B, S, N, N)
+                b = len(rows)
+                probes = self._probes(idx)[:, None].expand(-1, s_count, -1, -1, -1)
+                inten = self._intensity(
+                    windows.reshape(b * s_count, n, n), probes.reshape(b * s_count, self.k, n, n)
+                ).reshape(b, s_count, n, n)
                 counts = torch.fft.ifftshift(self.counts[idx], dim=(-2, -1))[:, None]
                 good = self.good
                 gain = self.pattern_counts[idx][:, None, None, None] / (
                     (inten * good).sum(dim=(-2, -1), keepdim=True).clamp_min(1e-30)
                 )
-                mu = gain * inten
-                nll = ((mu - counts * torch.log(mu + self.eps)) * good).sum(dim=(-2, -1))
+                terms = poisson_nll_terms(counts, gain * inten, self.eps)
+                nll = (terms * good).sum(dim=(-2, -1))
                 nll = torch.where(torch.as_tensor(valid, device=self.device), nll, torch.inf)
                 pick = nll.argmin(dim=1).cpu().numpy()
                 best[rows] = shifts[rows, pick]

@@ -41,8 +41,15 @@ def poisson_nll(
     """
     if eps is None:
         eps = default_eps(measured, bad_pixels)
-    values = predicted - measured * torch.log(predicted + eps)
-    return _masked_mean(values, bad_pixels)
+    return _masked_mean(poisson_nll_terms(measured, predicted, eps), bad_pixels)
+
+
+def poisson_nll_terms(
+    measured: torch.Tensor, predicted: torch.Tensor, eps: float | torch.Tensor
+) -> torch.Tensor:
+    """The per-pixel terms of ``poisson_nll``, ``lambda - I log(lambda + eps)``, unreduced (for
+    callers that need one value per pattern, e.g. a position search)."""
+    return predicted - measured * torch.log(predicted + eps)
 
 
 def amplitude_mae(
