@@ -46,7 +46,7 @@ import scenarios  # noqa: E402
 from ptychopinn.cli.reconstruct import REFINE_ONLY_EPOCHS  # noqa: E402
 from ptychopinn.data.scan import ScanData  # noqa: E402
 from ptychopinn.evaluation import evaluate_reconstruction  # noqa: E402
-from ptychopinn.refinement import refine  # noqa: E402
+from ptychopinn.reconstruction.gradient import refine  # noqa: E402
 
 
 def position_errors(kind: str, xy: np.ndarray, rms: float, seed: int) -> np.ndarray:

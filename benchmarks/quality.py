@@ -32,7 +32,9 @@ from pathlib import Path
 import torch
 
 from ptychopinn.config import DataConfig, ExecutionConfig, ModelConfig, TrainingConfig
-from ptychopinn.inference import Reconstruction, predict_patches, reconstruct, stitch
+from ptychopinn.reconstruction.network import predict_patches, reconstruct
+from ptychopinn.reconstruction.result import Reconstruction
+from ptychopinn.reconstruction.stitching import stitch
 from ptychopinn.training.fit import fit
 from ptychopinn.workflows import (
     evaluate_against_truth,

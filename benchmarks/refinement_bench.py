@@ -1,10 +1,10 @@
 """Time-to-quality of physics refinement from a flat start on simulated scans (not a test).
 
 For each scan (a held-out natural-image object, and random lines; 1e6 and 1e4 photons per
-pattern) it runs ``ptychopinn.refinement.Refiner`` epoch by epoch and measures the object against
-the ground truth with ``ptychopinn.evaluation`` (translation, global phase offset and ramp, and
-amplitude scale removed; region = illumination > 10% of its peak, eroded): phase and amplitude
-SSIM, phase PSNR and complex NRMSE, at a growing set of epochs, with the wall time of the
+pattern) it runs ``ptychopinn.reconstruction.gradient.Refiner`` epoch by epoch and measures the
+object against the ground truth with ``ptychopinn.evaluation`` (translation, global phase offset
+and ramp, and amplitude scale removed; region = illumination > 10% of its peak, eroded): phase and
+amplitude SSIM, phase PSNR and complex NRMSE, at a growing set of epochs, with the wall time of the
 refinement alone (metric time excluded), plus patterns/s and the time to reach phase SSIM
 thresholds (first measured epoch at or above them).
 
@@ -27,7 +27,7 @@ import torch
 
 from ptychopinn.data.simulate import SimulationConfig, simulate_scan
 from ptychopinn.evaluation import evaluate_reconstruction
-from ptychopinn.refinement import DEFAULT_LR, Refiner
+from ptychopinn.reconstruction.gradient import DEFAULT_LR, Refiner
 
 #: epochs after which the object is measured (metrics are slow; the loop itself is fast)
 MEASURE_EPOCHS = {

@@ -36,7 +36,7 @@ from ptychopinn.cli.reconstruct import REFINE_ONLY_EPOCHS  # noqa: E402
 from ptychopinn.data import load_scan  # noqa: E402
 from ptychopinn.evaluation import evaluate_reconstruction  # noqa: E402
 from ptychopinn.evaluation.metrics import ssim  # noqa: E402
-from ptychopinn.refinement import refine  # noqa: E402
+from ptychopinn.reconstruction.gradient import refine  # noqa: E402
 from ptychopinn.workflows import probe_change  # noqa: E402
 
 

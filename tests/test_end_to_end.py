@@ -14,8 +14,9 @@ from ptychopinn.config import DataConfig, ExecutionConfig, ModelConfig, Training
 from ptychopinn.data.npz import read_npz, write_npz
 from ptychopinn.data.simulate import SimulationConfig, simulate_scan
 from ptychopinn.errors import BundleError
-from ptychopinn.inference import load_reconstruction, predict_patches, reconstruct
 from ptychopinn.io.bundle import BUNDLE_NAME, FORMAT_VERSION, load_bundle, save_bundle
+from ptychopinn.reconstruction.network import predict_patches, reconstruct
+from ptychopinn.reconstruction.result import load_reconstruction
 from ptychopinn.training.fit import fit
 
 FAST = ExecutionConfig(quiet=True, logger="none", enable_checkpointing=False, early_stopping=False)
@@ -484,7 +485,7 @@ def test_reconstruct_network_options_need_network(tmp_path, scans, capsys):
 
 def test_covering_groups_take_every_pattern_once_with_fewer_groups():
     from ptychopinn.data.grouping import group_positions
-    from ptychopinn.inference import covering_groups
+    from ptychopinn.reconstruction.network import covering_groups
 
     pos = np.random.default_rng(0).uniform(0, 100, (300, 2))
     groups = group_positions(pos, 2, 7, n_groups=300, seed=1)

@@ -551,8 +551,8 @@ def test_cli_config_file_run_and_reuse_of_the_audit(tmp_path, tiny_scan_file):
 
 # --- the chain train -> save -> load -> infer with non-default knobs ------------------------------
 def test_train_save_load_infer_with_non_default_knobs(tmp_path, tiny_scan):
-    from ptychopinn.inference import reconstruct
     from ptychopinn.io.bundle import load_bundle
+    from ptychopinn.reconstruction.network import reconstruct
 
     out = tmp_path / "run"
     rc = tiny(

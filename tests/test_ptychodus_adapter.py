@@ -391,8 +391,8 @@ def test_train_on_batch_layout_yields_losses_and_writes_the_model(trained, recon
 
 def test_loaded_model_reconstructs_in_one_pass(trained, reconstruct_input):
     from ptychopinn.data.ptychodus_h5 import canvas_to_grid
-    from ptychopinn.inference import reconstruct
     from ptychopinn.integrations.ptychodus import scan_from_reconstruct_input
+    from ptychopinn.reconstruction.network import reconstruct
 
     library, _, _ = trained
     r = library.pinn

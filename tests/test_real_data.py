@@ -24,7 +24,7 @@ from ptychopinn.evaluation.reference_free import (
     half_scan_frc,
     split_halves,
 )
-from ptychopinn.refinement import refine
+from ptychopinn.reconstruction.gradient import refine
 
 CROP = Path(__file__).parent / "data" / "siemens-star-crop.npz.bz2"
 

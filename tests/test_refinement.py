@@ -1,4 +1,5 @@
-"""Physics refinement (ptychopinn.refinement) on tiny simulated scans (N=32, ~50 positions)."""
+"""Physics refinement (ptychopinn.reconstruction.gradient) on tiny simulated scans (N=32, ~50
+positions)."""
 
 from dataclasses import replace
 
@@ -10,7 +11,7 @@ from ptychopinn.data.simulate import SimulationConfig, simulate_scan
 from ptychopinn.errors import PtychoPINNError
 from ptychopinn.physics.forward import diffraction_intensity
 from ptychopinn.physics.shifts import extract_patches
-from ptychopinn.refinement import Refiner, RefineResult, intensity_centroid_xy, refine
+from ptychopinn.reconstruction.gradient import Refiner, RefineResult, intensity_centroid_xy, refine
 
 
 def region_of(result: RefineResult, fraction: float = 0.1) -> np.ndarray:
@@ -302,7 +303,7 @@ def test_plateau_rule_does_not_cut_while_a_noisy_loss_still_trends_down(scan):
     """A slowly converging scan: each epoch's loss is noisier than its decrease (so it often
     fails to beat the best so far, which cut the step under the old rule), but the trend over a
     window exceeds the window's noise: no cut. A flat noisy loss is cut."""
-    from ptychopinn.refinement import Refiner
+    from ptychopinn.reconstruction.gradient import Refiner
 
     rng = np.random.default_rng(0)
     r = Refiner(scan, patience=20)
@@ -337,8 +338,8 @@ def test_probe_retrieval_moves_a_wrong_probe_toward_the_true_one(tmp_path):
     from ptychopinn.cli.main import main
     from ptychopinn.data.npz import write_npz
     from ptychopinn.data.simulate import SimulationConfig, simulate_scan
-    from ptychopinn.inference import load_reconstruction
     from ptychopinn.physics.probe import make_probe
+    from ptychopinn.reconstruction.result import load_reconstruction
     from ptychopinn.workflows import probe_change, probe_is_known
 
     truth = simulate_scan(
@@ -430,7 +431,7 @@ def test_position_correction_recovers_a_random_perturbation(tmp_path):
     from ptychopinn.cli.main import main
     from ptychopinn.data.npz import write_npz
     from ptychopinn.data.simulate import SimulationConfig, simulate_scan
-    from ptychopinn.inference import load_reconstruction
+    from ptychopinn.reconstruction.result import load_reconstruction
 
     truth = simulate_scan(
         SimulationConfig(
@@ -571,7 +572,7 @@ def test_reconstruct_cli_runs_the_position_search(tmp_path):
     have moved."""
     from ptychopinn.cli.main import main
     from ptychopinn.data.npz import write_npz
-    from ptychopinn.inference import load_reconstruction
+    from ptychopinn.reconstruction.result import load_reconstruction
 
     truth = _natural_scan(40)
     rng = np.random.default_rng(2)

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from ptychopinn.data.simulate import SimulationConfig, simulate_scan
-from ptychopinn.inference import _rings, stitch
 from ptychopinn.io.spill import SpillArray
 from ptychopinn.physics.forward import probe_weight
 from ptychopinn.physics.shifts import canvas_geometry, extract_patches, place_patches
+from ptychopinn.reconstruction.stitching import _rings, stitch
 
 
 def _reference_stitch(patches, positions_px, probe, object_shape, iterations=10):
@@ -316,7 +316,7 @@ def test_local_pgd_step_equals_the_canvas_wide_step(tiny_scan):
     """The per-window PGD update (cost of the minibatch) moves the object exactly as the
     canvas-wide one did (gradient and batch illumination are zero off the windows)."""
     from ptychopinn.physics.losses import poisson_nll
-    from ptychopinn.refinement import Refiner
+    from ptychopinn.reconstruction.gradient import Refiner
 
     r = Refiner(tiny_scan, optimizer="pgd")
     r.run_epoch()  # a non-flat object
@@ -354,7 +354,7 @@ def test_local_adam_equals_torch_adam_on_the_pixels_it_visits():
     updates on pixels visited at every step, sums overlapping windows' gradients per pixel, and
     leaves the pixels no window covers alone; a pixel first visited later starts its own step
     count (its first move is lr per part, as Adam's first step)."""
-    from ptychopinn.refinement import LocalAdam
+    from ptychopinn.reconstruction.gradient import LocalAdam
 
     h, w, n = 12, 14, 4
     gen = torch.Generator().manual_seed(3)
@@ -390,7 +390,7 @@ def test_local_adam_equals_torch_adam_on_the_pixels_it_visits():
 def test_refiner_adam_without_prior_is_local(tiny_scan):
     """Adam refinement without a prior steps on the minibatch's windows (LocalAdam); with a
     prior (a canvas-wide gradient) it is torch's dense Adam."""
-    from ptychopinn.refinement import LocalAdam, Refiner
+    from ptychopinn.reconstruction.gradient import LocalAdam, Refiner
 
     r = Refiner(tiny_scan, optimizer="adam")
     r.run_epoch()

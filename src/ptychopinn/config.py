@@ -146,6 +146,18 @@ LOGGER_NAMES = ("csv", "tensorboard", "mlflow", "none")
 #: Groups per inference batch when none is given or recorded (measured on this 2-core CPU,
 #: N = 32, gridsize 2: 16 -> 9.8 s, 32 -> 7.2 s, 64 -> 6.4 s, 128 -> 7.6 s for 2,000 patterns).
 INFERENCE_BATCH_SIZE = 64
+
+
+def inference_batch_size(*choices: int | None) -> int:
+    """Groups per inference batch: the first of ``choices`` that is set (callers pass, in order of
+    precedence, e.g. the CLI flag, the run's execution config, the bundle's recorded value), else
+    ``INFERENCE_BATCH_SIZE``. The one place this is resolved."""
+    for value in choices:
+        if value:
+            return int(value)
+    return INFERENCE_BATCH_SIZE
+
+
 #: Position correction in refinement (``correct_positions``): first epoch (counting from 0; the
 #: object needs a few epochs before its gradient says where a pattern belongs), step per epoch in
 #: pixels, and epochs of the affine-only phase before each pattern moves freely.

@@ -19,7 +19,7 @@ from ptychopinn.cli.common import (
     positive_int,
     torch_device,
 )
-from ptychopinn.config import INFERENCE_BATCH_SIZE
+from ptychopinn.config import INFERENCE_BATCH_SIZE, inference_batch_size
 
 PRODUCT_FILE = "product.h5"
 
@@ -82,10 +82,10 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ptychopinn.cli.common import load_scan_from_args
-    from ptychopinn.inference import reconstruct
     from ptychopinn.io.atomic import check_new_output
     from ptychopinn.io.bundle import load_bundle
     from ptychopinn.log import configure_cli_logging
+    from ptychopinn.reconstruction.network import reconstruct
     from ptychopinn.workflows import write_reconstruction_outputs
 
     configure_cli_logging(args.quiet)
@@ -94,10 +94,8 @@ def run(args: argparse.Namespace) -> int:
     if product_path is not None:
         check_new_output(product_path, args.overwrite)  # refuse before any work
     scan = load_scan_from_args(args, "data").patterns(args.patterns)
-    batch = (
-        args.inference_batch_size
-        or bundle.execution.get("inference_batch_size")
-        or INFERENCE_BATCH_SIZE
+    batch = inference_batch_size(
+        args.inference_batch_size, bundle.execution.get("inference_batch_size")
     )
     device = torch_device(args)
     if args.correct_positions and not args.refine_epochs:

@@ -7,8 +7,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ptychopinn.config import PROBE_REFINEMENT
 from ptychopinn.data.limits import memory_bytes
-from ptychopinn.errors import DataError
+from ptychopinn.errors import ConfigError, DataError
 
 
 def is_real_array(arr: np.ndarray) -> bool:
@@ -230,3 +231,23 @@ class ScanData:
         ``A / a0`` has a mean per-pattern energy of (N/2)^2.
         """
         return float(np.sqrt(max(self.mean_counts, 1e-12)) / (self.patch_size / 2))
+
+
+def probe_is_known(scan: ScanData) -> bool:
+    """Whether the scan's probe is the true probe rather than a guess: a ``probe_known`` entry in
+    its metadata decides; scans made by ``ptychopinn simulate`` (``simulation`` metadata) carry
+    the probe that made them. Everything else (measured data, Ptychodus products, other tools'
+    files) holds a guess."""
+    known = scan.metadata.get("probe_known")
+    if known is not None:
+        return bool(known)
+    return "simulation" in scan.metadata
+
+
+def resolve_probe_refinement(choice: str, scan: ScanData) -> bool:
+    """Whether refinement retrieves the probe for ``choice`` (auto/on/off) on ``scan``."""
+    if choice not in PROBE_REFINEMENT:
+        raise ConfigError(
+            f"refine_probe: invalid value {choice!r}; expected one of {list(PROBE_REFINEMENT)}"
+        )
+    return choice == "on" or (choice == "auto" and not probe_is_known(scan))

@@ -69,7 +69,7 @@ from ptychodus.api.reconstruct import (
 )
 from ptychodus.api.settings import SettingsRegistry
 
-from ptychopinn.config import INFERENCE_BATCH_SIZE
+from ptychopinn.config import inference_batch_size
 from ptychopinn.data.ptychodus_h5 import (
     ATTRS_KEY,
     GRID_KEY,
@@ -318,8 +318,8 @@ def product_on_input_grid(
 ) -> Product:
     """The input product with ``recon``'s object put on its object grid (and ``losses``).
 
-    ``recon``: a ``ptychopinn.inference.Reconstruction`` (canvas + offset in grid pixels) or None
-    (keep the input object). Metadata, positions and probes are the input's.
+    ``recon``: a ``ptychopinn.reconstruction.Reconstruction`` (canvas + offset in grid pixels) or
+    None (keep the input object). Metadata, positions and probes are the input's.
     """
     product = parameters.product
     if recon is None:
@@ -573,7 +573,7 @@ class PtychoPINNReconstructor(TrainableReconstructor):
         epochs = rc.training.max_epochs if rc is not None else 0
         goal = epochs + 1 + refine_epochs
         if bundle is not None:
-            batch = bundle.execution.get("inference_batch_size") or INFERENCE_BATCH_SIZE
+            batch = inference_batch_size(bundle.execution.get("inference_batch_size"))
             log.info(
                 "%s %s: reconstructing %d patterns with the loaded model",
                 LIBRARY_NAME,
@@ -581,7 +581,7 @@ class PtychoPINNReconstructor(TrainableReconstructor):
                 scan.n_patterns,
             )
         else:
-            batch = rc.execution.inference_batch_size or INFERENCE_BATCH_SIZE
+            batch = inference_batch_size(rc.execution.inference_batch_size)
             log.info(
                 "%s %s: no model loaded; training on this scan (%d patterns, %d epochs), "
                 "then reconstructing",
@@ -592,34 +592,26 @@ class PtychoPINNReconstructor(TrainableReconstructor):
             )
 
         def target(pipe: _Pipeline):
-            from ptychopinn.inference import reconstruct
-            from ptychopinn.workflows import refine_reconstruction
+            from ptychopinn.reconstruction.gradient import GradientEngine
+            from ptychopinn.reconstruction.network import NetworkEngine
 
             device = _device(accelerator)
             model = bundle
             if model is None:
                 # the product's object is an initial guess here, not a label
                 model = _fit(pipe, [replace(scan, object_truth=None)], rc).bundle
-            recon = reconstruct(
-                model, scan, batch_size=int(batch), seed=seed, quiet=True, device=device
-            )
+            network = NetworkEngine(model, batch_size=int(batch), seed=seed, device=device)
+            recon = network.run(scan)
             pipe.post("network", recon)
             pipe.check_stop()
             if refine_epochs:
 
-                def progress(epoch, loss):
-                    pipe.post("refine_epoch", (epoch, float(loss)))
+                def progress(epoch, total, info):
+                    pipe.post("refine_epoch", (epoch, info["loss"]))
                     pipe.check_stop()
 
-                recon = refine_reconstruction(
-                    recon,
-                    scan,
-                    refine_epochs,
-                    quiet=False,
-                    seed=seed,
-                    device=device,
-                    progress=progress,
-                )
+                engine = GradientEngine(epochs=refine_epochs, seed=seed, device=device, quiet=False)
+                recon = engine.run(scan, recon, progress=progress)
                 pipe.post("refined", recon)
 
         self._active_goal = goal

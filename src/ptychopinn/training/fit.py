@@ -15,11 +15,11 @@ import torch
 from lightning.pytorch.trainer.states import TrainerStatus
 
 from ptychopinn.config import (
-    INFERENCE_BATCH_SIZE,
     DataConfig,
     ExecutionConfig,
     ModelConfig,
     TrainingConfig,
+    inference_batch_size,
 )
 from ptychopinn.config_factory import (
     SOURCE_DATA,
@@ -356,7 +356,7 @@ def _fit(
         "val_groups": len(dm.val_set) if dm.val_set is not None else 0,
         "effective_batch_size": effective,
         "limit_train_batches": overrides.get("limit_train_batches"),
-        "inference_batch_size": e.inference_batch_size or INFERENCE_BATCH_SIZE,
+        "inference_batch_size": inference_batch_size(e.inference_batch_size),
         "resume_checkpoint": str(resume) if resume else None,
         "log_dir": str(Path(trainer.logger.log_dir).resolve())
         if getattr(trainer.logger, "log_dir", None)

@@ -15,7 +15,7 @@ from ptychopinn.physics.forward import (
     probe_weight,
 )
 from ptychopinn.physics.losses import get_loss
-from ptychopinn.predictor import predict_group_patches
+from ptychopinn.reconstruction.network import predict_group_patches
 from ptychopinn.training.optim import configure_optimization
 
 

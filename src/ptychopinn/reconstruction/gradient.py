@@ -55,6 +55,7 @@ from ptychopinn.errors import PtychoPINNError
 from ptychopinn.log import get_logger
 from ptychopinn.physics.losses import poisson_nll, poisson_nll_terms
 from ptychopinn.physics.shifts import canvas_geometry, fourier_shift
+from ptychopinn.reconstruction.engine import ENGINES
 
 log = get_logger("refinement")
 
@@ -911,6 +912,7 @@ def refine(
     position_affine_epochs: int = POSITION_AFFINE_EPOCHS,
     position_search_px: float = 0.0,
     position_search_rounds: int = POSITION_SEARCH_ROUNDS,
+    stop=None,
 ) -> RefineResult:
     """Refine an object (and optionally the probe) on one scan's own Poisson likelihood.
 
@@ -964,6 +966,8 @@ def refine(
             moves to its best whole-pixel shift within the radius and the object restarts; the
             gradient correction then starts ``position_start_epoch`` epochs after the last
             search. 0 (default): no search.
+        stop: callable polled after every epoch; True ends the refinement there (the engine
+            protocol's stop request, ``reconstruction.engine``).
 
     Returns a ``RefineResult``; pixels lit below 1% of the peak illumination keep their starting
     values.
@@ -1022,8 +1026,105 @@ def refine(
             progress(epoch, loss)
         if time_limit_s is not None and refiner.elapsed >= time_limit_s:
             break
+        if stop is not None and stop():
+            break
         if stop_when_converged and refiner.converged:
             if not quiet:
                 log.info("refine: converged after %d epochs (step cut to %.3g)", epoch, refiner.lr)
             break
     return refiner.result()
+
+
+def probe_change(start: np.ndarray, end: np.ndarray) -> float:
+    """Relative L2 distance between two probes after removing a global complex scale (the
+    ambiguity the gain absorbs): ``min_c ||c end - start|| / ||start||``."""
+    a, b = np.asarray(start).reshape(-1), np.asarray(end).reshape(-1)
+    if a.size != b.size:
+        return float("nan")
+    c = np.vdot(b, a) / max(float(np.vdot(b, b).real), 1e-30)
+    return float(np.linalg.norm(c * b - a) / max(float(np.linalg.norm(a)), 1e-30))
+
+
+@ENGINES.register("gradient")
+class GradientEngine:
+    """Gradient refinement (``refine``) as an engine: from the start's object (or a flat one),
+    with probe retrieval and position correction as its settings ask.
+
+    ``refine_probe``: True/False, or ``"auto"``/``"on"``/``"off"`` (auto: unless the scan's probe
+    is known to be the true one, ``probe_is_known``). Other keyword arguments are ``refine``'s.
+    The result's metadata records the epochs, losses (``history``), time, how far the probe moved
+    (``probe_change``) and, with position correction, how far the positions moved.
+    """
+
+    name = "gradient"
+
+    def __init__(self, *, epochs: int = 60, refine_probe: bool | str = False, **refine_kwargs):
+        self.epochs = int(epochs)
+        self.refine_probe = refine_probe
+        self.kwargs = refine_kwargs
+
+    def run(self, scan, start=None, *, progress=None, stop=None):
+        from dataclasses import replace
+
+        from ptychopinn.data.scan import resolve_probe_refinement
+        from ptychopinn.reconstruction.result import Reconstruction
+
+        refine_probe = self.refine_probe
+        if isinstance(refine_probe, str):
+            refine_probe = resolve_probe_refinement(refine_probe, scan)
+        history: list[dict] = []
+        total = self.epochs
+
+        def record(epoch, loss):
+            history.append({"step": epoch, "loss": float(loss)})
+            if progress is not None:
+                progress(epoch, total, {"loss": float(loss)})
+
+        initial, offset = (None, None) if start is None else (start.object, start.offset_px)
+        result = refine(
+            scan,
+            initial,
+            offset,
+            epochs=self.epochs,
+            refine_probe=refine_probe,
+            progress=record,
+            stop=stop,
+            **self.kwargs,
+        )
+        metadata = dict(start.metadata) if start is not None else {"source": scan.source}
+        metadata.update(
+            {
+                "refine_epochs": self.epochs,
+                "refine_epochs_run": len(result.losses),
+                "refine_losses": list(map(float, result.losses)),
+                "refine_seconds": result.seconds,
+                "refine_probe": bool(refine_probe),
+                "method": (metadata.get("method", "flat start") + " + physics refinement"),
+                "history": history,
+            }
+        )
+        if refine_probe:
+            metadata["probe_change"] = probe_change(scan.probe, result.probe)
+            log.info(
+                "probe retrieved: moved %.1f%% from the guess (relative L2 after a global "
+                "complex scale)",
+                100 * metadata["probe_change"],
+            )
+        positions = scan.positions_px
+        if result.positions_px is not None:
+            positions = result.positions_px
+            moved = positions - scan.positions_px
+            metadata["position_correction_rms_px"] = float(np.sqrt((moved**2).sum(1).mean()))
+            metadata["positions_corrected"] = True
+            log.info(
+                "positions corrected: moved %.2f px rms", metadata["position_correction_rms_px"]
+            )
+        fields_ = dict(
+            object=result.object,
+            offset_px=np.asarray(result.offset_px),
+            illumination=result.illumination,
+            probe=result.probe,
+            positions_px=positions,
+            metadata=metadata,
+        )
+        return replace(start, **fields_) if start is not None else Reconstruction(**fields_)
