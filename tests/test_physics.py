@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from ptychopinn.physics import (
-    ForwardModel,
     amplitude_mae,
     canvas_geometry,
     diffraction_intensity,
+    expected_counts,
     extract_patches,
     far_field,
     init_gain,
@@ -429,19 +429,22 @@ def test_init_gain_makes_unit_object_predict_mean_counts(modes):
     probe = incoherent_modes(probe, modes) if modes > 1 else probe
     probe = scale_probe(probe, 7.0)  # arbitrary absolute scale: the gain must absorb it
     gain = init_gain(1234.5, probe)
-    model = ForwardModel(torch.as_tensor(probe), gain=gain)
-    counts = model(torch.ones(2, 4, n, n, dtype=torch.complex64))
+    counts = expected_counts(
+        torch.ones(2, 4, n, n, dtype=torch.complex64), torch.as_tensor(probe), gain
+    )
     assert counts.shape == (2, 4, n, n)
-    np.testing.assert_allclose(counts.sum(dim=(-2, -1)).detach().numpy(), 1234.5, rtol=1e-5)
+    np.testing.assert_allclose(counts.sum(dim=(-2, -1)).numpy(), 1234.5, rtol=1e-5)
 
 
 def test_init_gain_on_simulated_scan(tiny_scan):
     probe = torch.as_tensor(tiny_scan.probe)
-    model = ForwardModel(probe, gain=init_gain(tiny_scan.mean_counts, probe))
-    unit = model(
-        torch.ones(1, 1, tiny_scan.patch_size, tiny_scan.patch_size, dtype=torch.complex64)
+    n = tiny_scan.patch_size
+    unit = expected_counts(
+        torch.ones(1, 1, n, n, dtype=torch.complex64),
+        probe,
+        init_gain(tiny_scan.mean_counts, probe),
     )
-    assert float(unit.detach().sum()) == pytest.approx(tiny_scan.mean_counts, rel=1e-5)
+    assert float(unit.sum()) == pytest.approx(tiny_scan.mean_counts, rel=1e-5)
 
 
 def test_init_gain_rejects_zero_probe():
@@ -449,36 +452,55 @@ def test_init_gain_rejects_zero_probe():
         init_gain(100.0, np.zeros((8, 8), np.complex64))
 
 
-def test_gain_is_positive_trainable_and_reaches_the_optimiser():
-    n = 8
-    probe = torch.as_tensor(make_probe("gaussian", n, 4))
-    model = ForwardModel(probe, gain=1.0)
+def test_centred_and_fast_path_intensities_are_one_model():
+    """``centred=False`` (refinement's fast path) is the ifftshift of the centred intensity, and
+    the intensity is ``sum_k |F(O P_k)|^2`` computed independently with numpy."""
+    gen = torch.Generator().manual_seed(4)
+    obj = torch.randn(3, 16, 16, dtype=torch.complex128, generator=gen)
+    probe = torch.randn(2, 16, 16, dtype=torch.complex128, generator=gen)
+    centred = diffraction_intensity(obj, probe)
+    fast = diffraction_intensity(obj, probe, centred=False)
+    torch.testing.assert_close(fast, torch.fft.ifftshift(centred, dim=(-2, -1)))
+    o, p = obj.numpy()[:, None], probe.numpy()[None]
+    oracle = (np.abs(np.fft.fftshift(np.fft.fft2(o * p, norm="ortho"), axes=(-2, -1))) ** 2).sum(1)
+    np.testing.assert_allclose(centred.numpy(), oracle, rtol=1e-10, atol=1e-12)
+
+
+def _module(trainable: bool, n: int = 16):
+    from ptychopinn.config import ExecutionConfig, ModelConfig, TrainingConfig
+    from ptychopinn.training.module import PtychoPINN
+
+    probe = torch.as_tensor(make_probe("gaussian", n, 4))[None, None]
+    mc = ModelConfig(n=n, gridsize=1, physics_iterations=0, trainable_gain=trainable)
+    return PtychoPINN(mc, TrainingConfig(), ExecutionConfig(), probe, [1.0], eps=1e-6)
+
+
+def test_training_gain_is_positive_trainable_and_reaches_the_optimiser():
+    n = 16
+    model = _module(True, n)
     assert model.log_gain.requires_grad
     assert any(p is model.log_gain for p in model.parameters())
     obj = torch.polar(torch.ones(2, 1, n, n), torch.randn(2, 1, n, n))
+    scan = torch.zeros(2, dtype=torch.long)
     with torch.no_grad():
-        measured = 2.5 * model(obj)
-    opt = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=50, line_search_fn="strong_wolfe")
+        measured = 2.5 * model.predicted_counts(obj, scan)
+    opt = torch.optim.LBFGS([model.log_gain], lr=1.0, max_iter=50, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
-        value = poisson_nll(measured, model(obj))
+        value = poisson_nll(measured, model.predicted_counts(obj, scan))
         value.backward()
         return value
 
     opt.step(closure)
-    assert float(model.gain.detach()) == pytest.approx(2.5, rel=0.01)
+    assert float(model.log_gain.exp()) == pytest.approx(2.5, rel=0.01)
     with torch.no_grad():
         model.log_gain.fill_(-30.0)  # any real log-gain is a positive gain
-    assert float(model.gain.detach()) > 0
-    assert bool((model(obj) >= 0).all())
+    assert bool((model.predicted_counts(obj, scan) >= 0).all())
 
 
-def test_gain_can_be_fixed():
-    probe = torch.as_tensor(make_probe("gaussian", 8, 4))
-    model = ForwardModel(probe, gain=3.0, trainable_gain=False)
-    assert not model.log_gain.requires_grad
-    assert float(model.gain.detach()) == pytest.approx(3.0)
+def test_training_gain_can_be_fixed():
+    assert not _module(False).log_gain.requires_grad
 
 
 # ----------------------------------------------------------------------------- losses

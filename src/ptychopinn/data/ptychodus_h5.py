@@ -624,50 +624,28 @@ def read_ptychodus(
     patterns, _ = to_counts(
         patterns, "amplitude" if diffraction_units == "amplitude" else "counts", dsrc, "patterns"
     )
-    if bad is not None and bad.any():
-        patterns[:, bad] = 0  # no information there; also clears detector fill values / NaN
-
-    metadata = {
-        "source_format": SOURCE_FORMAT,
-        "product_file": psrc,
-        "diffraction_file": dsrc,
-        GRID_KEY: grid.as_metadata(),
-        ATTRS_KEY: attrs,
-        "object_layers": layers,
-        "object_layer_spacing_m": spacing,
-        "object_pixel_width_m": grid.pixel_width_m,
-        "object_pixel_height_m": grid.pixel_height_m,
-        "probe_pixel_width_m": probe_pw,
-        "probe_pixel_height_m": probe_ph,
-        "detector_pixel_width_m": det_w,
-        "detector_pixel_height_m": det_h,
-        "photon_energy_eV": attrs["photon_energy_eV"],
-        "detector_object_distance_m": attrs["detector_object_distance_m"],
-        "diffraction_units_read": "amplitude" if diffraction_units == "amplitude" else "counts",
-    }
-    if grid.pixel_width_m == grid.pixel_height_m:
-        metadata["object_pixel_size_m"] = grid.pixel_width_m
-    log.info(
-        "%s + %s: %d patterns of %d x %d paired with positions; object %d x %d at %.4g m/px",
-        psrc,
-        dsrc,
-        rows.size,
-        h,
-        w,
-        grid.height_px,
-        grid.width_px,
-        grid.pixel_width_m,
-    )
     try:
-        return ScanData(
-            diffraction=patterns,
-            positions_px=grid.to_px(x_m, y_m),
-            probe=probe,
-            object_truth=obj,
+        scan = assemble_scan(
+            patterns=patterns,
             bad_pixels=bad,
+            probe=probe,
+            object_=obj,
+            grid=grid,
+            attrs=attrs,
+            x_m=x_m,
+            y_m=y_m,
             scan_index=pat_index[rows],
-            metadata=metadata,
+            object_layers=layers,
+            layer_spacing_m=spacing,
+            probe_pixels_m=(probe_pw, probe_ph),
+            units_read="amplitude" if diffraction_units == "amplitude" else "counts",
             source=source or f"{psrc} + {dsrc}",
+            extra_metadata={
+                "product_file": psrc,
+                "diffraction_file": dsrc,
+                "detector_pixel_width_m": det_w,
+                "detector_pixel_height_m": det_h,
+            },
         )
     except DataError as exc:  # name the file and the key as spelled there
         where = {
@@ -679,6 +657,71 @@ def read_ptychodus(
             "scan_index": (dsrc, "indexes"),
         }.get(exc.key, (exc.source, exc.key))
         raise DataError(*where, exc.problem) from None
+    log.info(
+        "%s + %s: %d patterns of %d x %d paired with positions; object %d x %d at %.4g m/px",
+        psrc,
+        dsrc,
+        rows.size,
+        h,
+        w,
+        grid.height_px,
+        grid.width_px,
+        grid.pixel_width_m,
+    )
+    return scan
+
+
+def assemble_scan(
+    *,
+    patterns: np.ndarray,
+    bad_pixels: np.ndarray | None,
+    probe: np.ndarray,
+    object_: np.ndarray,
+    grid: ObjectGrid,
+    attrs: dict,
+    x_m: np.ndarray,
+    y_m: np.ndarray,
+    scan_index: np.ndarray,
+    object_layers: int,
+    layer_spacing_m,
+    probe_pixels_m: tuple[float, float],
+    units_read: str,
+    source: str,
+    extra_metadata: dict | None = None,
+) -> ScanData:
+    """The one Ptychodus product -> ScanData conversion (files: ``read_ptychodus``; in memory:
+    ``integrations.ptychodus.scan_from_reconstruct_input``): float32 ``patterns`` (zeroed at
+    ``bad_pixels``, in place), positions in metres -> pixels of ``grid``, ``object_`` as
+    ``object_truth``, and the metadata both keep (grid, root attributes, pixel sizes, layers)."""
+    if bad_pixels is not None and bad_pixels.any():
+        patterns[:, bad_pixels] = 0  # no information there; clears detector fill values / NaN
+    metadata = {
+        "source_format": SOURCE_FORMAT,
+        **(extra_metadata or {}),
+        GRID_KEY: grid.as_metadata(),
+        ATTRS_KEY: attrs,
+        "object_layers": int(object_layers),
+        "object_layer_spacing_m": [float(v) for v in layer_spacing_m],
+        "object_pixel_width_m": grid.pixel_width_m,
+        "object_pixel_height_m": grid.pixel_height_m,
+        "probe_pixel_width_m": float(probe_pixels_m[0]),
+        "probe_pixel_height_m": float(probe_pixels_m[1]),
+        "photon_energy_eV": attrs["photon_energy_eV"],
+        "detector_object_distance_m": attrs["detector_object_distance_m"],
+        "diffraction_units_read": units_read,
+    }
+    if grid.pixel_width_m == grid.pixel_height_m:
+        metadata["object_pixel_size_m"] = grid.pixel_width_m
+    return ScanData(
+        diffraction=patterns,
+        positions_px=grid.to_px(x_m, y_m),
+        probe=probe,
+        object_truth=object_,
+        bad_pixels=bad_pixels,
+        scan_index=scan_index,
+        metadata=metadata,
+        source=source,
+    )
 
 
 # --------------------------------------------------------------------------------------------

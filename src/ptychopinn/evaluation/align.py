@@ -73,28 +73,12 @@ class AlignedPair:
 
 
 def fourier_shift(image: np.ndarray, shift_xy) -> np.ndarray:
-    """Translate ``image`` (H, W) by ``shift_xy`` = (dx, dy) pixels: ``out(x) = image(x - shift)``.
+    """``physics.shifts.shift_image`` (the package's one Fourier shift, numpy form; torch is
+    imported on first use): ``out(x) = image(x - shift)`` for ``shift_xy`` = (dx, dy), periodic;
+    a real image stays real."""
+    from ptychopinn.physics.shifts import shift_image
 
-    Periodic (content leaving one edge re-enters at the other). At the Nyquist bin of an even axis
-    the symmetric factor ``cos(pi * shift)`` is used so a real image stays real.
-    """
-    img = np.asarray(image)
-    h, w = img.shape
-    dx, dy = float(shift_xy[0]), float(shift_xy[1])
-    if dx == 0.0 and dy == 0.0:
-        return img.astype(
-            np.result_type(img.dtype, np.complex64) if np.iscomplexobj(img) else np.float64
-        )
-    fy = np.fft.fftfreq(h)[:, None]
-    fx = np.fft.fftfreq(w)[None, :]
-    ramp_y = np.exp(-2j * np.pi * fy * dy)
-    ramp_x = np.exp(-2j * np.pi * fx * dx)
-    if h % 2 == 0:
-        ramp_y[h // 2] = np.cos(np.pi * dy)
-    if w % 2 == 0:
-        ramp_x[:, w // 2] = np.cos(np.pi * dx)
-    out = np.fft.ifft2(np.fft.fft2(img) * ramp_y * ramp_x)
-    return out if np.iscomplexobj(img) else out.real
+    return shift_image(image, shift_xy)
 
 
 def gaussian_kernel(sigma: float, truncate: float = 3.5) -> np.ndarray:

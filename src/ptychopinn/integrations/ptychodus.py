@@ -71,10 +71,9 @@ from ptychodus.api.settings import SettingsRegistry
 
 from ptychopinn.config import inference_batch_size
 from ptychopinn.data.ptychodus_h5 import (
-    ATTRS_KEY,
-    GRID_KEY,
     SOURCE_FORMAT,
     ObjectGrid,
+    assemble_scan,
     canvas_to_grid,
 )
 from ptychopinn.data.scan import ScanData
@@ -261,8 +260,6 @@ def scan_from_reconstruct_input(
                 "bad_pixels",
                 f"shape {bad.shape} does not match the patterns {patterns.shape[1:]}",
             )
-        if bad.any():
-            patterns[:, bad] = 0  # no information there (may hold detector fill values)
     probes = product.probes.get_array()
     if probes.ndim == 4:
         if probes.shape[0] > 1:
@@ -283,32 +280,20 @@ def scan_from_reconstruct_input(
             grid.pixel_height_m,
         )
     layers = product.object_.get_array()
-    obj = np.prod(layers, axis=0) if layers.shape[0] > 1 else layers[0]
-    attrs = _metadata_attrs(product.metadata)
-    metadata = {
-        "source_format": SOURCE_FORMAT,
-        GRID_KEY: grid.as_metadata(),
-        ATTRS_KEY: attrs,
-        "object_layers": int(layers.shape[0]),
-        "object_layer_spacing_m": [float(v) for v in product.object_.layer_spacing_m],
-        "object_pixel_width_m": grid.pixel_width_m,
-        "object_pixel_height_m": grid.pixel_height_m,
-        "probe_pixel_width_m": float(probe_pixels.width_m),
-        "probe_pixel_height_m": float(probe_pixels.height_m),
-        "photon_energy_eV": attrs["photon_energy_eV"],
-        "detector_object_distance_m": attrs["detector_object_distance_m"],
-        "diffraction_units_read": "counts",
-    }
-    if grid.pixel_width_m == grid.pixel_height_m:
-        metadata["object_pixel_size_m"] = grid.pixel_width_m
-    return ScanData(
-        diffraction=patterns,
-        positions_px=grid.to_px(x_m, y_m),
-        probe=probes,
-        object_truth=obj,
+    return assemble_scan(
+        patterns=patterns,
         bad_pixels=bad,
+        probe=probes,
+        object_=np.prod(layers, axis=0) if layers.shape[0] > 1 else layers[0],
+        grid=grid,
+        attrs=_metadata_attrs(product.metadata),
+        x_m=x_m,
+        y_m=y_m,
         scan_index=index,
-        metadata=metadata,
+        object_layers=layers.shape[0],
+        layer_spacing_m=product.object_.layer_spacing_m,
+        probe_pixels_m=(probe_pixels.width_m, probe_pixels.height_m),
+        units_read="counts",
         source=src,
     )
 

@@ -1,12 +1,15 @@
 """Physics: shifts, probes, forward model and losses. Pure torch/numpy, no Lightning, no models."""
 
 from ptychopinn.physics.forward import (
-    ForwardModel,
+    back_propagate,
     diffraction_intensity,
+    exit_waves,
+    expected_counts,
     far_field,
     init_gain,
     overlap_constrain,
     probe_weight,
+    weighted_average,
 )
 from ptychopinn.physics.losses import amplitude_mae, get_loss, poisson_nll
 from ptychopinn.physics.shifts import (
@@ -14,15 +17,19 @@ from ptychopinn.physics.shifts import (
     extract_patches,
     fourier_shift,
     place_patches,
+    shift_image,
 )
 
 __all__ = [
-    "ForwardModel",
+    "back_propagate",
     "diffraction_intensity",
+    "exit_waves",
+    "expected_counts",
     "far_field",
     "init_gain",
     "overlap_constrain",
     "probe_weight",
+    "weighted_average",
     "amplitude_mae",
     "get_loss",
     "poisson_nll",
@@ -30,4 +37,5 @@ __all__ = [
     "extract_patches",
     "fourier_shift",
     "place_patches",
+    "shift_image",
 ]

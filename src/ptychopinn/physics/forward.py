@@ -1,7 +1,14 @@
-"""The forward model of a far-field ptychography experiment (PHYSICS.md section 2).
+"""The forward model of a far-field ptychography experiment (PHYSICS.md section 2), once.
 
-exit wave ``psi = O_patch * P_k``; far field ``fftshift(fft2(psi, norm="ortho"))``; expected
-counts ``g * sum_k |Psi_k|^2`` (incoherent modes add intensities). Pure torch, no Lightning.
+Exit wave ``psi_k = O_patch * P_k`` (``exit_waves``); far field
+``fftshift(fft2(psi, norm="ortho"))`` (``far_field``, inverse ``back_propagate``); expected
+counts ``g * sum_k |Psi_k|^2`` (``expected_counts``; incoherent modes add intensities).
+Simulation, training, the physics estimate and refinement all compute counts with these
+functions. Refinement uses the documented fast path ``centred=False`` (no fftshift: it compares
+with counts ifftshifted once per minibatch) and folds each pattern's sub-pixel shift into its
+probe (parity with ``extract_patches`` is tested). The gain is estimated differently per use
+(data-initialised and trainable in training, closed-form Poisson ML in refinement) but enters
+the model only here. Pure torch, no Lightning.
 """
 
 from __future__ import annotations
@@ -9,26 +16,56 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
 from ptychopinn.physics.shifts import SHIFT_PAD, extract_patches, place_patches
 
 
-def far_field(psi: torch.Tensor) -> torch.Tensor:
-    """Orthonormal 2-D FFT of (..., N, N) with the zero frequency moved to the array centre."""
-    return torch.fft.fftshift(torch.fft.fft2(psi, norm="ortho"), dim=(-2, -1))
-
-
-def diffraction_intensity(object_patches: torch.Tensor, probe: torch.Tensor) -> torch.Tensor:
-    """Far-field intensity ``sum_k |F(O * P_k)|^2`` without gain.
-
-    object_patches: (..., N, N) complex; probe: (N, N) or (..., K, N, N) complex (K incoherent
-    modes; leading probe dimensions broadcast against the patches' leading dimensions).
-    Returns (..., N, N) real.
-    """
+def exit_waves(object_patches: torch.Tensor, probe: torch.Tensor) -> torch.Tensor:
+    """``O * P_k``: object_patches (..., N, N) complex; probe (N, N) or (..., K, N, N) (K
+    incoherent modes; leading probe dimensions broadcast against the patches' leading ones).
+    Returns (..., K, N, N)."""
     modes = probe[None] if probe.dim() == 2 else probe
-    psi = object_patches.unsqueeze(-3) * modes  # (..., K, N, N)
-    return far_field(psi).abs().square().sum(dim=-3)
+    return object_patches.unsqueeze(-3) * modes
+
+
+def far_field(psi: torch.Tensor, centred: bool = True) -> torch.Tensor:
+    """Orthonormal 2-D FFT of (..., N, N) with the zero frequency moved to the array centre
+    (``centred=False``: left at pixel 0, the fast path)."""
+    far = torch.fft.fft2(psi, norm="ortho")
+    return torch.fft.fftshift(far, dim=(-2, -1)) if centred else far
+
+
+def back_propagate(far: torch.Tensor) -> torch.Tensor:
+    """The inverse of ``far_field`` (centred far field -> exit wave)."""
+    return torch.fft.ifft2(torch.fft.ifftshift(far, dim=(-2, -1)), norm="ortho")
+
+
+def intensity(far: torch.Tensor) -> torch.Tensor:
+    """``sum_k |Psi_k|^2`` of a far field (..., K, N, N) -> (..., N, N): squares of the real and
+    imaginary parts, so the gradient is defined where the field is zero."""
+    return torch.view_as_real(far).square().sum(dim=(-1, -4))
+
+
+def diffraction_intensity(
+    object_patches: torch.Tensor, probe: torch.Tensor, centred: bool = True
+) -> torch.Tensor:
+    """Far-field intensity ``sum_k |F(O * P_k)|^2`` without gain: (..., N, N) real.
+
+    object_patches: (..., N, N) complex; probe: (N, N) or (..., K, N, N) complex.
+    ``centred=False``: the zero frequency at pixel 0 (``ifftshift`` of the centred intensity).
+    """
+    return intensity(far_field(exit_waves(object_patches, probe), centred))
+
+
+def expected_counts(
+    object_patches: torch.Tensor,
+    probe: torch.Tensor,
+    gain: float | torch.Tensor,
+    centred: bool = True,
+) -> torch.Tensor:
+    """The model's expected counts ``g * sum_k |F(O * P_k)|^2`` (gain: a scalar or a tensor that
+    broadcasts against the (..., N, N) intensity)."""
+    return gain * diffraction_intensity(object_patches, probe, centred)
 
 
 def edge_taper(n: int, width: int = 3, dtype=torch.float32) -> torch.Tensor:
@@ -44,11 +81,9 @@ def probe_weight(probe: torch.Tensor, floor: float = 1e-3) -> torch.Tensor:
     floor, tapered smoothly to zero at the window border (so sub-pixel Fourier placement of
     weighted patches does not ring)."""
     modes = probe if probe.dim() == 3 else probe[None]
-    intensity = modes.abs().square().sum(dim=0)
-    n = intensity.shape[-1]
-    return (intensity / intensity.max() + floor) * edge_taper(n, dtype=intensity.dtype).to(
-        intensity.device
-    )
+    power = modes.abs().square().sum(dim=0)
+    n = power.shape[-1]
+    return (power / power.max() + floor) * edge_taper(n, dtype=power.dtype).to(power.device)
 
 
 def phase_factors(
@@ -58,6 +93,22 @@ def phase_factors(
     (weighted least squares over each patch): the free global phase of a far-field patch."""
     c = (weight * reference * patches.conj()).sum(dim=(-2, -1))
     return torch.polar(torch.ones_like(c.real), torch.angle(c))
+
+
+#: Relative floor of every place-and-average division (the overlap constraint, stitching): where
+#: the placed weight is below about this fraction of its peak, the average falls back to ``fill``
+#: (a flat object) instead of dividing by almost nothing; above it the average is unbiased.
+AVERAGE_FLOOR = 1e-6
+
+
+def weighted_average(
+    num: torch.Tensor, den: torch.Tensor, peak: float | torch.Tensor, fill: float = 1.0
+) -> torch.Tensor:
+    """``num / den`` for a placed, weighted sum ``num`` and its placed weights ``den`` (peak
+    ``peak``), regularised: ``(num + d fill) / (den + d)`` with ``d = AVERAGE_FLOOR * peak``.
+    The one place-and-average rule of the overlap constraint and of stitching."""
+    d = AVERAGE_FLOOR * peak
+    return (num + d * fill) / (den + d)
 
 
 class OverlapGeometry:
@@ -73,12 +124,10 @@ class OverlapGeometry:
         self.size = 2 * half + n
         self.pos = offsets_xy + half + n // 2
         self.w = weight.to(dtype).expand(b, c, n, n)
-        den = place_patches(self.w, self.pos, (self.size, self.size), kernel="bilinear").real
-        # Where no patch has weight (window borders) the regularised average falls back to a
-        # flat object (1) instead of amplifying ringing, which the sub-pixel re-extraction would
-        # pick up.
-        self.delta = 1e-6 * den.amax(dim=(-2, -1), keepdim=True)
-        self.den = den + self.delta
+        self.den = place_patches(self.w, self.pos, (self.size, self.size), kernel="bilinear").real
+        # Where no patch has weight (window borders) the average falls back to a flat object (1)
+        # instead of amplifying ringing, which the sub-pixel re-extraction would pick up.
+        self.peak = self.den.amax(dim=(-2, -1), keepdim=True)
 
 
 def overlap_constrain(
@@ -99,41 +148,7 @@ def overlap_constrain(
         return patches
     g = geometry or OverlapGeometry(offsets_xy, weight, n, patches.dtype)
     num = place_patches(patches * g.w, g.pos, (g.size, g.size), kernel="bilinear")
-    return extract_patches((num + g.delta) / g.den, g.pos, n, kernel="bilinear")
-
-
-class ForwardModel(nn.Module):
-    """Object patches of a group -> expected counts, with a trainable positive global gain.
-
-    The gain is log-parameterised and initialised from data (``init_gain``) so that a
-    unit-amplitude object predicts the measured mean counts.
-    """
-
-    def __init__(self, probe: torch.Tensor, gain: float = 1.0, trainable_gain: bool = True):
-        super().__init__()
-        probe = torch.as_tensor(probe)
-        if probe.dim() == 2:
-            probe = probe[None]
-        self.register_buffer("probe", probe.to(torch.complex64))
-        self.register_buffer("weight", probe_weight(self.probe))
-        self.log_gain = nn.Parameter(
-            torch.tensor(math.log(gain), dtype=torch.float32), requires_grad=trainable_gain
-        )
-
-    @property
-    def gain(self) -> torch.Tensor:
-        return self.log_gain.exp()
-
-    def constrain(self, patches: torch.Tensor, offsets_xy: torch.Tensor) -> torch.Tensor:
-        return overlap_constrain(patches, offsets_xy, self.weight)
-
-    def forward(
-        self, patches: torch.Tensor, offsets_xy: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """patches (B, C, N, N) complex -> expected counts (B, C, N, N) float."""
-        if offsets_xy is not None:
-            patches = self.constrain(patches, offsets_xy)
-        return self.gain * diffraction_intensity(patches, self.probe)
+    return extract_patches(weighted_average(num, g.den, g.peak), g.pos, n, kernel="bilinear")
 
 
 def init_gain(mean_counts_per_pattern: float, probe) -> float:
@@ -180,16 +195,16 @@ def projection_estimate(
     constrain = offsets_xy is not None and obj.shape[1] > 1 and weight is not None
     geometry = OverlapGeometry(offsets_xy, weight, obj.shape[-1], obj.dtype) if constrain else None
     for _ in range(iterations):
-        psi = obj.unsqueeze(-3) * modes  # (B, C, K, N, N)
+        psi = exit_waves(obj, modes)  # (B, C, K, N, N)
         far = far_field(psi)
-        predicted = far.abs().square().sum(dim=-3, keepdim=True).sqrt()
+        predicted = intensity(far).unsqueeze(-3).sqrt()
         ratio = measured.unsqueeze(-3) / (
             predicted + 1e-6 * predicted.amax(dim=(-2, -1), keepdim=True) + 1e-12
         )
         if bad_pixels is not None:
             ratio = torch.where(bad_pixels.to(ratio.device), torch.ones_like(ratio), ratio)
         far = far * ratio
-        new_psi = torch.fft.ifft2(torch.fft.ifftshift(far, dim=(-2, -1)), norm="ortho")
+        new_psi = back_propagate(far)
         obj = obj + (step * (new_psi - psi)).sum(dim=-3)
         if constrain:
             obj = overlap_constrain(obj, offsets_xy, weight, geometry)

@@ -22,18 +22,35 @@ import torch
 SHIFT_PAD = 2
 
 
-def fourier_shift(x: torch.Tensor, shift_yx: torch.Tensor) -> torch.Tensor:
-    """Shift the content of ``x`` (..., H, W) by ``shift_yx`` (..., 2) pixels, circularly.
+def fourier_shift(x: torch.Tensor, shift_xy: torch.Tensor) -> torch.Tensor:
+    """Shift the content of ``x`` (..., H, W) by ``shift_xy`` (..., 2) = (dx, dy) pixels,
+    circularly: ``out[i, j] = x[i - dy, j - dx]`` (band-limited interpolation).
 
-    ``out[i, j] = x[i - sy, j - sx]`` (band-limited interpolation). ``shift_yx`` broadcasts
-    against the leading dimensions of ``x``. Shifting by ``-s`` is the adjoint; the operator is
-    unitary except at the Nyquist frequency of even sizes (see ``_axis_ramp``).
+    ``shift_xy`` broadcasts against the leading dimensions of ``x``; (x, y) order like every
+    position in the package. Shifting by ``-s`` is the adjoint; the operator is unitary except at
+    the Nyquist frequency of even sizes (see ``_axis_ramp``). The package's one Fourier shift
+    (``shift_image`` is its numpy form).
     """
     h, w = x.shape[-2:]
     real_dtype = torch.float64 if x.dtype in (torch.complex128, torch.float64) else torch.float32
-    ramp_y = _axis_ramp(h, shift_yx[..., 0].to(real_dtype), x.device)[..., :, None]
-    ramp_x = _axis_ramp(w, shift_yx[..., 1].to(real_dtype), x.device)[..., None, :]
+    ramp_x = _axis_ramp(w, shift_xy[..., 0].to(real_dtype), x.device)[..., None, :]
+    ramp_y = _axis_ramp(h, shift_xy[..., 1].to(real_dtype), x.device)[..., :, None]
     return torch.fft.ifft2(torch.fft.fft2(x) * (ramp_y * ramp_x))
+
+
+def shift_image(image, shift_xy):
+    """``fourier_shift`` of one numpy image (H, W) by ``shift_xy`` = (dx, dy), in float64 /
+    complex128: ``out(x) = image(x - shift)``, periodic; a real image stays real."""
+    import numpy as np
+
+    img = np.asarray(image)
+    complex_in = np.iscomplexobj(img)
+    t = torch.from_numpy(np.ascontiguousarray(img, np.complex128 if complex_in else np.float64))
+    out = fourier_shift(
+        t, torch.tensor([float(shift_xy[0]), float(shift_xy[1])], dtype=torch.float64)
+    )
+    out = out.numpy()
+    return out if complex_in else out.real
 
 
 def _axis_ramp(n: int, shift: torch.Tensor, device) -> torch.Tensor:
@@ -124,7 +141,7 @@ def extract_patches(
     if not torch.is_complex(windows):
         windows = windows.to(torch.complex64)
     if kernel == "fourier":
-        windows = fourier_shift(windows, -frac_yx)
+        windows = fourier_shift(windows, -frac_yx.flip(-1))
         out = windows[..., SHIFT_PAD : SHIFT_PAD + n, SHIFT_PAD : SHIFT_PAD + n]
     else:
         fy, fx = _bilinear_fractions(frac_yx, windows.real.dtype)
@@ -163,7 +180,9 @@ def place_patches(
     row0, col0, frac_yx = _split(positions_xy, n)
     flat = _window_index(shape, row0, col0, size, patches.device)
     if kernel == "fourier":
-        windows = fourier_shift(torch.nn.functional.pad(patches, (SHIFT_PAD,) * 4), frac_yx)
+        windows = fourier_shift(
+            torch.nn.functional.pad(patches, (SHIFT_PAD,) * 4), frac_yx.flip(-1)
+        )
     else:
         # separable adjoint of the extraction: spread along columns, then along rows
         fy, fx = _bilinear_fractions(frac_yx, patches.real.dtype)

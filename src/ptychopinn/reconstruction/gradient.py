@@ -53,6 +53,7 @@ from ptychopinn.config import (
 )
 from ptychopinn.errors import PtychoPINNError
 from ptychopinn.log import get_logger
+from ptychopinn.physics.forward import diffraction_intensity
 from ptychopinn.physics.losses import poisson_nll, poisson_nll_terms
 from ptychopinn.physics.shifts import canvas_geometry, fourier_shift
 from ptychopinn.reconstruction.engine import ENGINES
@@ -450,17 +451,15 @@ class Refiner:
         self.corner_xy = floor.astype(np.int64) - n // 2  # (M, 2) first pixel of each window
         base = self.corner_xy[:, 1] * w + self.corner_xy[:, 0]
         self.base = torch.as_tensor(base, device=self.device)
-        # fourier_shift takes (y, x); +f moves the probe so the window starts at the integer corner.
-        self.frac_yx = torch.as_tensor(
-            frac[:, ::-1].copy(), dtype=torch.float32, device=self.device
-        )
+        # shifting the probe by +f makes the window start at the integer corner
+        self.frac_xy = torch.as_tensor(frac, dtype=torch.float32, device=self.device)
 
     def _fold(self, probe: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """(B, K, N, N) probes shifted by each pattern's sub-pixel fraction (plus, while positions
         are corrected, the pattern's correction within the current epoch, differentiably)."""
-        shift = self.frac_yx[idx]
+        shift = self.frac_xy[idx]
         if self.positions_active:
-            shift = shift + self.delta[idx].flip(-1)
+            shift = shift + self.delta[idx]
         return fourier_shift(probe[None], shift[:, None, :])
 
     def _fill_folded(self) -> None:
@@ -478,8 +477,10 @@ class Refiner:
         return self.base[idx][:, None, None] + self.grid  # (B, N, N) flat canvas indices
 
     def _intensity(self, obj_windows: torch.Tensor, probes: torch.Tensor) -> torch.Tensor:
-        psi = torch.fft.fft2(obj_windows[:, None] * probes, norm="ortho")
-        return torch.view_as_real(psi).square().sum(dim=(-1, 1))  # (B, N, N), modes summed
+        """The forward model's fast path: integer windows (B, N, N) x folded probes (B, K, N, N)
+        -> (B, N, N) intensity with the zero frequency at pixel 0 (counts are ifftshifted to
+        match)."""
+        return diffraction_intensity(obj_windows, probes, centred=False)
 
     def _good_sum(self, values: torch.Tensor) -> torch.Tensor:
         return values.sum() if self.bad is None else (values * self.good).sum()

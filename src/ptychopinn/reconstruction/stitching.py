@@ -11,7 +11,7 @@ import torch
 
 from ptychopinn.data.grouping import nearest_neighbor_spacing
 from ptychopinn.io.spill import SpillArray
-from ptychopinn.physics.forward import phase_factors, probe_weight
+from ptychopinn.physics.forward import phase_factors, probe_weight, weighted_average
 from ptychopinn.physics.shifts import canvas_geometry, extract_patches, place_patches
 
 #: Patterns per piece when stitching reads and places patches (memory per piece, not per scan).
@@ -85,7 +85,7 @@ def stitch(
 
     phase = torch.ones(m, dtype=torch.complex64)
     den = place_all(scaled=False).real
-    norm = den + 1e-3 * den.max()
+    peak = float(den.max())
     num = torch.zeros(shape, dtype=torch.complex64)
     cover = torch.zeros(shape, dtype=torch.complex64)
     reached = 0.0  # the highest coverage sampled so far (regularises the ring reference)
@@ -93,8 +93,12 @@ def stitch(
         idx = torch.as_tensor(ring)
         p = store.read(ring)
         if k > 0:
-            ref = extract_patches(num, pos[idx], n, kernel="bilinear") / (
-                extract_patches(cover, pos[idx], n, kernel="bilinear").real + 1e-3 * reached
+            # where nothing is placed yet the reference is 0, so it does not pull the phases
+            ref = weighted_average(
+                extract_patches(num, pos[idx], n, kernel="bilinear"),
+                extract_patches(cover, pos[idx], n, kernel="bilinear").real,
+                reached,
+                fill=0.0,
             )
             phase[idx] = phase_factors(p, ref, w)
         place_patches(p * phase[idx, None, None] * wc, pos[idx], shape, kernel="bilinear", out=num)
@@ -104,13 +108,13 @@ def stitch(
         )
     del num, cover
     for _ in range(phase_sync_iterations):
-        canvas = place_all(scaled=True) / norm
+        canvas = weighted_average(place_all(scaled=True), den, peak)
         for sl in pieces:
             p = store.read(sl) * phase[sl, None, None]
             phase[sl] = phase[sl] * phase_factors(
                 p, extract_patches(canvas, pos[sl], n, kernel="bilinear"), w
             )
-    canvas = place_all(scaled=True) / norm
+    canvas = weighted_average(place_all(scaled=True), den, peak)
     # one global phase: make the weighted mean phase zero
     c = (den * canvas).sum()
     canvas = canvas * torch.polar(torch.ones(()), -torch.angle(c))

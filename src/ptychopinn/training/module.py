@@ -10,7 +10,7 @@ from torch import nn
 from ptychopinn.config import ExecutionConfig, ModelConfig, TrainingConfig
 from ptychopinn.models.registry import build_generator
 from ptychopinn.physics.forward import (
-    diffraction_intensity,
+    expected_counts,
     phase_factors,
     probe_weight,
 )
@@ -119,7 +119,7 @@ class PtychoPINN(L.LightningModule):
     def predicted_counts(self, patches: torch.Tensor, scan: torch.Tensor) -> torch.Tensor:
         probe = self.probes[scan][:, None]  # (B, 1, K, N, N)
         gain = self.log_gain.exp()[scan].view(-1, 1, 1, 1)
-        return gain * diffraction_intensity(patches, probe)
+        return expected_counts(patches, probe, gain)
 
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
         patches = self(
