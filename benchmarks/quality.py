@@ -70,11 +70,13 @@ def main() -> None:
     ap.add_argument("--test-positions", type=int, default=196)
     ap.add_argument("--photons", type=float, nargs="+", default=[1e6, 1e4])
     ap.add_argument("--max-epochs", type=int, default=6)
-    ap.add_argument("--gridsize", type=int, default=2)
-    ap.add_argument("--physics-iterations", type=int, default=20)
-    ap.add_argument("--n-filters-scale", type=int, default=1)
+    # the package's recipe (ModelConfig / ExecutionConfig defaults), not a copy of it
+    recipe, run = ModelConfig(), ExecutionConfig()
+    ap.add_argument("--gridsize", type=int, default=recipe.gridsize)
+    ap.add_argument("--physics-iterations", type=int, default=recipe.physics_iterations)
+    ap.add_argument("--n-filters-scale", type=int, default=recipe.n_filters_scale)
     ap.add_argument("--refine-epochs", type=int, default=20)
-    ap.add_argument("--learning-rate", type=float, default=1e-3)
+    ap.add_argument("--learning-rate", type=float, default=run.learning_rate)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 

@@ -698,3 +698,43 @@ def test_ptychodus_batch_train_and_reconstruct_through_the_launcher(batch_dir, t
     assert sorted(p.name for p in out2.glob("product.0*.h5")) == ["product.000001.h5"]
     single = load_product(out2 / "product.h5")
     assert single.object_.get_geometry() == given and np.isfinite(single.object_.get_array()).all()
+
+
+def test_one_recipe_ptychodus_demo_reconstruct_and_benchmarks_read_the_config_defaults():
+    """The training recipe is the config dataclasses' defaults; the Ptychodus settings, the demo,
+    ``reconstruct --network`` and the quality benchmark read it instead of copying it."""
+    import ast
+    from pathlib import Path
+
+    from ptychodus.api.settings import SettingsRegistry
+
+    from ptychopinn.cli.reconstruct import NETWORK_DEFAULTS
+    from ptychopinn.config import DataConfig, ExecutionConfig, ModelConfig, TrainingConfig
+    from ptychopinn.integrations.ptychodus import PtychoPINNLibrary, PtychoPINNSettings
+    from ptychopinn.workflows import DemoSettings
+
+    registry = SettingsRegistry()
+    PtychoPINNLibrary(registry)
+    values = {n: p.get_value() for n, p in registry["PtychoPINNLightning"].parameters().items()}
+    recipe = {
+        "model": ModelConfig(),
+        "data": DataConfig(),
+        "training": TrainingConfig(),
+        "execution": ExecutionConfig(),
+    }
+    for name, key in PtychoPINNSettings.KEYS.items():
+        section, field_ = key.split(".")
+        assert values[name] == getattr(recipe[section], field_), name
+    demo = DemoSettings()
+    for name in ("gridsize", "physics_iterations", "n_filters_scale"):
+        assert getattr(demo, name) == getattr(recipe["model"], name) == NETWORK_DEFAULTS[name]
+    assert demo.batch_size == TrainingConfig().batch_size == NETWORK_DEFAULTS["batch_size"]
+    assert NETWORK_DEFAULTS["learning_rate"] == ExecutionConfig().learning_rate
+    # the benchmark's network flags default to the dataclasses, not to literals
+    tree = ast.parse((Path(__file__).parents[1] / "benchmarks" / "quality.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument":
+            flag = node.args[0].value
+            if flag in ("--gridsize", "--physics-iterations", "--n-filters-scale"):
+                default = next(k.value for k in node.keywords if k.arg == "default")
+                assert not isinstance(default, ast.Constant), f"quality.py {flag}: a literal"

@@ -24,6 +24,7 @@ from ptychopinn.cli.common import (
     positive_int,
     torch_device,
 )
+from ptychopinn.config import ExecutionConfig, ModelConfig, TrainingConfig
 
 #: Refinement epochs of the default (flat-start) reconstruction when ``--refine-epochs`` is not
 #: given: enough for the slowly converging low spatial frequencies of independently simulated
@@ -34,14 +35,15 @@ REFINE_ONLY_EPOCHS = 300
 HALF_SCAN_FILES = ("half_scan_frc.json", "half_scan_frc.png")
 
 
-#: options of the network path (--network) and their defaults
+#: options of the network path (--network) and their defaults: the package's recipe (the config
+#: dataclasses' defaults), except fewer epochs (one scan, trained and reconstructed in one go)
 NETWORK_DEFAULTS = {
-    "gridsize": 2,
+    "gridsize": ModelConfig().gridsize,
     "max_epochs": 20,
-    "batch_size": 16,
-    "n_filters_scale": 1,
-    "physics_iterations": 20,
-    "learning_rate": 1e-3,
+    "batch_size": TrainingConfig().batch_size,
+    "n_filters_scale": ModelConfig().n_filters_scale,
+    "physics_iterations": ModelConfig().physics_iterations,
+    "learning_rate": ExecutionConfig().learning_rate,
     "refine_prior_sigma": None,
 }
 
@@ -152,12 +154,7 @@ def add_parser(sub) -> None:
 def _reconstruct(scan, args, output_dir, device: str):
     """The reconstruction ``args`` ask for, of ``scan``, on torch ``device``; the model goes to
     ``output_dir`` (None: not written)."""
-    from ptychopinn.config import (
-        DataConfig,
-        ExecutionConfig,
-        ModelConfig,
-        TrainingConfig,
-    )
+    from ptychopinn.config import DataConfig
     from ptychopinn.workflows import (
         resolve_probe_refinement,
         self_supervised_reconstruction,
@@ -189,7 +186,7 @@ def _reconstruct(scan, args, output_dir, device: str):
             gridsize=net["gridsize"],
             n_filters_scale=net["n_filters_scale"],
             physics_iterations=net["physics_iterations"],
-            skip_connections=net["physics_iterations"] > 0,
+            skip_connections=net["physics_iterations"] > 0,  # skips carry the estimate's detail
         ),
         data_config=DataConfig(diffraction_units=args.diffraction_units),
         training_config=TrainingConfig(max_epochs=net["max_epochs"], batch_size=net["batch_size"]),

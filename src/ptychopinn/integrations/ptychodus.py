@@ -35,8 +35,9 @@ Settings (group ``PtychoPINNLightning`` in Ptychodus's settings, ``settings.ini`
 ``Gridsize``, ``NFiltersScale``, ``PhysicsIterations``, ``Loss`` (poisson|mae), ``MaxEpochs``,
 ``BatchSize``, ``LearningRate``, ``ValFraction``, ``EarlyStopping``, ``SupervisedWeight``,
 ``RefineEpochs``, ``Seed``, ``Accelerator`` (auto|cpu|gpu|cuda|mps) and ``ConfigFile`` (a
-ptychopinn YAML config for any other option; the values of this group take precedence). N is
-taken from the data. Training runs on one device (Ptychodus hosts it in its own process, so
+ptychopinn YAML config for any other option; the values of this group take precedence). Their
+defaults are the package's recipe (the config dataclasses' defaults, as for ``ptychopinn
+train``). N is taken from the data. Training runs on one device (Ptychodus hosts it in its own process, so
 multi-process strategies are not used) and keeps no Lightning logs or checkpoints (Ptychodus
 shows the losses).
 
@@ -123,20 +124,30 @@ class PtychoPINNSettings:
     }
 
     def __init__(self, registry: SettingsRegistry) -> None:
+        from ptychopinn.config import DataConfig, ExecutionConfig, ModelConfig, TrainingConfig
+
+        # defaults: the package's recipe (the config dataclasses), never a copy of it
+        m, d, t, e = ModelConfig(), DataConfig(), TrainingConfig(), ExecutionConfig()
         g = self._group = registry.create_group(SETTINGS_GROUP)
-        self.gridsize = g.create_integer_parameter("Gridsize", 1, minimum=1, maximum=8)
-        self.n_filters_scale = g.create_integer_parameter("NFiltersScale", 2, minimum=1)
-        self.physics_iterations = g.create_integer_parameter("PhysicsIterations", 0, minimum=0)
-        self.loss = g.create_string_parameter("Loss", "poisson")
-        self.max_epochs = g.create_integer_parameter("MaxEpochs", 30, minimum=1)
-        self.batch_size = g.create_integer_parameter("BatchSize", 16, minimum=1)
-        self.learning_rate = g.create_real_parameter("LearningRate", 1e-3, minimum=0.0)
-        self.val_fraction = g.create_real_parameter("ValFraction", 0.1, minimum=0.0, maximum=0.9)
-        self.early_stopping = g.create_boolean_parameter("EarlyStopping", True)
+        self.gridsize = g.create_integer_parameter("Gridsize", m.gridsize, minimum=1, maximum=8)
+        self.n_filters_scale = g.create_integer_parameter(
+            "NFiltersScale", m.n_filters_scale, minimum=1
+        )
+        self.physics_iterations = g.create_integer_parameter(
+            "PhysicsIterations", m.physics_iterations, minimum=0
+        )
+        self.loss = g.create_string_parameter("Loss", m.loss)
+        self.max_epochs = g.create_integer_parameter("MaxEpochs", t.max_epochs, minimum=1)
+        self.batch_size = g.create_integer_parameter("BatchSize", t.batch_size, minimum=1)
+        self.learning_rate = g.create_real_parameter("LearningRate", e.learning_rate, minimum=0.0)
+        self.val_fraction = g.create_real_parameter(
+            "ValFraction", d.val_fraction, minimum=0.0, maximum=0.9
+        )
+        self.early_stopping = g.create_boolean_parameter("EarlyStopping", e.early_stopping)
         self.supervised_weight = g.create_real_parameter("SupervisedWeight", 1.0, minimum=0.0)
         self.refine_epochs = g.create_integer_parameter("RefineEpochs", 0, minimum=0)
-        self.seed = g.create_integer_parameter("Seed", 0, minimum=0, maximum=2**32 - 1)
-        self.accelerator = g.create_string_parameter("Accelerator", "auto")
+        self.seed = g.create_integer_parameter("Seed", e.seed, minimum=0, maximum=2**32 - 1)
+        self.accelerator = g.create_string_parameter("Accelerator", e.accelerator)
         self.config_file = g.create_string_parameter("ConfigFile", "")
 
     def _parameter(self, name: str):

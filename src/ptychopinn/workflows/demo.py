@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ptychopinn.config import ModelConfig, TrainingConfig
 from ptychopinn.workflows.outputs import write_reconstruction_outputs
 from ptychopinn.workflows.reconstruct import evaluate_against_truth, refine_reconstruction
 
@@ -21,10 +22,11 @@ class DemoSettings:
     photons: float = 1e6
     max_epochs: int = 5
     refine_epochs: int = 20
-    gridsize: int = 2
-    physics_iterations: int = 20
-    n_filters_scale: int = 1
-    batch_size: int = 16
+    #: the network: the package's recipe (ModelConfig / TrainingConfig defaults)
+    gridsize: int = ModelConfig().gridsize
+    physics_iterations: int = ModelConfig().physics_iterations
+    n_filters_scale: int = ModelConfig().n_filters_scale
+    batch_size: int = TrainingConfig().batch_size
     seed: int = 0
     quiet: bool = False
     #: torch device of the network pass and refinement ("cpu", "cuda", "mps"); training then runs
@@ -97,13 +99,7 @@ def run_demo(
     import json
     import time
 
-    from ptychopinn.config import (
-        DataConfig,
-        ExecutionConfig,
-        ModelConfig,
-        TrainingConfig,
-        inference_batch_size,
-    )
+    from ptychopinn.config import DataConfig, ExecutionConfig, inference_batch_size
     from ptychopinn.data.npz import write_npz
     from ptychopinn.evaluation import save_comparison_png, save_frc_metrics_png
     from ptychopinn.io.atomic import atomic_dir
@@ -140,7 +136,6 @@ def run_demo(
                 gridsize=s.gridsize,
                 n_filters_scale=s.n_filters_scale,
                 physics_iterations=s.physics_iterations,
-                skip_connections=True,
             ),
             data_config=DataConfig(val_fraction=0.1),
             training_config=TrainingConfig(max_epochs=s.max_epochs, batch_size=s.batch_size),
