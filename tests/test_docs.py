@@ -276,21 +276,37 @@ def test_every_config_field_documented_with_its_type_and_default():
     assert set(rows) == expected, f"documented fields that do not exist: {set(rows) - expected}"
 
 
-def test_documented_config_flags_exist_on_train():
-    from ptychopinn.config_factory import flag_name
+#: the commands that take each section's flags (docs/execution-config.md)
+SECTION_COMMANDS = {
+    "model": ("train",),
+    "data": ("train",),
+    "training": ("train",),
+    "execution": ("train",),
+    "refine": ("infer", "reconstruct"),
+    "infer": ("train", "infer", "reconstruct"),
+}
 
-    train = subparsers(build_parser())["train"]
-    options = {o for a in train._actions for o in a.option_strings}  # noqa: SLF001
+
+def test_documented_config_flags_exist_on_the_commands_of_their_section():
+    from ptychopinn.config_factory import SECTIONS, flag_name
+
+    assert set(SECTION_COMMANDS) == set(SECTIONS)
+    commands = subparsers(build_parser())
     for section, cls, prefix in _documented_sections():
-        for f in fields(cls):
-            key = f"{section}.{f.name}"
-            flags = [c for c in code_spans(_field_rows()[prefix + f.name][3]) if c.startswith("--")]
-            if key == "model.n":
-                assert not flags
-                continue
-            assert flag_name(key) in flags, f"{key}: flag {flag_name(key)} not documented"
-            for flag in flags:
-                assert flag in options, f"{key}: documented flag {flag} is not an option of train"
+        for name in SECTION_COMMANDS[section]:
+            options = {o for a in commands[name]._actions for o in a.option_strings}  # noqa: SLF001
+            for f in fields(cls):
+                key = f"{section}.{f.name}"
+                cell = _field_rows()[prefix + f.name][3]
+                flags = [c for c in code_spans(cell) if c.startswith("--")]
+                if key == "model.n":
+                    assert not flags
+                    continue
+                assert flag_name(key) in flags, f"{key}: flag {flag_name(key)} not documented"
+                for flag in flags:
+                    assert flag in options, (
+                        f"{key}: documented flag {flag} is not an option of {name}"
+                    )
 
 
 def test_scheduler_worked_example_matches_the_schedulers():

@@ -134,6 +134,11 @@ def test_cli_chain_simulate_train_infer_evaluate(tmp_path, capsys):
     truth = read_npz(test).object_truth
     assert recon.object.shape == truth.shape and np.isfinite(recon.object).all()
     assert (out / "amplitude_phase.png").stat().st_size > 1000
+    from ptychopinn.config_factory import read_audit
+
+    audit = read_audit(out / "config.resolved.yaml")  # infer's settings and their sources
+    assert audit["refine"]["refine_epochs"] == 0 and audit["execution"]["devices"] == 1
+    assert recon.metadata["config"]["infer"]["phase_sync_iterations"] == 10
     ev = tmp_path / "eval"
     assert (
         main(
@@ -442,6 +447,44 @@ def test_reconstruct_refine_only_from_flat(tmp_path, scans):
     np.testing.assert_array_equal(
         a, load_reconstruction(tmp_path / "default" / "reconstruction.npz").object
     )
+
+
+def test_reconstruct_reads_a_config_file_and_writes_its_audit(tmp_path, scans, capsys):
+    """reconstruct's settings come from the one factory: a flag beats --config, which beats the
+    command's default; the run writes config.resolved.yaml (a valid --config) and records the
+    refine/infer settings in the reconstruction; an existing audit is not overwritten."""
+    from ptychopinn.config_factory import read_audit
+
+    d, _, _ = scans
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("refine:\n  refine_epochs: 4\n  refine_batch_size: 8\nseed: 2\n")
+    out = tmp_path / "rec"
+    argv = ["reconstruct", "--data", str(d / "test.npz"), "--output-dir", str(out), "--quiet"]
+    assert main([*argv, "--config", str(cfg), "--refine-epochs", "3"]) == 0
+    capsys.readouterr()
+    recon = load_reconstruction(out / "reconstruction.npz")
+    assert recon.metadata["refine_epochs"] == 3  # the flag beats the file
+    assert recon.metadata["config"]["refine"]["refine_batch_size"] == 8  # the file beats 64
+    audit = read_audit(out / "config.resolved.yaml")
+    assert (
+        audit["refine"]["refine_epochs"] == 3 and audit["sources"]["refine.refine_epochs"] == "CLI"
+    )
+    assert audit["sources"]["refine.refine_batch_size"] == "config file"
+    assert audit["execution"]["seed"] == 2 and audit["runtime"]["device"] == "cpu"
+    # the audit repeats the run
+    again = tmp_path / "again"
+    argv2 = ["reconstruct", "--data", str(d / "test.npz"), "--output-dir", str(again), "--quiet"]
+    assert main([*argv2, "--config", str(out / "config.resolved.yaml")]) == 0
+    np.testing.assert_array_equal(
+        load_reconstruction(again / "reconstruction.npz").object, recon.object
+    )
+    # an audit left in the output directory is an output like the others
+    (again / "reconstruction.npz").unlink()
+    (again / "amplitude_phase.png").unlink()
+    capsys.readouterr()
+    assert main(argv2) == 2
+    assert "config.resolved.yaml" in capsys.readouterr().err
+    assert not (again / "reconstruction.npz").exists()
 
 
 def test_reconstruct_network_options_need_network(tmp_path, scans, capsys):

@@ -112,7 +112,6 @@ INVALID = [
     ("mlflow_tracking_uri", ""),
     ("experiment_name", ""),
     ("quiet", "x"),
-    ("inference_batch_size", 0),
 ]
 
 
@@ -176,8 +175,7 @@ def test_defaults():
         e.accumulate_grad_batches,
         e.checkpoint_monitor,
         e.logger,
-        e.inference_batch_size,
-    ) == ("auto", "auto", "32-true", "Default", 1, "val_loss", "csv", None)
+    ) == ("auto", "auto", "32-true", "Default", 1, "val_loss", "csv")
 
 
 # --- CLI: every flag round-trips ---------------------------------------------------------------
@@ -219,7 +217,6 @@ ROUNDTRIP = {
     "mlflow_tracking_uri": (["--mlflow-tracking-uri", "file:///tmp/x"], "file:///tmp/x"),
     "experiment_name": (["--experiment-name", "beamtime"], "beamtime"),
     "quiet": (["--quiet"], True),
-    "inference_batch_size": (["--inference-batch-size", "64"], 64),
 }
 
 
@@ -740,3 +737,110 @@ def test_batches_per_epoch_matches_the_training_loader(tiny_scan):
             n_groups,
             batch,
         )
+
+
+# --- RefineConfig and InferConfig: the reconstruction commands' sections ------------------------
+REFINE_INVALID = [
+    ("refine_epochs", -1),
+    ("refine_batch_size", 0),
+    ("refine_optimizer", "sgd"),
+    ("refine_lr", 0.0),
+    ("refine_schedule", "cosine"),
+    ("refine_patience", 0),
+    ("refine_prior_sigma", -1.0),
+    ("refine_time_limit_s", 0),
+    ("stop_when_converged", "yes"),
+    ("refine_probe", "maybe"),
+    ("probe_start_epoch", -1),
+    ("probe_optimizer", "lbfgs"),
+    ("probe_lr", -1.0),
+    ("fix_gauge", 1),
+    ("correct_positions", None),
+    ("position_start_epoch", -2),
+    ("position_step_px", 0.0),
+    ("position_affine_epochs", -1),
+    ("position_search_px", -3.0),
+    ("position_search_rounds", 0),
+    ("inference_batch_size", 0),
+    ("phase_sync_iterations", -1),
+]
+
+
+@pytest.mark.parametrize(
+    "name,value", REFINE_INVALID, ids=[f"{n}={v!r}" for n, v in REFINE_INVALID]
+)
+def test_refine_and_infer_values_are_validated(name, value):
+    from ptychopinn.config import InferConfig, RefineConfig
+
+    cls = InferConfig if name in {f.name for f in fields(InferConfig)} else RefineConfig
+    with pytest.raises(ValueError, match=rf"^{name}: invalid value"):
+        cls(**{name: value})
+
+
+def test_every_refine_and_infer_field_has_an_invalid_case():
+    from ptychopinn.config import InferConfig, RefineConfig
+
+    names = {f.name for f in fields(RefineConfig)} | {f.name for f in fields(InferConfig)}
+    assert names == {n for n, _ in REFINE_INVALID}
+
+
+def test_refine_kwargs_are_the_refine_functions_arguments():
+    import inspect
+
+    from ptychopinn.config import RefineConfig
+    from ptychopinn.reconstruction.gradient import refine
+
+    params = inspect.signature(refine).parameters
+    kwargs = RefineConfig().refine_kwargs()
+    for name, value in kwargs.items():
+        assert name in params, name
+        assert params[name].default == value, f"{name}: config {value!r} vs refine default"
+    # every refine() knob is in the config (the rest is the scan, the start and the run)
+    outside = {"scan", "initial_object", "offset_px", "seed", "progress", "quiet", "device", "stop"}
+    assert set(params) - set(kwargs) - outside == {"epochs", "refine_probe"}
+
+
+def _command(name):
+    return build_parser()._subparsers._group_actions[0].choices[name]
+
+
+@pytest.mark.parametrize("command", ["infer", "reconstruct"])
+def test_reconstruction_commands_take_every_refine_and_infer_key_with_config_and_audit(
+    command, tmp_path
+):
+    """Every RefineConfig/InferConfig field is a flag of ``infer`` and ``reconstruct``; a flag
+    beats ``--config``, which beats the command's default."""
+    from ptychopinn.config import InferConfig, RefineConfig
+
+    options = _command(command)._option_string_actions
+    for cls, section in ((RefineConfig, "refine"), (InferConfig, "infer")):
+        for f in fields(cls):
+            assert flag_name(f"{section}.{f.name}") in options, (command, f.name)
+    assert "--config" in options and "--scheduler" not in options  # training's knobs stay out
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("refine:\n  refine_batch_size: 32\n  position_search_px: 4\n")
+    base = [command, "--data", "x.npz", "--output-dir", str(tmp_path)]
+    if command == "infer":
+        base += ["--model", "m.ptpinn"]
+    args = build_parser().parse_args(
+        [*base, "--config", str(cfg), "--position-search-px", "6", "--phase-sync-iterations", "3"]
+    )
+    if command == "infer":
+        rc = run_config_from_args(args)
+    else:
+        from ptychopinn.cli.reconstruct import run_config
+
+        rc = run_config(args)
+        assert rc.refine.refine_epochs == 300  # reconstruct's own default from a flat start
+    assert rc.refine.refine_batch_size == 32 and rc.sources["refine.refine_batch_size"] == (
+        "config file"
+    )
+    assert rc.refine.position_search_px == 6.0 and rc.sources["refine.position_search_px"] == "CLI"
+    assert rc.infer.phase_sync_iterations == 3
+
+
+def test_the_moved_inference_batch_size_key_still_reads():
+    from ptychopinn.config_factory import resolve_key
+
+    assert resolve_key("execution.inference_batch_size") == "infer.inference_batch_size"
+    assert resolve_key("inference_batch_size") == "infer.inference_batch_size"

@@ -727,9 +727,10 @@ def test_one_recipe_ptychodus_demo_reconstruct_and_benchmarks_read_the_config_de
         assert values[name] == getattr(recipe[section], field_), name
     demo = DemoSettings()
     for name in ("gridsize", "physics_iterations", "n_filters_scale"):
-        assert getattr(demo, name) == getattr(recipe["model"], name) == NETWORK_DEFAULTS[name]
-    assert demo.batch_size == TrainingConfig().batch_size == NETWORK_DEFAULTS["batch_size"]
-    assert NETWORK_DEFAULTS["learning_rate"] == ExecutionConfig().learning_rate
+        assert getattr(demo, name) == getattr(recipe["model"], name)
+    assert demo.batch_size == TrainingConfig().batch_size
+    # reconstruct --network changes only the length of training (and runs on one device)
+    assert set(NETWORK_DEFAULTS) == {"training.max_epochs", "execution.devices"}
     # the benchmark's network flags default to the dataclasses, not to literals
     tree = ast.parse((Path(__file__).parents[1] / "benchmarks" / "quality.py").read_text())
     for node in ast.walk(tree):

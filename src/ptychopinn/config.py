@@ -276,8 +276,6 @@ class ExecutionConfig:
     mlflow_tracking_uri: str | None = None
     experiment_name: str = "ptychopinn"
     quiet: bool = False
-    # Inference
-    inference_batch_size: int | None = None
 
     def __post_init__(self):
         # Trainer
@@ -409,5 +407,125 @@ class ExecutionConfig:
         if not isinstance(self.experiment_name, str) or not self.experiment_name.strip():
             _bad("experiment_name", self.experiment_name, "a non-empty name")
         _check_bool("quiet", self.quiet)
-        # Inference
+
+
+def _check_number(field: str, value, minimum: float, allow_none: bool = False, strict=False):
+    if value is None and allow_none:
+        return
+    if not _is_number(value) or value < minimum or (strict and value == minimum):
+        text = f"a number {'>' if strict else '>='} {minimum:g}"
+        _bad(field, value, text + (" or None" if allow_none else ""))
+
+
+# --- RefineConfig and InferConfig -------------------------------------------------------------
+#: Refinement optimisers (``reconstruction.gradient``): Adam on the real/imaginary parts, or the
+#: gradient preconditioned by the minibatch's probe illumination.
+REFINE_OPTIMIZERS = ("adam", "pgd")
+#: "plateau": halve the object step when the epoch loss stops improving; "constant": never.
+REFINE_SCHEDULES = ("plateau", "constant")
+#: Rounds that rotate every patch to the current stitched estimate after the ring pass of
+#: stitching (``reconstruction.stitching.stitch``).
+PHASE_SYNC_ITERATIONS = 10
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """Gradient refinement on a scan's own Poisson likelihood (``reconstruction.gradient``):
+    ``reconstruct`` (its default engine), ``infer --refine-epochs`` and the demo. The fields
+    are ``refine()``'s arguments (``refine_kwargs``); ``reconstruct`` defaults
+    ``refine_epochs`` to 300 from a flat start. See ``reconstruction.gradient.refine`` for what
+    each does and the measurements behind the defaults."""
+
+    #: passes over the scan (0: no refinement)
+    refine_epochs: int = 0
+    #: patterns per step
+    refine_batch_size: int = 64
+    #: adam or pgd; None: pgd from a flat start, adam from a given object
+    refine_optimizer: str | None = None
+    #: Adam lr or PGD step; None: by optimiser and start
+    refine_lr: float | None = None
+    refine_schedule: str = "plateau"
+    #: plateau window in epochs; None: 20 from a flat start, 3 from a given object
+    refine_patience: int | None = None
+    #: Gaussian prior of this per-pixel width around the start (MAP); None: maximum likelihood
+    refine_prior_sigma: float | None = None
+    #: stop after the first epoch that ends past this many seconds; None: no limit
+    refine_time_limit_s: float | None = None
+    #: stop once the plateau schedule has cut the step below 1/50 of its start
+    stop_when_converged: bool = True
+    #: retrieve the probe: auto (unless the scan's probe is known true), on, off
+    refine_probe: str = "auto"
+    probe_start_epoch: int = 2
+    probe_optimizer: str = "pgd"
+    probe_lr: float | None = None
+    #: pin the phase-ramp and translation ambiguities of joint object/probe retrieval
+    fix_gauge: bool = True
+    correct_positions: bool = False
+    position_start_epoch: int = POSITION_START_EPOCH
+    position_step_px: float = POSITION_STEP_PX
+    position_affine_epochs: int = POSITION_AFFINE_EPOCHS
+    #: coarse search radius (pixels per axis) before the gradient correction; 0: none
+    position_search_px: float = 0.0
+    position_search_rounds: int = POSITION_SEARCH_ROUNDS
+
+    def __post_init__(self):
+        _check_int("refine_epochs", self.refine_epochs, 0)
+        _check_int("refine_batch_size", self.refine_batch_size, 1)
+        if self.refine_optimizer is not None:
+            _check_choice("refine_optimizer", self.refine_optimizer, REFINE_OPTIMIZERS)
+        _check_number("refine_lr", self.refine_lr, 0.0, allow_none=True, strict=True)
+        _check_choice("refine_schedule", self.refine_schedule, REFINE_SCHEDULES)
+        _check_int("refine_patience", self.refine_patience, 1, allow_none=True)
+        _check_number("refine_prior_sigma", self.refine_prior_sigma, 0.0, True, strict=True)
+        _check_number("refine_time_limit_s", self.refine_time_limit_s, 0.0, True, strict=True)
+        _check_bool("stop_when_converged", self.stop_when_converged)
+        _check_choice("refine_probe", self.refine_probe, PROBE_REFINEMENT)
+        _check_int("probe_start_epoch", self.probe_start_epoch, 0)
+        _check_choice("probe_optimizer", self.probe_optimizer, REFINE_OPTIMIZERS)
+        _check_number("probe_lr", self.probe_lr, 0.0, allow_none=True, strict=True)
+        _check_bool("fix_gauge", self.fix_gauge)
+        _check_bool("correct_positions", self.correct_positions)
+        _check_int("position_start_epoch", self.position_start_epoch, 0)
+        _check_number("position_step_px", self.position_step_px, 0.0, strict=True)
+        _check_int("position_affine_epochs", self.position_affine_epochs, 0)
+        _check_number("position_search_px", self.position_search_px, 0.0)
+        _check_int("position_search_rounds", self.position_search_rounds, 1)
+
+    def refine_kwargs(self) -> dict:
+        """``reconstruction.gradient.refine`` keyword arguments (all but ``epochs`` and
+        ``refine_probe``, which the caller resolves against the scan)."""
+        return {
+            "batch_size": self.refine_batch_size,
+            "optimizer": self.refine_optimizer,
+            "lr": self.refine_lr,
+            "schedule": self.refine_schedule,
+            "patience": self.refine_patience,
+            "prior_sigma": self.refine_prior_sigma,
+            "time_limit_s": self.refine_time_limit_s,
+            "stop_when_converged": self.stop_when_converged,
+            "probe_start_epoch": self.probe_start_epoch,
+            "probe_optimizer": self.probe_optimizer,
+            "probe_lr": self.probe_lr,
+            "fix_gauge": self.fix_gauge,
+            "correct_positions": self.correct_positions,
+            "position_start_epoch": self.position_start_epoch,
+            "position_step_px": self.position_step_px,
+            "position_affine_epochs": self.position_affine_epochs,
+            "position_search_px": self.position_search_px,
+            "position_search_rounds": self.position_search_rounds,
+        }
+
+
+@dataclass(frozen=True)
+class InferConfig:
+    """The network's single pass and the stitching (``reconstruction.network``); recorded with
+    a trained model (its ``execution.json``) and used when it reconstructs."""
+
+    #: groups per inference batch; None: the value recorded with the model, else 64
+    inference_batch_size: int | None = None
+    #: rounds rotating every patch to the stitched estimate after the ring pass
+    phase_sync_iterations: int = PHASE_SYNC_ITERATIONS
+
+    def __post_init__(self):
         _check_int("inference_batch_size", self.inference_batch_size, 1, allow_none=True)
+        _check_int("phase_sync_iterations", self.phase_sync_iterations, 0)

@@ -1,11 +1,12 @@
 """One factory for all run configuration: defaults < config file < explicit overrides.
 
-``build_run_config`` is the only place where ModelConfig, DataConfig, TrainingConfig and
-ExecutionConfig are assembled for a training run; the CLI (``ptychopinn train``) and the Python
-API call it the same way, so a value means the same thing whichever route set it.
+``build_run_config`` is the only place where the run's configs are assembled (ModelConfig,
+DataConfig, TrainingConfig, ExecutionConfig, RefineConfig, InferConfig: the sections of
+``SECTIONS``); every subcommand (``train``, ``infer``, ``reconstruct``), the Ptychodus settings
+and the Python API call it the same way, so a value means the same thing whichever route set it.
 
 Keys are the dataclass field names. Everywhere a key is accepted it may be written
-- flat: ``learning_rate`` (every field name is unique across the four sections), or
+- flat: ``learning_rate`` (every field name is unique across the sections), or
 - qualified: ``execution.learning_rate``, or inside a section mapping (``execution: {...}``).
 Hyphens are accepted for underscores (``learning-rate``).
 
@@ -40,7 +41,14 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from ptychopinn.config import DataConfig, ExecutionConfig, ModelConfig, TrainingConfig
+from ptychopinn.config import (
+    DataConfig,
+    ExecutionConfig,
+    InferConfig,
+    ModelConfig,
+    RefineConfig,
+    TrainingConfig,
+)
 from ptychopinn.errors import ConfigError
 
 SECTIONS: dict[str, type] = {
@@ -48,7 +56,12 @@ SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "training": TrainingConfig,
     "execution": ExecutionConfig,
+    "refine": RefineConfig,
+    "infer": InferConfig,
 }
+#: keys that moved to another section: old qualified spelling -> current key (config files and
+#: audits written before the move keep working)
+MOVED_KEYS = {"execution.inference_batch_size": "infer.inference_batch_size"}
 SOURCE_DEFAULT, SOURCE_FILE, SOURCE_CLI, SOURCE_PYTHON, SOURCE_DATA = (
     "default",
     "config file",
@@ -83,6 +96,7 @@ def resolve_key(name: str, where: str = "config") -> str:
     """``learning_rate`` / ``execution.learning_rate`` / ``learning-rate`` ->
     ``execution.learning_rate``."""
     text = str(name).strip().replace("-", "_")
+    text = MOVED_KEYS.get(text, text)
     keys = all_keys()
     if "." in text:
         if text in keys:
@@ -260,7 +274,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 # --- the run configuration ------------------------------------------------------------------
 @dataclass(frozen=True)
 class RunConfig:
-    """The four configs of a run plus where each value came from.
+    """The configs of a run (one per section of SECTIONS) plus where each value came from.
 
     ``sources`` maps every qualified key (``execution.learning_rate``) to ``default``,
     ``config file``, ``CLI``, ``python`` or ``data``.
@@ -270,6 +284,8 @@ class RunConfig:
     data: DataConfig
     training: TrainingConfig
     execution: ExecutionConfig
+    refine: RefineConfig = field(default_factory=RefineConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
     sources: dict = field(default_factory=dict)
     config_file: Path | None = None
 
@@ -308,8 +324,7 @@ class RunConfig:
         return replace(self, **updates, sources=sources)
 
     def as_dict(self) -> dict:
-        """``{"model": {...}, "data": {...}, "training": {...}, "execution": {...}}`` plain
-        values."""
+        """``{"model": {...}, "data": {...}, ..., "infer": {...}}`` plain values per section."""
         out: dict[str, dict] = {s: {} for s in SECTIONS}
         for key, value, _ in self.items():
             s, name = key.split(".", 1)
@@ -330,8 +345,11 @@ def build_run_config(
     *,
     config_file: str | Path | None = None,
     override_source: str = SOURCE_PYTHON,
+    command_defaults: Mapping[str, Any] | None = None,
 ) -> RunConfig:
-    """Resolve all four configs: explicit ``overrides`` > ``config_file`` > dataclass defaults.
+    """Resolve every section: explicit ``overrides`` > ``config_file`` > ``command_defaults``
+    (a subcommand's own defaults, e.g. ``reconstruct``'s 300 refinement epochs; source
+    ``default``) > dataclass defaults.
 
     ``overrides`` maps keys (flat ``learning_rate``, qualified ``execution.learning_rate``, or a
     section name to a mapping) to values; pass only values the caller really set (the CLI passes
@@ -342,6 +360,9 @@ def build_run_config(
     path = Path(config_file) if config_file is not None else None
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
+    for name, value in (command_defaults or {}).items():
+        key = resolve_key(name, where="command default")
+        values[key] = coerce_value(key, value, label=key)
     if path is not None:
         for key, value in load_config_file(path).items():
             values[key], sources[key] = value, SOURCE_FILE
@@ -381,10 +402,19 @@ def run_config_from_objects(
     data: DataConfig | None = None,
     training: TrainingConfig | None = None,
     execution: ExecutionConfig | None = None,
+    refine: RefineConfig | None = None,
+    infer: InferConfig | None = None,
 ) -> RunConfig:
     """A RunConfig from ready dataclasses (Python API): values that differ from the defaults are
     recorded with source ``python``, the rest as ``default``. Goes through ``build_run_config``."""
-    given = {"model": model, "data": data, "training": training, "execution": execution}
+    given = {
+        "model": model,
+        "data": data,
+        "training": training,
+        "execution": execution,
+        "refine": refine,
+        "infer": infer,
+    }
     overrides: dict[str, Any] = {}
     for s, obj in given.items():
         if obj is None:
@@ -471,14 +501,18 @@ def _yaml_scalar(value) -> str:
     return text
 
 
-def audit_text(rc: RunConfig, runtime: Mapping[str, Any] | None = None) -> str:
-    """The text of ``config.resolved.yaml`` (see ``write_audit``)."""
+def audit_text(
+    rc: RunConfig, runtime: Mapping[str, Any] | None = None, command: str | None = None
+) -> str:
+    """The text of ``config.resolved.yaml`` (see ``write_audit``); ``command`` names the
+    subcommand in the header."""
     import yaml
 
     from ptychopinn import __version__
 
     lines = [
-        f"# ptychopinn {__version__}: resolved configuration of a training run.",
+        f"# ptychopinn {__version__}: resolved configuration of a run"
+        + (f" ({command})." if command else "."),
         "# Every key with its value and, after '#', its source (default / config file / CLI /",
         "# python / data). Precedence: CLI flag (or Python argument) > config file > default.",
         "# 'sources' repeats the sources for programs; 'runtime' holds values resolved at run "
@@ -512,15 +546,19 @@ def audit_text(rc: RunConfig, runtime: Mapping[str, Any] | None = None) -> str:
 
 
 def write_audit(
-    rc: RunConfig, output_dir: str | Path, runtime: Mapping[str, Any] | None = None
+    rc: RunConfig,
+    output_dir: str | Path,
+    runtime: Mapping[str, Any] | None = None,
+    command: str | None = None,
 ) -> Path:
     """Write ``output_dir/config.resolved.yaml`` atomically (replacing an earlier run's file:
     the audit describes the latest run started in this directory)."""
     from ptychopinn.io.atomic import atomic_path
 
     path = Path(output_dir) / AUDIT_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, overwrite=True) as tmp:
-        tmp.write_text(audit_text(rc, runtime))
+        tmp.write_text(audit_text(rc, runtime, command))
     return path
 
 

@@ -66,19 +66,6 @@ def add_units_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_refine_probe_flag(parser: argparse.ArgumentParser, extra: str = "") -> None:
-    from ptychopinn.config import PROBE_REFINEMENT
-
-    parser.add_argument(
-        "--refine-probe",
-        choices=list(PROBE_REFINEMENT),
-        default="auto",
-        help="retrieve the probe jointly during refinement: auto = unless the "
-        "scan's probe is known to be the true one (scans made by ptychopinn "
-        f"simulate, or metadata probe_known){extra} (default auto)",
-    )
-
-
 def add_patterns_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--patterns",
@@ -88,64 +75,6 @@ def add_patterns_flag(parser: argparse.ArgumentParser) -> None:
         "two independent halves for 'evaluate --reference' (half-scan FRC); "
         "recorded in the reconstruction's metadata (default all)",
     )
-
-
-def add_position_flags(parser: argparse.ArgumentParser) -> None:
-    from ptychopinn.config import (
-        POSITION_SEARCH_INTERVAL,
-        POSITION_SEARCH_ROUNDS,
-        POSITION_START_EPOCH,
-        POSITION_STEP_PX,
-    )
-
-    parser.add_argument(
-        "--correct-positions",
-        action="store_true",
-        help="correct each pattern's scan position during refinement (affine "
-        "first, then per pattern; the corrected positions are written with "
-        "the reconstruction)",
-    )
-    parser.add_argument(
-        "--position-start-epoch",
-        type=nonneg_int,
-        default=POSITION_START_EPOCH,
-        help="refinement epoch (from 0) at which position correction starts "
-        f"(default {POSITION_START_EPOCH})",
-    )
-    parser.add_argument(
-        "--position-step-px",
-        type=positive_float,
-        default=POSITION_STEP_PX,
-        help="position change per pattern per epoch, pixels (at most twice "
-        f"this per axis; default {POSITION_STEP_PX})",
-    )
-    parser.add_argument(
-        "--position-search-px",
-        type=nonneg_float,
-        default=0.0,
-        help="errors up to this many pixels per axis are first found by a coarse "
-        "search of each pattern's likelihood (for errors of several pixels, "
-        "beyond the gradient's reach); 0 = no search (default 0)",
-    )
-    parser.add_argument(
-        "--position-search-rounds",
-        type=positive_int,
-        default=POSITION_SEARCH_ROUNDS,
-        help=f"rounds of the coarse search, each after {POSITION_SEARCH_INTERVAL} "
-        "epochs of object refinement; the gradient correction starts "
-        "--position-start-epoch epochs after the last "
-        f"(default {POSITION_SEARCH_ROUNDS})",
-    )
-
-
-def position_kwargs(args: argparse.Namespace) -> dict:
-    return {
-        "correct_positions": args.correct_positions,
-        "position_start_epoch": args.position_start_epoch,
-        "position_step_px": args.position_step_px,
-        "position_search_px": args.position_search_px,
-        "position_search_rounds": args.position_search_rounds,
-    }
 
 
 def add_device_flags(parser: argparse.ArgumentParser) -> None:
@@ -169,17 +98,23 @@ def add_device_flags(parser: argparse.ArgumentParser) -> None:
 
 def torch_device(args: argparse.Namespace) -> str:
     """The torch device named by ``--accelerator``/``--devices`` (ConfigError when unusable)."""
+    return device_of(getattr(args, "accelerator", "auto"), getattr(args, "devices", "1"))
+
+
+def device_of(accelerator: str, devices) -> str:
+    """The torch device of Lightning's accelerator name and a device count of 1 (or 'auto'), for
+    the single-process commands (ConfigError naming ``--accelerator``/``--devices``)."""
     import torch
 
     from ptychopinn.errors import ConfigError
 
-    devices = str(getattr(args, "devices", "1")).strip()
+    devices = str(devices).strip()
     if devices not in ("1", "auto"):
         raise ConfigError(
             f"--devices {devices}: this command runs on one device; use 1 (several "
             "devices are for 'train', through DDP)"
         )
-    choice = getattr(args, "accelerator", "auto")
+    choice = accelerator
     cuda = torch.cuda.is_available()
     mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if choice == "auto":
@@ -196,6 +131,30 @@ def torch_device(args: argparse.Namespace) -> str:
             raise ConfigError("--accelerator mps: Apple MPS is not available on this machine")
         return "mps"
     return "cpu"
+
+
+#: the execution keys of the single-process commands (infer, reconstruct): where they run, the
+#: seed and the log level; the rest of the execution section is training's
+RUN_KEYS = ("execution.seed", "execution.quiet", "execution.accelerator", "execution.devices")
+#: their defaults that differ from training's: one device
+RUN_DEFAULTS = {"execution.devices": 1}
+
+
+def check_run_audit(output_dir, overwrite: bool) -> None:
+    """Refuse an existing ``OUTPUT_DIR/config.resolved.yaml`` without ``--overwrite`` (call it
+    before any work, like the other outputs' checks)."""
+    from ptychopinn.config_factory import AUDIT_NAME
+    from ptychopinn.io.atomic import check_new_output
+
+    check_new_output(output_dir / AUDIT_NAME, overwrite)
+
+
+def write_run_audit(rc, output_dir, command: str, device: str):
+    """``OUTPUT_DIR/config.resolved.yaml`` of a reconstruction run: every value and its source
+    (reusable as ``--config``), and the device it ran on."""
+    from ptychopinn.config_factory import write_audit
+
+    return write_audit(rc, output_dir, {"device": device}, command=command)
 
 
 def add_quiet_flag(parser: argparse.ArgumentParser) -> None:

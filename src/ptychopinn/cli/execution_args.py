@@ -21,7 +21,11 @@ from ptychopinn.config import (
     INFERENCE_BATCH_SIZE,
     LOGGER_NAMES,
     OPTIMIZER_NAMES,
+    POSITION_SEARCH_INTERVAL,
     PRECISION_NAMES,
+    PROBE_REFINEMENT,
+    REFINE_OPTIMIZERS,
+    REFINE_SCHEDULES,
     SCHEDULER_ALIASES,
     SCHEDULER_NAMES,
     STRATEGY_NAMES,
@@ -37,6 +41,8 @@ from ptychopinn.config_factory import (
 
 #: namespace attribute prefix of config flags (``cfg:execution.learning_rate``)
 DEST_PREFIX = "cfg:"
+#: the sections whose flags ``train`` takes (all but refinement)
+TRAIN_SECTIONS = ("model", "data", "training", "execution", "infer")
 
 CHOICES = {
     "model.loss": ["poisson", "mae"],
@@ -49,6 +55,10 @@ CHOICES = {
     "execution.gradient_clip_algorithm": list(GRADIENT_CLIP_ALGORITHMS),
     "execution.checkpoint_mode": list(CHECKPOINT_MODES),
     "execution.logger": list(LOGGER_NAMES),
+    "refine.refine_optimizer": list(REFINE_OPTIMIZERS),
+    "refine.refine_schedule": list(REFINE_SCHEDULES),
+    "refine.refine_probe": list(PROBE_REFINEMENT),
+    "refine.probe_optimizer": list(REFINE_OPTIMIZERS),
 }
 
 HELP = {
@@ -131,7 +141,45 @@ HELP = {
     "execution.mlflow_tracking_uri": "MLflow tracking URI",
     "execution.experiment_name": "MLflow experiment name",
     "execution.quiet": "only warnings and errors: no progress bars, model summary or info lines",
-    "execution.inference_batch_size": "groups per inference batch, recorded with the model",
+    # refine: gradient refinement on the scan's own likelihood
+    "refine.refine_epochs": "refinement epochs on the scan's own Poisson likelihood (stopping "
+    "earlier once the plateau rule has decayed the step, see --stop-when-converged)",
+    "refine.refine_batch_size": "patterns per refinement step",
+    "refine.refine_optimizer": "refinement optimiser: pgd (gradient preconditioned by the "
+    "probe illumination) or adam",
+    "refine.refine_lr": "refinement step: PGD step or Adam learning rate",
+    "refine.refine_schedule": "plateau: halve the step when the loss stalls; constant: never",
+    "refine.refine_patience": "epochs of the plateau test",
+    "refine.refine_prior_sigma": "keep refinement near its start (the network output): Gaussian "
+    "prior of this per-pixel width (e.g. 0.01; recommended at low dose)",
+    "refine.refine_time_limit_s": "stop refinement after the first epoch that ends past this "
+    "many seconds",
+    "refine.stop_when_converged": "stop once the plateau rule has cut the step below 1/50",
+    "refine.refine_probe": "retrieve the probe jointly during refinement: auto = unless the "
+    "scan's probe is known to be the true one (scans made by ptychopinn simulate, or metadata "
+    "probe_known); the refined probe is written with the reconstruction",
+    "refine.probe_start_epoch": "refinement epoch (from 0) at which probe retrieval starts",
+    "refine.probe_optimizer": "probe optimiser: pgd (preconditioned by the object intensity, "
+    "like ePIE) or adam",
+    "refine.probe_lr": "probe step",
+    "refine.fix_gauge": "pin the phase-ramp and translation ambiguities of joint object/probe "
+    "retrieval after every epoch",
+    "refine.correct_positions": "correct each pattern's scan position during refinement (affine "
+    "first, then per pattern; the corrected positions are written with the reconstruction)",
+    "refine.position_start_epoch": "refinement epoch (from 0) at which position correction starts",
+    "refine.position_step_px": "position change per pattern per epoch, pixels (at most twice "
+    "this per axis)",
+    "refine.position_affine_epochs": "epochs of the affine-only phase of position correction",
+    "refine.position_search_px": "errors up to this many pixels per axis are first found by a "
+    "coarse search of each pattern's likelihood (for errors of several pixels, beyond the "
+    "gradient's reach); 0 = no search",
+    "refine.position_search_rounds": "rounds of the coarse search, each after "
+    f"{POSITION_SEARCH_INTERVAL} epochs of object refinement; the gradient correction starts "
+    "--position-start-epoch epochs after the last",
+    # infer: the network pass and stitching
+    "infer.inference_batch_size": "groups per inference batch, recorded with the model",
+    "infer.phase_sync_iterations": "stitching: rounds rotating every patch's free phase to the "
+    "stitched estimate after the ring pass",
 }
 
 #: default shown in the help where the dataclass default is None
@@ -143,7 +191,13 @@ DEFAULT_TEXT = {
     "execution.gradient_clip_val": "no clipping",
     "execution.resume_from": "start fresh",
     "execution.mlflow_tracking_uri": "the file store OUTPUT_DIR/mlruns",
-    "execution.inference_batch_size": f"{INFERENCE_BATCH_SIZE}",
+    "refine.refine_optimizer": "pgd from a flat start, adam from a given object",
+    "refine.refine_lr": "by optimiser and start",
+    "refine.refine_patience": "20 from a flat start, 3 from a given object",
+    "refine.refine_prior_sigma": "none: maximum likelihood",
+    "refine.refine_time_limit_s": "no limit",
+    "refine.probe_lr": "by optimiser",
+    "infer.inference_batch_size": f"the model's recorded value, else {INFERENCE_BATCH_SIZE}",
 }
 
 GROUP_TITLES = {
@@ -151,6 +205,8 @@ GROUP_TITLES = {
     "data": "data (how scans become training groups)",
     "training": "training (length and batch size)",
     "execution": "execution (how training runs; runtime only, not part of the model)",
+    "refine": "refine (gradient refinement on the scan's own likelihood)",
+    "infer": "infer (the network pass and stitching)",
 }
 
 #: extra spellings accepted without a warning (PtychoPINN's underscore names), hidden from help
@@ -212,18 +268,20 @@ def _existing(parser: argparse.ArgumentParser) -> set[str]:
 
 def add_config_arguments(
     parser: argparse.ArgumentParser,
-    sections: tuple[str, ...] = ("model", "data", "training", "execution"),
+    sections: tuple[str, ...] = TRAIN_SECTIONS,
     exclude: tuple[str, ...] = ("model.n",),
+    only: tuple[str, ...] | None = None,
 ) -> None:
-    """Add ``--config`` and one flag per field of ``sections`` (minus ``exclude``), plus the
-    deprecated spellings ``--device`` and ``--disable_mlflow`` and the underscore aliases."""
+    """Add ``--config`` and one flag per field of ``sections`` (minus ``exclude``; with ``only``,
+    just the keys and whole sections it names), the underscore aliases and, with all of
+    ``execution``, the deprecated spellings ``--device`` and ``--disable_mlflow``."""
     if "--config" not in _existing(parser):
         parser.add_argument(
             "--config",
             metavar="FILE",
             default=None,
             help="YAML config file with the same keys as the flags (underscores; "
-            "sections model/data/training/execution or flat). Precedence: "
+            "sections model/data/training/execution/refine/infer or flat). Precedence: "
             "command-line flag > config file > default. A run's "
             "OUTPUT_DIR/config.resolved.yaml can be reused here",
         )
@@ -233,7 +291,7 @@ def add_config_arguments(
         hints = typing.get_type_hints(cls)
         for f in fields(cls):
             key = f"{section}.{f.name}"
-            if key in exclude:
+            if key in exclude or (only is not None and key not in only and section not in only):
                 continue
             flag = flag_name(key)
             if flag in _existing(parser):
@@ -296,7 +354,7 @@ def add_config_arguments(
                         default=argparse.SUPPRESS,
                         help=argparse.SUPPRESS,
                     )
-    if "execution" in sections:
+    if "execution" in sections and only is None:
         parser.add_argument(
             "--device", action=_DeprecatedDevice, default=argparse.SUPPRESS, help=argparse.SUPPRESS
         )
@@ -321,10 +379,14 @@ def explicit_overrides(args: argparse.Namespace) -> dict:
     return out
 
 
-def run_config_from_args(args: argparse.Namespace) -> RunConfig:
-    """The RunConfig of a command line: flags given > ``--config`` file > defaults."""
+def run_config_from_args(
+    args: argparse.Namespace, command_defaults: dict | None = None
+) -> RunConfig:
+    """The RunConfig of a command line: flags given > ``--config`` file > the subcommand's own
+    defaults (``command_defaults``) > the dataclass defaults."""
     return build_run_config(
         explicit_overrides(args),
         config_file=getattr(args, "config", None),
         override_source=SOURCE_CLI,
+        command_defaults=command_defaults,
     )

@@ -6,22 +6,21 @@ import argparse
 from pathlib import Path
 
 from ptychopinn.cli.common import (
-    add_device_flags,
+    RUN_DEFAULTS,
+    RUN_KEYS,
     add_patterns_flag,
-    add_position_flags,
-    add_quiet_flag,
-    add_refine_probe_flag,
     add_scan_input_flags,
     add_units_flag,
-    nonneg_int,
-    position_kwargs,
-    positive_float,
-    positive_int,
-    torch_device,
+    check_run_audit,
+    device_of,
+    write_run_audit,
 )
-from ptychopinn.config import INFERENCE_BATCH_SIZE, inference_batch_size
+from ptychopinn.cli.execution_args import add_config_arguments, run_config_from_args
+from ptychopinn.config import inference_batch_size
 
 PRODUCT_FILE = "product.h5"
+#: the configuration ``infer`` takes: where it runs, the network pass, refinement after it
+INFER_KEYS = (*RUN_KEYS, "infer", "refine")
 
 
 def add_parser(sub) -> None:
@@ -41,32 +40,7 @@ def add_parser(sub) -> None:
     )
     add_scan_input_flags(p, "data", what="scan to reconstruct")
     p.add_argument("--output-dir", type=Path, required=True, help="output directory")
-    p.add_argument(
-        "--inference-batch-size",
-        type=positive_int,
-        default=None,
-        help="groups per inference batch (default: the value recorded with the model, else "
-        f"{INFERENCE_BATCH_SIZE})",
-    )
-    p.add_argument(
-        "--refine-prior-sigma",
-        type=positive_float,
-        default=None,
-        help="keep refinement near the network output: Gaussian prior of this per-pixel "
-        "width (about the output's expected error, e.g. 0.01; recommended at low dose; "
-        "default none)",
-    )
-    p.add_argument(
-        "--refine-epochs",
-        type=nonneg_int,
-        default=0,
-        help="physics refinement epochs on the scan's own likelihood after the network (default 0)",
-    )
-    add_refine_probe_flag(p, "; the refined probe is written with the reconstruction")
-    add_position_flags(p)
     add_patterns_flag(p)
-    add_device_flags(p)
-    p.add_argument("--seed", type=int, default=0, help="seed for grouping (default 0)")
     p.add_argument(
         "--product-output",
         action="store_true",
@@ -76,11 +50,13 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     add_units_flag(p)
-    add_quiet_flag(p)
+    add_config_arguments(p, sections=("execution", "infer", "refine"), only=INFER_KEYS)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
     from ptychopinn.cli.common import load_scan_from_args
     from ptychopinn.io.atomic import check_new_output
     from ptychopinn.io.bundle import load_bundle
@@ -88,17 +64,17 @@ def run(args: argparse.Namespace) -> int:
     from ptychopinn.reconstruction.network import reconstruct
     from ptychopinn.workflows import write_reconstruction_outputs
 
-    configure_cli_logging(args.quiet)
+    rc = run_config_from_args(args, command_defaults=RUN_DEFAULTS)
+    e, r = rc.execution, rc.refine
+    configure_cli_logging(e.quiet)
+    device = device_of(e.accelerator, e.devices)  # refuse an unusable accelerator before work
     bundle = load_bundle(args.model)
     product_path = args.output_dir / PRODUCT_FILE if args.product_output else None
     if product_path is not None:
         check_new_output(product_path, args.overwrite)  # refuse before any work
+    check_run_audit(args.output_dir, args.overwrite)
     scan = load_scan_from_args(args, "data").patterns(args.patterns)
-    batch = inference_batch_size(
-        args.inference_batch_size, bundle.execution.get("inference_batch_size")
-    )
-    device = torch_device(args)
-    if args.correct_positions and not args.refine_epochs:
+    if r.correct_positions and not r.refine_epochs:
         from ptychopinn.errors import ConfigError
 
         raise ConfigError(
@@ -106,29 +82,30 @@ def run(args: argparse.Namespace) -> int:
             "--refine-epochs N as well"
         )
     recon = reconstruct(
-        bundle, scan, batch_size=batch, seed=args.seed, quiet=args.quiet, device=device
+        bundle,
+        scan,
+        batch_size=inference_batch_size(
+            rc.infer.inference_batch_size, bundle.execution.get("inference_batch_size")
+        ),
+        phase_sync_iterations=rc.infer.phase_sync_iterations,
+        seed=e.seed,
+        quiet=e.quiet,
+        device=device,
     )
-    if args.refine_epochs:
-        from ptychopinn.workflows import refine_reconstruction, resolve_probe_refinement
+    if r.refine_epochs:
+        from ptychopinn.reconstruction.gradient import GradientEngine
 
-        recon = refine_reconstruction(
-            recon,
-            scan,
-            args.refine_epochs,
-            quiet=args.quiet,
-            seed=args.seed,
-            prior_sigma=args.refine_prior_sigma,
-            device=device,
-            **position_kwargs(args),
-            refine_probe=resolve_probe_refinement(args.refine_probe, scan),
-        )
+        engine = GradientEngine.from_config(r, seed=e.seed, quiet=e.quiet, device=device)
+        recon = engine.run(scan, recon)
     recon.metadata["patterns"] = args.patterns
     if recon.metadata.get("positions_corrected"):
         from dataclasses import replace
 
         scan = replace(scan, positions_px=recon.positions_px)  # the product gets the corrected ones
     product = _product_object(recon, scan) if product_path is not None else None
+    recon.metadata["config"] = {"refine": asdict(r), "infer": asdict(rc.infer)}
     paths = write_reconstruction_outputs(recon, args.output_dir, overwrite=args.overwrite)
+    paths.append(write_run_audit(rc, args.output_dir, "infer", device))
     if product is not None:
         from ptychopinn.data.ptychodus_h5 import write_product_for_scan
 

@@ -12,19 +12,15 @@ import argparse
 from pathlib import Path
 
 from ptychopinn.cli.common import (
-    add_device_flags,
+    RUN_DEFAULTS,
+    RUN_KEYS,
     add_patterns_flag,
-    add_position_flags,
-    add_quiet_flag,
-    add_refine_probe_flag,
     add_units_flag,
-    nonneg_int,
-    position_kwargs,
-    positive_float,
-    positive_int,
-    torch_device,
+    check_run_audit,
+    device_of,
+    write_run_audit,
 )
-from ptychopinn.config import ExecutionConfig, ModelConfig, TrainingConfig
+from ptychopinn.cli.execution_args import add_config_arguments, run_config_from_args
 
 #: Refinement epochs of the default (flat-start) reconstruction when ``--refine-epochs`` is not
 #: given: enough for the slowly converging low spatial frequencies of independently simulated
@@ -34,18 +30,22 @@ REFINE_ONLY_EPOCHS = 300
 #: written by --half-scan-frc
 HALF_SCAN_FILES = ("half_scan_frc.json", "half_scan_frc.png")
 
-
-#: options of the network path (--network) and their defaults: the package's recipe (the config
-#: dataclasses' defaults), except fewer epochs (one scan, trained and reconstructed in one go)
-NETWORK_DEFAULTS = {
-    "gridsize": ModelConfig().gridsize,
-    "max_epochs": 20,
-    "batch_size": TrainingConfig().batch_size,
-    "n_filters_scale": ModelConfig().n_filters_scale,
-    "physics_iterations": ModelConfig().physics_iterations,
-    "learning_rate": ExecutionConfig().learning_rate,
-    "refine_prior_sigma": None,
-}
+#: the configuration keys of the network path (--network): the package's recipe (the config
+#: dataclasses' defaults) for what it trains; a prior around the start only makes sense there
+NETWORK_KEYS = (
+    "model.gridsize",
+    "model.n_filters_scale",
+    "model.physics_iterations",
+    "training.max_epochs",
+    "training.batch_size",
+    "execution.learning_rate",
+    "refine.refine_prior_sigma",
+)
+#: ``reconstruct``'s own defaults: one device; a flat start refines for REFINE_ONLY_EPOCHS; the
+#: network trains for fewer epochs than ``train`` (one scan, trained and reconstructed in one go)
+#: and is not refined unless asked
+FLAT_DEFAULTS = {**RUN_DEFAULTS, "refine.refine_epochs": REFINE_ONLY_EPOCHS}
+NETWORK_DEFAULTS = {**RUN_DEFAULTS, "training.max_epochs": 20}
 
 
 def add_parser(sub) -> None:
@@ -57,8 +57,10 @@ def add_parser(sub) -> None:
         "own Poisson likelihood from a flat start. With --network, the "
         "network is first trained on the scan itself (self-supervised) "
         "and its single pass is the start. Writes "
-        "OUTPUT_DIR/reconstruction.npz and OUTPUT_DIR/amplitude_phase.png "
-        "(and OUTPUT_DIR/model.ptpinn with --network).",
+        "OUTPUT_DIR/reconstruction.npz, OUTPUT_DIR/amplitude_phase.png and "
+        "OUTPUT_DIR/config.resolved.yaml (and OUTPUT_DIR/model.ptpinn with --network). "
+        f"Defaults that differ from the flags' own: --refine-epochs {REFINE_ONLY_EPOCHS} "
+        "from a flat start (0 with --network), --max-epochs 20, --devices 1.",
     )
     p.add_argument(
         "--data",
@@ -73,69 +75,16 @@ def add_parser(sub) -> None:
         action="store_true",
         help="train the network on this scan first and start from its single pass "
         "(slower; on independently simulated scans it scored below refinement "
-        "from a flat start, see docs/performance.md); the options below marked "
-        "[network] apply only with it",
+        "from a flat start, see docs/performance.md); "
+        + ", ".join("--" + k.split(".")[1].replace("_", "-") for k in NETWORK_KEYS)
+        + " apply only with it",
     )
     p.add_argument(
         "--refine-only",
         action="store_true",
         help="refinement from a flat object, no network: the default; kept for scripts",
     )
-    p.add_argument(
-        "--refine-epochs",
-        type=nonneg_int,
-        default=None,
-        help=f"refinement epochs (default {REFINE_ONLY_EPOCHS}, stopping earlier once "
-        "the plateau rule has decayed the step; with --network default 0)",
-    )
-    p.add_argument(
-        "--gridsize",
-        type=positive_int,
-        default=None,
-        help=f"[network] group size gridsize^2 (default {NETWORK_DEFAULTS['gridsize']})",
-    )
-    p.add_argument(
-        "--max-epochs",
-        type=positive_int,
-        default=None,
-        help=f"[network] training epochs (default {NETWORK_DEFAULTS['max_epochs']})",
-    )
-    p.add_argument(
-        "--batch-size",
-        type=positive_int,
-        default=None,
-        help=f"[network] groups per batch (default {NETWORK_DEFAULTS['batch_size']})",
-    )
-    p.add_argument(
-        "--n-filters-scale",
-        type=positive_int,
-        default=None,
-        help=f"[network] network width (default {NETWORK_DEFAULTS['n_filters_scale']})",
-    )
-    p.add_argument(
-        "--physics-iterations",
-        type=nonneg_int,
-        default=None,
-        help="[network] projection iterations of the physics estimate fed to the "
-        f"network (default {NETWORK_DEFAULTS['physics_iterations']})",
-    )
-    p.add_argument(
-        "--learning-rate",
-        type=positive_float,
-        default=None,
-        help=f"[network] learning rate (default {NETWORK_DEFAULTS['learning_rate']:g})",
-    )
-    p.add_argument(
-        "--refine-prior-sigma",
-        type=positive_float,
-        default=None,
-        help="[network] keep refinement near the network output: Gaussian prior of "
-        "this per-pixel width (e.g. 0.01; recommended at low dose; default none)",
-    )
-    add_refine_probe_flag(p)
-    add_position_flags(p)
     add_patterns_flag(p)
-    add_device_flags(p)
     p.add_argument(
         "--half-scan-frc",
         action="store_true",
@@ -144,74 +93,20 @@ def add_parser(sub) -> None:
         f"{HALF_SCAN_FILES[1]}: the FRC between the halves, a resolution estimate "
         "that needs no ground truth",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     add_units_flag(p)
-    add_quiet_flag(p)
+    add_config_arguments(
+        p,
+        sections=("model", "training", "execution", "refine", "infer"),
+        only=(*RUN_KEYS, *NETWORK_KEYS, "refine", "infer"),
+    )
     p.set_defaults(run=run)
 
 
-def _reconstruct(scan, args, output_dir, device: str):
-    """The reconstruction ``args`` ask for, of ``scan``, on torch ``device``; the model goes to
-    ``output_dir`` (None: not written)."""
-    from ptychopinn.config import DataConfig
-    from ptychopinn.workflows import (
-        resolve_probe_refinement,
-        self_supervised_reconstruction,
-    )
-
-    refine_probe = resolve_probe_refinement(args.refine_probe, scan)
-    if not args.network:
-        from ptychopinn.workflows import refine_reconstruction
-
-        epochs = REFINE_ONLY_EPOCHS if args.refine_epochs is None else args.refine_epochs
-        return refine_reconstruction(
-            None,
-            scan,
-            epochs,
-            quiet=args.quiet,
-            seed=args.seed,
-            refine_probe=refine_probe,
-            device=device,
-            **position_kwargs(args),
-        )
-    net = {
-        k: (NETWORK_DEFAULTS[k] if getattr(args, k) is None else getattr(args, k))
-        for k in NETWORK_DEFAULTS
-    }
-    recon, _ = self_supervised_reconstruction(
-        scan,
-        output_dir,
-        model_config=ModelConfig(
-            gridsize=net["gridsize"],
-            n_filters_scale=net["n_filters_scale"],
-            physics_iterations=net["physics_iterations"],
-            skip_connections=net["physics_iterations"] > 0,  # skips carry the estimate's detail
-        ),
-        data_config=DataConfig(diffraction_units=args.diffraction_units),
-        training_config=TrainingConfig(max_epochs=net["max_epochs"], batch_size=net["batch_size"]),
-        execution_config=ExecutionConfig(
-            seed=args.seed,
-            quiet=args.quiet,
-            learning_rate=net["learning_rate"],
-            accelerator=args.accelerator,
-            devices=1,
-        ),
-        refine_epochs=args.refine_epochs or 0,
-        overwrite=args.overwrite,
-        refine_kwargs={
-            "prior_sigma": net["refine_prior_sigma"],
-            "refine_probe": refine_probe,
-            "device": device,
-            **position_kwargs(args),
-        },
-        device=device,
-    )
-    return recon
-
-
-def check_mode_options(args) -> None:
-    """Network-only options without --network, or --network with --refine-only: one-line error."""
+def run_config(args):
+    """The RunConfig of a ``reconstruct`` command line (flags > --config > its own defaults >
+    the dataclass defaults); network-only settings without --network are a ConfigError."""
+    from ptychopinn.config_factory import SOURCE_CLI, SOURCE_DEFAULT, build_run_config
     from ptychopinn.errors import ConfigError
 
     if args.network and args.refine_only:
@@ -219,18 +114,53 @@ def check_mode_options(args) -> None:
             "--network and --refine-only exclude each other (refinement from a "
             "flat object is the default)"
         )
+    defaults = NETWORK_DEFAULTS if args.network else FLAT_DEFAULTS
+    rc = run_config_from_args(args, defaults)
     if not args.network:
-        given = [k for k in NETWORK_DEFAULTS if getattr(args, k) is not None]
+        # asked for on the command line, or a config file value that is not the default (an
+        # audit file of an earlier flat run lists every key with its default value)
+        base = build_run_config(command_defaults=defaults)
+        given = [
+            k
+            for k in NETWORK_KEYS
+            if rc.sources[k] == SOURCE_CLI
+            or (rc.sources[k] != SOURCE_DEFAULT and rc.value(k) != base.value(k))
+        ]
         if given:
-            names = ", ".join("--" + k.replace("_", "-") for k in given)
+            names = ", ".join("--" + k.split(".")[1].replace("_", "-") for k in given)
             raise ConfigError(
                 f"{names} appl{'ies' if len(given) == 1 else 'y'} to the network "
                 "path only: add --network (the default reconstruction is "
                 "refinement from a flat object)"
             )
+    else:
+        # the scan's units are read with --diffraction-units; the bundle records them
+        rc = rc.with_values(SOURCE_CLI, **{"data.diffraction_units": args.diffraction_units})
+        if rc.model.physics_iterations == 0 and rc.sources["model.skip_connections"] == (
+            SOURCE_DEFAULT
+        ):  # without the real-space estimate, skips carry no aligned detail
+            rc = rc.with_values(SOURCE_DEFAULT, **{"model.skip_connections": False})
+    return rc
 
 
-def _half_scan_frc(scan, args, device, log) -> dict:
+def _reconstruct(scan, args, rc, output_dir, device: str):
+    """The reconstruction ``rc`` asks for, of ``scan``, on torch ``device``; the model goes to
+    ``output_dir`` (None: not written)."""
+    from ptychopinn.reconstruction.gradient import GradientEngine
+
+    e = rc.execution
+    if not args.network:
+        engine = GradientEngine.from_config(rc.refine, seed=e.seed, quiet=e.quiet, device=device)
+        return engine.run(scan)
+    from ptychopinn.workflows import self_supervised_reconstruction
+
+    recon, _ = self_supervised_reconstruction(
+        scan, output_dir, run_config=rc, overwrite=args.overwrite, device=device
+    )
+    return recon
+
+
+def _half_scan_frc(scan, args, rc, device, log) -> dict:
     from ptychopinn.evaluation.metrics import pixel_size_from_metadata
     from ptychopinn.evaluation.reference_free import half_scan_frc, split_halves
 
@@ -241,7 +171,7 @@ def _half_scan_frc(scan, args, device, log) -> dict:
             half.metadata["patterns"],
             half.n_patterns,
         )
-        halves.append(_reconstruct(half, args, None, device))
+        halves.append(_reconstruct(half, args, rc, None, device))
     out = half_scan_frc(*halves, pixel_size_m=pixel_size_from_metadata(scan.metadata))
     log.info(
         "half-scan FRC resolution: %.3g px%s",
@@ -253,27 +183,32 @@ def _half_scan_frc(scan, args, device, log) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     import json
+    from dataclasses import asdict
 
     from ptychopinn.data import load_scan
     from ptychopinn.io.atomic import atomic_path, check_new_output
     from ptychopinn.log import configure_cli_logging, get_logger
     from ptychopinn.workflows import RECONSTRUCTION_FILES, write_reconstruction_outputs
 
-    configure_cli_logging(args.quiet)
-    check_mode_options(args)
-    device = torch_device(args)  # refuse an unusable accelerator before any work
+    rc = run_config(args)
+    configure_cli_logging(rc.execution.quiet)
+    device = device_of(rc.execution.accelerator, rc.execution.devices)  # refuse before any work
     extra = [args.output_dir / name for name in HALF_SCAN_FILES] if args.half_scan_frc else []
     for path in [*(args.output_dir / name for name in RECONSTRUCTION_FILES), *extra]:
         check_new_output(path, args.overwrite)
+    check_run_audit(args.output_dir, args.overwrite)
     scan = load_scan(args.data, args.diffraction_units, format=args.data_format)
     scan = scan.patterns(args.patterns)
-    recon = _reconstruct(scan, args, args.output_dir, device)
+    recon = _reconstruct(scan, args, rc, args.output_dir, device)
     recon.metadata["patterns"] = args.patterns
+    recon.metadata["config"] = {"refine": asdict(rc.refine), "infer": asdict(rc.infer)}
     frc_out = None
     if args.half_scan_frc:
-        frc_out = _half_scan_frc(scan, args, device, get_logger("reconstruct"))
+        frc_out = _half_scan_frc(scan, args, rc, device, get_logger("reconstruct"))
         recon.metadata["half_scan_frc_px"] = frc_out["frc_resolution_px"]
     paths = write_reconstruction_outputs(recon, args.output_dir, overwrite=args.overwrite)
+    if not args.network:  # with --network, training wrote it (the same settings, and its runtime)
+        paths.append(write_run_audit(rc, args.output_dir, "reconstruct", device))
     if frc_out is not None:
         from ptychopinn.evaluation.plots import save_frc_metrics_png
 

@@ -37,9 +37,9 @@ Settings (group ``PtychoPINNLightning`` in Ptychodus's settings, ``settings.ini`
 ``RefineEpochs``, ``Seed``, ``Accelerator`` (auto|cpu|gpu|cuda|mps) and ``ConfigFile`` (a
 ptychopinn YAML config for any other option; the values of this group take precedence). Their
 defaults are the package's recipe (the config dataclasses' defaults, as for ``ptychopinn
-train``). N is taken from the data. Training runs on one device (Ptychodus hosts it in its own process, so
-multi-process strategies are not used) and keeps no Lightning logs or checkpoints (Ptychodus
-shows the losses).
+train``). N is taken from the data. Training runs on one device (Ptychodus hosts it in its own
+process, so multi-process strategies are not used) and keeps no Lightning logs or checkpoints
+(Ptychodus shows the losses).
 
 Logging goes through the package logger ``ptychopinn`` (the library's logger), so Ptychodus's
 log view shows our lines.
@@ -577,7 +577,7 @@ class PtychoPINNReconstructor(TrainableReconstructor):
                 scan.n_patterns,
             )
         else:
-            batch = inference_batch_size(rc.execution.inference_batch_size)
+            batch = inference_batch_size(rc.infer.inference_batch_size)
             log.info(
                 "%s %s: no model loaded; training on this scan (%d patterns, %d epochs), "
                 "then reconstructing",

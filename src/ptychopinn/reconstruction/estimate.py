@@ -12,12 +12,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ptychopinn.config import INFERENCE_BATCH_SIZE, DataConfig, ModelConfig
+from ptychopinn.config import INFERENCE_BATCH_SIZE, PHASE_SYNC_ITERATIONS, DataConfig, ModelConfig
 from ptychopinn.errors import ConfigError
 from ptychopinn.reconstruction.engine import ENGINES
 from ptychopinn.reconstruction.network import stitched_pass
 from ptychopinn.reconstruction.result import Reconstruction
-from ptychopinn.reconstruction.stitching import PHASE_SYNC_ITERATIONS
 
 
 class EstimateOnly(nn.Module):

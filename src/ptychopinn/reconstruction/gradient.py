@@ -50,6 +50,8 @@ from ptychopinn.config import (
     POSITION_SEARCH_ROUNDS,
     POSITION_START_EPOCH,
     POSITION_STEP_PX,
+    REFINE_OPTIMIZERS,
+    REFINE_SCHEDULES,
 )
 from ptychopinn.errors import PtychoPINNError
 from ptychopinn.log import get_logger
@@ -60,11 +62,11 @@ from ptychopinn.reconstruction.engine import ENGINES
 
 log = get_logger("refinement")
 
-OPTIMIZERS = ("adam", "pgd")
+OPTIMIZERS = REFINE_OPTIMIZERS
 #: "plateau": halve the object step when the epoch loss has not improved on its best for
 #: ``patience`` epochs (a constant Adam step leaves the object noisy and the loss rising again,
 #: measured); "constant": never change it.
-SCHEDULES = ("plateau", "constant")
+SCHEDULES = REFINE_SCHEDULES
 #: Default optimiser: from a flat start the preconditioned gradient step (Adam's per-pixel
 #: normalisation slows the low spatial frequencies of the phase: on an independently simulated
 #: Gaussian-probe scan it stalled at phase SSIM 0.82 where PGD reached 0.92, measured); from a
@@ -1063,6 +1065,18 @@ class GradientEngine:
         self.epochs = int(epochs)
         self.refine_probe = refine_probe
         self.kwargs = refine_kwargs
+
+    @classmethod
+    def from_config(cls, config, *, epochs: int | None = None, **extra) -> GradientEngine:
+        """The engine of a ``config.RefineConfig`` (``epochs``: instead of its
+        ``refine_epochs``); ``extra``: ``refine`` arguments outside the config (seed, device,
+        quiet)."""
+        return cls(
+            epochs=config.refine_epochs if epochs is None else epochs,
+            refine_probe=config.refine_probe,
+            **config.refine_kwargs(),
+            **extra,
+        )
 
     def run(self, scan, start=None, *, progress=None, stop=None):
         from dataclasses import replace

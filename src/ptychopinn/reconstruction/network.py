@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ptychopinn.config import INFERENCE_BATCH_SIZE, ModelConfig
+from ptychopinn.config import INFERENCE_BATCH_SIZE, PHASE_SYNC_ITERATIONS, ModelConfig
 from ptychopinn.data.grouping import group_positions
 from ptychopinn.data.scan import ScanData
 from ptychopinn.errors import PtychoPINNError
@@ -28,7 +28,7 @@ from ptychopinn.physics.forward import (
 )
 from ptychopinn.reconstruction.engine import ENGINES, Progress, StopRequest
 from ptychopinn.reconstruction.result import Reconstruction
-from ptychopinn.reconstruction.stitching import PHASE_SYNC_ITERATIONS, stitch
+from ptychopinn.reconstruction.stitching import stitch
 
 log = get_logger("inference")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ptychopinn.config import PHASE_SYNC_ITERATIONS
 from ptychopinn.data.grouping import nearest_neighbor_spacing
 from ptychopinn.io.spill import SpillArray
 from ptychopinn.physics.forward import phase_factors, probe_weight, weighted_average
@@ -18,8 +19,6 @@ from ptychopinn.physics.shifts import canvas_geometry, extract_patches, place_pa
 #: Measured, 16,000 patterns of N = 32 on this 2-core CPU: 4096 -> 15.4 s and +200 MB transient,
 #: 1024 -> 9.7 s, 256 -> 7.1 s and +63 MB (smaller pieces stay in cache).
 STITCH_CHUNK = 256
-#: Rounds that rotate every patch to the current stitched estimate after the ring pass.
-PHASE_SYNC_ITERATIONS = 10
 
 
 def _rings(positions_px: np.ndarray) -> list[np.ndarray]:

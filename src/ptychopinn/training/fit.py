@@ -356,7 +356,7 @@ def _fit(
         "val_groups": len(dm.val_set) if dm.val_set is not None else 0,
         "effective_batch_size": effective,
         "limit_train_batches": overrides.get("limit_train_batches"),
-        "inference_batch_size": inference_batch_size(e.inference_batch_size),
+        "inference_batch_size": inference_batch_size(rc.infer.inference_batch_size),
         "resume_checkpoint": str(resume) if resume else None,
         "log_dir": str(Path(trainer.logger.log_dir).resolve())
         if getattr(trainer.logger, "log_dir", None)
@@ -457,7 +457,13 @@ def _fit(
             "gain_ratio": float(module.log_gain.detach()[0].exp()) / gains[0],
             "input_normalisation": "per-scan mean pattern energy (N/2)^2",
         },
-        execution={**asdict(e), "validation_check": check, "bundled_weights": bundled},
+        # the execution and inference settings of the run (inference_batch_size is read back)
+        execution={
+            **asdict(e),
+            **asdict(rc.infer),
+            "validation_check": check,
+            "bundled_weights": bundled,
+        },
     )
     bundle_path = None
     if out is not None and trainer.is_global_zero:

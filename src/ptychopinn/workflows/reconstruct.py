@@ -36,59 +36,39 @@ def self_supervised_reconstruction(
     scan: ScanData,
     output_dir: str | Path | None,
     *,
-    model_config=None,
-    data_config=None,
-    training_config=None,
-    execution_config=None,
-    refine_epochs: int = 0,
+    run_config=None,
     overwrite: bool = False,
-    refine_kwargs: dict | None = None,
     device: str = "cpu",
 ):
-    """Train on the scan itself (no labels), reconstruct it, optionally refine.
+    """Train on the scan itself (no labels), reconstruct it, and refine it when
+    ``run_config.refine.refine_epochs`` > 0.
 
-    Returns (Reconstruction, TrainResult). The bundle is written to ``output_dir`` when given;
-    the single pass runs on ``device`` (training on the execution config's accelerator).
+    ``run_config``: a ``config_factory.RunConfig`` (None: the defaults). Returns
+    (Reconstruction, TrainResult). The bundle and the audit are written to ``output_dir`` when
+    given; the single pass and refinement run on ``device`` (training on the execution config's
+    accelerator).
     """
-    from ptychopinn.config import (
-        DataConfig,
-        ExecutionConfig,
-        ModelConfig,
-        TrainingConfig,
-    )
+    from ptychopinn.config_factory import build_run_config
+    from ptychopinn.reconstruction.gradient import GradientEngine
     from ptychopinn.reconstruction.network import reconstruct
     from ptychopinn.training.fit import fit
 
-    execution_config = execution_config or ExecutionConfig()
-    result = fit(
-        [scan],
-        None,
-        model_config=model_config or ModelConfig(),
-        data_config=data_config or DataConfig(),
-        training_config=training_config or TrainingConfig(),
-        execution_config=execution_config,
-        output_dir=output_dir,
-        overwrite=overwrite,
-    )
-    batch = inference_batch_size(execution_config.inference_batch_size)
+    rc = run_config or build_run_config()
+    e = rc.execution
+    result = fit([scan], None, run_config=rc, output_dir=output_dir, overwrite=overwrite)
     recon = reconstruct(
         result.bundle,
         scan,
-        batch_size=batch,
-        seed=execution_config.seed,
-        quiet=execution_config.quiet,
+        batch_size=inference_batch_size(rc.infer.inference_batch_size),
+        phase_sync_iterations=rc.infer.phase_sync_iterations,
+        seed=e.seed,
+        quiet=e.quiet,
         device=device,
     )
     recon.metadata["method"] = "ptychopinn self-supervised network"
-    if refine_epochs:
-        recon = refine_reconstruction(
-            recon,
-            scan,
-            refine_epochs,
-            quiet=execution_config.quiet,
-            seed=execution_config.seed,
-            **(refine_kwargs or {}),
-        )
+    if rc.refine.refine_epochs:
+        engine = GradientEngine.from_config(rc.refine, seed=e.seed, quiet=e.quiet, device=device)
+        recon = engine.run(scan, recon)
     return recon, result
 
 
