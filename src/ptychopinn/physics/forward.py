@@ -102,12 +102,18 @@ AVERAGE_FLOOR = 1e-6
 
 
 def weighted_average(
-    num: torch.Tensor, den: torch.Tensor, peak: float | torch.Tensor, fill: float = 1.0
+    num: torch.Tensor,
+    den: torch.Tensor,
+    peak: float | torch.Tensor,
+    fill: float = 1.0,
+    floor: float = AVERAGE_FLOOR,
 ) -> torch.Tensor:
     """``num / den`` for a placed, weighted sum ``num`` and its placed weights ``den`` (peak
-    ``peak``), regularised: ``(num + d fill) / (den + d)`` with ``d = AVERAGE_FLOOR * peak``.
-    The one place-and-average rule of the overlap constraint and of stitching."""
-    d = AVERAGE_FLOOR * peak
+    ``peak``), regularised: ``(num + d fill) / (den + d)`` with ``d = floor * peak``. The one
+    place-and-average rule of the overlap constraint and of stitching. With ``fill=0`` and a
+    larger ``floor`` it is a confidence-weighted average that fades where few patches overlap
+    (stitching's phase reference)."""
+    d = floor * peak
     return (num + d * fill) / (den + d)
 
 

@@ -19,6 +19,11 @@ from ptychopinn.physics.shifts import canvas_geometry, extract_patches, place_pa
 #: Measured, 16,000 patterns of N = 32 on this 2-core CPU: 4096 -> 15.4 s and +200 MB transient,
 #: 1024 -> 9.7 s, 256 -> 7.1 s and +63 MB (smaller pieces stay in cache).
 STITCH_CHUNK = 256
+#: Relative floor of the ring pass's phase reference: low-coverage reference pixels (the edges of
+#: the patches placed so far, where patches are least reliable) count less. Measured on held-out
+#: natural-image scans (physics-estimate patches, N = 32, 144 patterns): phase SSIM 0.894 with
+#: 1e-3, 0.891 with the averaging floor 1e-6 (1e6 photons; 0.847 vs 0.846 at 1e4).
+RING_REFERENCE_FLOOR = 1e-3
 
 
 def _rings(positions_px: np.ndarray) -> list[np.ndarray]:
@@ -92,12 +97,13 @@ def stitch(
         idx = torch.as_tensor(ring)
         p = store.read(ring)
         if k > 0:
-            # where nothing is placed yet the reference is 0, so it does not pull the phases
+            # the phase reference fades where few patches cover it yet (0 where none does)
             ref = weighted_average(
                 extract_patches(num, pos[idx], n, kernel="bilinear"),
                 extract_patches(cover, pos[idx], n, kernel="bilinear").real,
                 reached,
                 fill=0.0,
+                floor=RING_REFERENCE_FLOOR,
             )
             phase[idx] = phase_factors(p, ref, w)
         place_patches(p * phase[idx, None, None] * wc, pos[idx], shape, kernel="bilinear", out=num)
