@@ -620,3 +620,29 @@ def test_documented_benchmark_commands_use_flags_the_scripts_define():
                 assert f'"{flag}"' in source, f"{page.name}: {script}.py has no {flag}"
                 seen += 1
     assert seen >= 5
+
+
+def test_architecture_where_to_add_table_names_real_modules_and_registries():
+    """docs/architecture.md "Where do I add ...": each row's registry exists, is a Registry with
+    entries, and lives in the module the row names; the layout table names every package."""
+    import importlib
+
+    from ptychopinn.registry import Registry
+
+    text = (DOCS / "architecture.md").read_text()
+    rows = table_rows(text, "| to add | put it in | register it with | its contract |")
+    assert len(rows) >= 8
+    for row in rows:
+        where, registry = code_spans(row[1])[0], code_spans(row[2])[0]
+        module, _, name = ("ptychopinn." + registry).rpartition(".")
+        reg = getattr(importlib.import_module(module), name)
+        assert isinstance(reg, Registry) and len(reg) > 0, registry
+        path = module.removeprefix("ptychopinn.").replace(".", "/")
+        assert path.startswith(where.removesuffix("/").removesuffix(".py").split(" ")[0]), row
+    layout = table_rows(text, "| module | role |")
+    named = {c.split("/")[0].removesuffix(".py") for row in layout for c in code_spans(row[0])}
+    package = Path(__file__).resolve().parents[1] / "src" / "ptychopinn"
+    ours = {p.stem for p in package.glob("*.py") if p.stem != "__init__"} | {
+        p.name for p in package.iterdir() if p.is_dir() and (p / "__init__.py").exists()
+    }
+    assert ours <= named, f"not in the architecture layout: {ours - named}"
