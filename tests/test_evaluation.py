@@ -13,7 +13,6 @@ from ptychopinn.evaluation.align import (
     align_to_truth,
     disc_mask,
     erode,
-    fourier_shift,
     gaussian_filter,
     register_translation,
 )
@@ -31,6 +30,7 @@ from ptychopinn.evaluation.plots import (
     save_complex_png,
     save_frc_png,
 )
+from ptychopinn.physics.shifts import shift_image as fourier_shift
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -575,6 +575,7 @@ def test_train_save_load_infer_with_non_default_knobs(tmp_path, tiny_scan):
     bundle = load_bundle(out)
     assert bundle.execution["accumulate_grad_batches"] == 2
     assert bundle.execution["inference_batch_size"] == 5
+    assert bundle.execution["refine"]["refine_batch_size"] == 64  # the run's refine settings
     assert bundle.model_config == result.bundle.model_config
     batch = bundle.execution["inference_batch_size"]
     loaded = reconstruct(bundle, tiny_scan, batch_size=batch)

@@ -6,7 +6,6 @@ Pure numpy; matplotlib is imported only when a plot is written.
 from ptychopinn.evaluation.align import (
     AlignedPair,
     align_to_truth,
-    fourier_shift,
     register_translation,
 )
 from ptychopinn.evaluation.io import load_ground_truth, load_reconstruction_file
@@ -31,7 +30,6 @@ from ptychopinn.evaluation.plots import (
 __all__ = [
     "AlignedPair",
     "align_to_truth",
-    "fourier_shift",
     "register_translation",
     "load_ground_truth",
     "load_reconstruction_file",

@@ -72,15 +72,6 @@ class AlignedPair:
 # small numpy image helpers
 
 
-def fourier_shift(image: np.ndarray, shift_xy) -> np.ndarray:
-    """``physics.shifts.shift_image`` (the package's one Fourier shift, numpy form; torch is
-    imported on first use): ``out(x) = image(x - shift)`` for ``shift_xy`` = (dx, dy), periodic;
-    a real image stays real."""
-    from ptychopinn.physics.shifts import shift_image
-
-    return shift_image(image, shift_xy)
-
-
 def gaussian_kernel(sigma: float, truncate: float = 3.5) -> np.ndarray:
     """Normalised 1-D Gaussian of radius ``int(truncate * sigma + 0.5)`` (scipy.ndimage's rule)."""
     radius = int(truncate * sigma + 0.5)
@@ -199,11 +190,11 @@ def register_translation(
 ) -> np.ndarray:
     """Sub-pixel (dx, dy) such that ``moving(x) ~ reference(x - (dx, dy))``.
 
-    Undo it with ``fourier_shift(moving, -shift)``. Both (H, W), real or complex; ``weight``
-    (H, W) >= 0 windows them after their weighted means are removed (otherwise the constant
-    background of a transmission object flattens the correlation peak). ``max_shift_px`` limits
-    the search to shifts of at most that many pixels per axis (two reconstructions in one frame
-    can correlate at a whole scan step through periodic artefacts).
+    Undo it with ``physics.shifts.shift_image(moving, -shift)``. Both (H, W), real or complex;
+    ``weight`` (H, W) >= 0 windows them after their weighted means are removed (otherwise the
+    constant background of a transmission object flattens the correlation peak).
+    ``max_shift_px`` limits the search to shifts of at most that many pixels per axis (two
+    reconstructions in one frame can correlate at a whole scan step through periodic artefacts).
     """
     a = np.asarray(moving, dtype=np.complex128)
     b = np.asarray(reference, dtype=np.complex128)
@@ -344,6 +335,8 @@ def align_to_truth(
 
     Raises PtychoPINNError when the arrays share no pixels or the region is too small.
     """
+    from ptychopinn.physics.shifts import shift_image  # torch, on first use
+
     unknown = set(remove) - set(AMBIGUITIES)
     if unknown:
         raise PtychoPINNError(
@@ -360,7 +353,7 @@ def align_to_truth(
     o_int = np.round(offset)
     frac = offset - o_int
     if np.any(frac != 0):
-        rec = fourier_shift(rec, -frac)  # sample the canvas at gt pixel + offset
+        rec = shift_image(rec, -frac)  # sample the canvas at gt pixel + offset
     frame = _common_frame(rec.shape, gt.shape, o_int)
     if frame is None:
         raise PtychoPINNError(
@@ -423,7 +416,7 @@ def align_to_truth(
         for _ in range(REGISTRATION_PASSES):
             step = register_translation(work, gt, window, upsample, max_shift_px)
             shift = shift + step
-            work = fourier_shift(ramped, -shift)
+            work = shift_image(ramped, -shift)
             if np.max(np.abs(step)) < 1e-3:
                 break
     # the coarse ramp travelled with the shift, which left a constant g0 . shift behind

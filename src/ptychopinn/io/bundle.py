@@ -7,8 +7,9 @@ A zip archive (stored, not compressed) holding:
 - ``normalisation.json``: the amplitude scale a0, Poisson eps, gains (PHYSICS.md section 4);
 - ``weights.pt``: the generator's state dict, read with ``torch.load(weights_only=True)``;
 - ``probe.npy``: the training probe (K, N, N) complex64, read with ``allow_pickle=False``;
-- ``execution.json``: the resolved ExecutionConfig of the run and, under ``validation_check``,
-  the end-of-training check (network vs physics estimate vs flat; audit only; not identity).
+- ``execution.json``: the resolved ExecutionConfig and InferConfig of the run (flat keys), its
+  RefineConfig (under ``refine``) and, under ``validation_check``, the end-of-training check
+  (network vs physics estimate vs flat); audit only, not identity.
 Loading is strict: an unknown format version, a checksum mismatch, a missing member, or weights
 that do not match the configured architecture exactly raise BundleError.
 """

@@ -457,10 +457,12 @@ def _fit(
             "gain_ratio": float(module.log_gain.detach()[0].exp()) / gains[0],
             "input_normalisation": "per-scan mean pattern energy (N/2)^2",
         },
-        # the execution and inference settings of the run (inference_batch_size is read back)
+        # the execution and inference settings of the run (inference_batch_size is read back),
+        # and the refinement settings it was run with (reconstruct --network refines after it)
         execution={
             **asdict(e),
             **asdict(rc.infer),
+            "refine": asdict(rc.refine),
             "validation_check": check,
             "bundled_weights": bundled,
         },
