@@ -844,3 +844,17 @@ def test_the_moved_inference_batch_size_key_still_reads():
 
     assert resolve_key("execution.inference_batch_size") == "infer.inference_batch_size"
     assert resolve_key("inference_batch_size") == "infer.inference_batch_size"
+
+
+def test_every_config_field_has_its_one_doc_comment_and_the_cli_shows_it():
+    """A field is documented once, by the ``#:`` comment above it in config.py; the flag's help
+    is that text."""
+    from ptychopinn.config import field_docs
+    from ptychopinn.config_factory import SECTIONS
+
+    docs = field_docs()
+    for section, cls in SECTIONS.items():
+        for f in fields(cls):
+            assert len(docs.get(f"{section}.{f.name}", "")) > 10, f"{section}.{f.name}: no #: doc"
+    helps = {a.dest: a.help for a in _command("infer")._actions}
+    assert helps["cfg:refine.position_search_px"].startswith(docs["refine.position_search_px"])

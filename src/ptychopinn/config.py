@@ -30,15 +30,25 @@ class ModelConfig:
     output), width scale 1. ``physics_iterations=0`` gives the plain amplitudes-only network.
     """
 
+    #: pattern size N (always the data's)
     n: int = 64
+    #: groups of gridsize^2 neighbouring patterns
     gridsize: int = 2
+    #: generator network name
     generator: str = "cnn"
+    #: network width: 16 x scale filters at the first level
     n_filters_scale: int = 1
+    #: U-Net skip connections in the generator
     skip_connections: bool = True
+    #: upper bound of the predicted object amplitude
     amp_max: float = 2.0
+    #: patch support as a fraction of N
     support: float | None = None
+    #: poisson: Poisson NLL on counts; mae: amplitude MAE
     loss: str = "poisson"
+    #: train the intensity gain (else keep its data-derived value)
     trainable_gain: bool = True
+    #: physics projection iterations giving the generator a first estimate
     physics_iterations: int = 20
 
     def __post_init__(self):
@@ -77,9 +87,15 @@ class ModelConfig:
 class DataConfig:
     """How scans become training groups."""
 
+    #: K nearest neighbours a group is drawn from, >= gridsize^2
     neighbors: int = 7
+    #: number of training groups
     n_groups: int | None = None
+    #: held-out fraction of patterns (a contiguous block, grouped apart from the training patterns)
+    #: for validation without --test-data; 0 allowed
     val_fraction: float = 0.1
+    #: units of the diffraction arrays in NPZ inputs; auto honours the file's 'diffraction_units'
+    #: entry, else detects
     diffraction_units: str = "auto"
 
     def __post_init__(self):
@@ -102,9 +118,13 @@ class TrainingConfig:
     """How long and in what batches to train. ``nphotons``, if set, initialises the gain so a
     unit-amplitude object predicts that many photons per pattern (default: from the data)."""
 
+    #: maximum epochs
     max_epochs: int = 30
+    #: groups per batch (per device)
     batch_size: int = 16
+    #: initialise the gain so a unit object gives this many photons per pattern
     nphotons: float | None = None
+    #: weight of the supervised patch loss when ground truth exists
     supervised_weight: float = 0.0
 
     def __post_init__(self):
@@ -116,6 +136,30 @@ class TrainingConfig:
             _bad("nphotons", self.nphotons, "> 0 or None")
         if self.supervised_weight < 0:
             _bad("supervised_weight", self.supervised_weight, ">= 0")
+
+
+def field_docs() -> dict[str, str]:
+    """``{"section.field": doc}``: the ``#:`` comment above each field of the config dataclasses
+    (the one place a field is documented; the CLI help and the generated CLI reference show it).
+    Read from this module's source with ``ast``/line scanning, so it needs no import of torch."""
+    import ast
+    from pathlib import Path
+
+    source = Path(__file__).read_text()
+    lines = source.splitlines()
+    sections = {cls.__name__: name for name, cls in _SECTION_CLASSES.items()}
+    out: dict[str, str] = {}
+    for node in ast.parse(source).body:
+        if not (isinstance(node, ast.ClassDef) and node.name in sections):
+            continue
+        for item in node.body:
+            if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                doc, row = [], item.lineno - 2
+                while row >= 0 and lines[row].strip().startswith("#:"):
+                    doc.insert(0, lines[row].strip()[2:].strip())
+                    row -= 1
+                out[f"{sections[node.name]}.{item.target.id}"] = " ".join(doc)
+    return out
 
 
 def to_dict(config) -> dict:
@@ -235,46 +279,92 @@ class ExecutionConfig:
     """
 
     # Trainer
+    #: Lightning accelerator; auto picks cuda, then mps, then cpu (tpu is not supported)
     accelerator: str = "auto"
+    #: number of devices (processes per node) or 'auto'
     devices: int | str = "auto"
+    #: Lightning strategy; DDP variants for several devices (ddp_spawn or ddp on CPU use the gloo
+    #: backend)
     strategy: str = "auto"
+    #: number of machines
     num_nodes: int = 1
+    #: numeric precision (16-mixed falls back to bf16-mixed on CPU)
     precision: str = "32-true"
+    #: use deterministic algorithms only (slower on GPU)
     deterministic: bool = False
+    #: torch anomaly detection: name the operation that produced a NaN/inf gradient (much slower;
+    #: for debugging a diverging run)
     detect_anomaly: bool = False
+    #: one seed for grouping, the validation split, weight init and batch order
     seed: int = 0
     # DataLoader
+    #: DataLoader worker processes (0: load in the main process)
     num_workers: int = 0
+    #: page-locked host memory for faster GPU transfers
     pin_memory: bool = False
+    #: keep workers alive between epochs (needs --num-workers > 0)
     persistent_workers: bool = False
+    #: batches prefetched per worker (needs --num-workers > 0)
     prefetch_factor: int | None = None
     # Optimisation
+    #: initial learning rate (> 0)
     learning_rate: float = 1e-3
+    #: training optimizer: adam, adamw (decoupled weight decay) or sgd
     optimizer: str = "adam"
+    #: SGD momentum in [0, 1) (sgd only; 0: plain SGD)
     momentum: float = 0.9
+    #: weight decay (>= 0; decoupled for adamw)
     weight_decay: float = 0.0
+    #: learning-rate schedule, stepped once per epoch: Default constant; Exponential lr*gamma^epoch;
+    #: MultiStage x gamma at each milestone; Adaptive (alias ReduceLROnPlateau) x plateau-factor
+    #: when the monitored metric stalls; WarmupCosine linear warm-up then cosine to min-lr
     scheduler: str = "Default"
+    #: decay factor in (0, 1] of Exponential and MultiStage
     lr_gamma: float = 0.95
+    #: MultiStage epochs at which the LR is multiplied by lr-gamma (e.g. --lr-milestones 10 20)
     lr_milestones: tuple[int, ...] = ()
+    #: Adaptive: LR factor in (0, 1) applied on a plateau
     plateau_factor: float = 0.5
+    #: Adaptive: epochs without improvement before reducing
     plateau_patience: int = 2
+    #: lower LR bound of Adaptive and the end value of WarmupCosine
     min_lr: float = 0.0
+    #: WarmupCosine: linear warm-up epochs (< max-epochs)
     warmup_epochs: int = 0
+    #: accumulate gradients over K batches per optimiser step; effective batch = batch x K x devices
+    #: x nodes
     accumulate_grad_batches: int = 1
+    #: clip gradients at this value
     gradient_clip_val: float | None = None
+    #: clip the gradient norm or each value
     gradient_clip_algorithm: str = "norm"
     # Checkpointing and early stopping
+    #: write Lightning checkpoints to OUTPUT_DIR/checkpoints (best by the monitor, plus last.ckpt)
     enable_checkpointing: bool = True
+    #: best checkpoints kept: -1 all, 0 none (last.ckpt only), k
     checkpoint_save_top_k: int = 1
+    #: metric for checkpoints, early stopping and Adaptive; val_loss means the model's validation
+    #: loss (e.g. poisson_val_loss), or its training loss when there is no validation data
     checkpoint_monitor: str = "val_loss"
+    #: whether the monitored metric should be minimised or maximised
     checkpoint_mode: str = "min"
+    #: stop when the monitored metric has not improved for --early-stop-patience epochs
+    #: (--no-early-stopping disables it)
     early_stopping: bool = True
+    #: early-stopping patience in epochs (>= 1)
     early_stop_patience: int = 5
+    #: resume training from a Lightning checkpoint PATH, or 'last' for
+    #: OUTPUT_DIR/checkpoints/last.ckpt
     resume_from: str | None = None
     # Logging and output
+    #: training logger: csv/tensorboard under OUTPUT_DIR/lightning_logs, mlflow to
+    #: --mlflow-tracking-uri, none
     logger: str = "csv"
+    #: MLflow tracking URI
     mlflow_tracking_uri: str | None = None
+    #: MLflow experiment name
     experiment_name: str = "ptychopinn"
+    #: only warnings and errors: no progress bars, model summary or info lines
     quiet: bool = False
 
     def __post_init__(self):
@@ -436,36 +526,53 @@ class RefineConfig:
     ``refine_epochs`` to 300 from a flat start. See ``reconstruction.gradient.refine`` for what
     each does and the measurements behind the defaults."""
 
-    #: passes over the scan (0: no refinement)
+    #: refinement epochs on the scan's own Poisson likelihood (stopping earlier once the plateau
+    #: rule has decayed the step, see --stop-when-converged)
     refine_epochs: int = 0
-    #: patterns per step
+    #: patterns per refinement step
     refine_batch_size: int = 64
-    #: adam or pgd; None: pgd from a flat start, adam from a given object
+    #: refinement optimiser: pgd (gradient preconditioned by the probe illumination) or adam
     refine_optimizer: str | None = None
-    #: Adam lr or PGD step; None: by optimiser and start
+    #: refinement step: PGD step or Adam learning rate
     refine_lr: float | None = None
+    #: plateau: halve the step when the loss stalls; constant: never
     refine_schedule: str = "plateau"
-    #: plateau window in epochs; None: 20 from a flat start, 3 from a given object
+    #: epochs of the plateau test
     refine_patience: int | None = None
-    #: Gaussian prior of this per-pixel width around the start (MAP); None: maximum likelihood
+    #: keep refinement near its start (the network output): Gaussian prior of this per-pixel width
+    #: (e.g. 0.01; recommended at low dose)
     refine_prior_sigma: float | None = None
-    #: stop after the first epoch that ends past this many seconds; None: no limit
+    #: stop refinement after the first epoch that ends past this many seconds
     refine_time_limit_s: float | None = None
-    #: stop once the plateau schedule has cut the step below 1/50 of its start
+    #: stop once the plateau rule has cut the step below 1/50
     stop_when_converged: bool = True
-    #: retrieve the probe: auto (unless the scan's probe is known true), on, off
+    #: retrieve the probe jointly during refinement: auto = unless the scan's probe is known to be
+    #: the true one (scans made by ptychopinn simulate, or metadata probe_known); the refined probe
+    #: is written with the reconstruction
     refine_probe: str = "auto"
+    #: refinement epoch (from 0) at which probe retrieval starts
     probe_start_epoch: int = 2
+    #: probe optimiser: pgd (preconditioned by the object intensity, like ePIE) or adam
     probe_optimizer: str = "pgd"
+    #: probe step: PGD step or Adam learning rate for a probe of peak amplitude 1
     probe_lr: float | None = None
-    #: pin the phase-ramp and translation ambiguities of joint object/probe retrieval
+    #: pin the phase-ramp and translation ambiguities of joint object/probe retrieval after every
+    #: epoch
     fix_gauge: bool = True
+    #: correct each pattern's scan position during refinement (affine first, then per pattern; the
+    #: corrected positions are written with the reconstruction)
     correct_positions: bool = False
+    #: refinement epoch (from 0) at which position correction starts
     position_start_epoch: int = POSITION_START_EPOCH
+    #: position change per pattern per epoch, pixels (at most twice this per axis)
     position_step_px: float = POSITION_STEP_PX
+    #: epochs of the affine-only phase of position correction
     position_affine_epochs: int = POSITION_AFFINE_EPOCHS
-    #: coarse search radius (pixels per axis) before the gradient correction; 0: none
+    #: errors up to this many pixels per axis are first found by a coarse search of each pattern's
+    #: likelihood (for errors of several pixels, beyond the gradient's reach); 0 = no search
     position_search_px: float = 0.0
+    #: rounds of the coarse search, each after 20 epochs of object refinement; the gradient
+    #: correction starts --position-start-epoch epochs after the last
     position_search_rounds: int = POSITION_SEARCH_ROUNDS
 
     def __post_init__(self):
@@ -521,11 +628,23 @@ class InferConfig:
     """The network's single pass and the stitching (``reconstruction.network``); recorded with
     a trained model (its ``execution.json``) and used when it reconstructs."""
 
-    #: groups per inference batch; None: the value recorded with the model, else 64
+    #: groups per inference batch, recorded with the model
     inference_batch_size: int | None = None
-    #: rounds rotating every patch to the stitched estimate after the ring pass
+    #: stitching: rounds rotating every patch's free phase to the stitched estimate after the ring
+    #: pass
     phase_sync_iterations: int = PHASE_SYNC_ITERATIONS
 
     def __post_init__(self):
         _check_int("inference_batch_size", self.inference_batch_size, 1, allow_none=True)
         _check_int("phase_sync_iterations", self.phase_sync_iterations, 0)
+
+
+#: section name -> dataclass (``config_factory.SECTIONS`` is this mapping)
+_SECTION_CLASSES = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "training": TrainingConfig,
+    "execution": ExecutionConfig,
+    "refine": RefineConfig,
+    "infer": InferConfig,
+}

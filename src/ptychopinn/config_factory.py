@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ptychopinn.config import (
+    _SECTION_CLASSES,
     DataConfig,
     ExecutionConfig,
     InferConfig,
@@ -51,14 +52,7 @@ from ptychopinn.config import (
 )
 from ptychopinn.errors import ConfigError
 
-SECTIONS: dict[str, type] = {
-    "model": ModelConfig,
-    "data": DataConfig,
-    "training": TrainingConfig,
-    "execution": ExecutionConfig,
-    "refine": RefineConfig,
-    "infer": InferConfig,
-}
+SECTIONS: dict[str, type] = dict(_SECTION_CLASSES)
 #: keys that moved to another section: old qualified spelling -> current key (config files and
 #: audits written before the move keep working)
 MOVED_KEYS = {"execution.inference_batch_size": "infer.inference_batch_size"}

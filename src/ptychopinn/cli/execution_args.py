@@ -21,7 +21,6 @@ from ptychopinn.config import (
     INFERENCE_BATCH_SIZE,
     LOGGER_NAMES,
     OPTIMIZER_NAMES,
-    POSITION_SEARCH_INTERVAL,
     PRECISION_NAMES,
     PROBE_REFINEMENT,
     REFINE_OPTIMIZERS,
@@ -29,6 +28,7 @@ from ptychopinn.config import (
     SCHEDULER_ALIASES,
     SCHEDULER_NAMES,
     STRATEGY_NAMES,
+    field_docs,
 )
 from ptychopinn.config_factory import (
     SECTIONS,
@@ -61,126 +61,8 @@ CHOICES = {
     "refine.probe_optimizer": list(REFINE_OPTIMIZERS),
 }
 
-HELP = {
-    # model
-    "model.gridsize": "groups of gridsize^2 neighbouring patterns",
-    "model.generator": "generator network name",
-    "model.n_filters_scale": "network width: 16 x scale filters at the first level",
-    "model.skip_connections": "U-Net skip connections in the generator",
-    "model.amp_max": "upper bound of the predicted object amplitude",
-    "model.support": "patch support as a fraction of N",
-    "model.loss": "poisson: Poisson NLL on counts; mae: amplitude MAE",
-    "model.trainable_gain": "train the intensity gain (else keep its data-derived value)",
-    "model.physics_iterations": "physics projection iterations giving the generator a first "
-    "estimate",
-    # data
-    "data.neighbors": "K nearest neighbours a group is drawn from, >= gridsize^2",
-    "data.n_groups": "number of training groups",
-    "data.val_fraction": "held-out fraction of patterns (a contiguous block, grouped apart from "
-    "the training patterns) for validation without --test-data; 0 allowed",
-    "data.diffraction_units": "units of the diffraction arrays in NPZ inputs; auto honours the "
-    "file's 'diffraction_units' entry, else detects",
-    # training
-    "training.max_epochs": "maximum epochs",
-    "training.batch_size": "groups per batch (per device)",
-    "training.nphotons": "initialise the gain so a unit object gives this many photons per pattern",
-    "training.supervised_weight": "weight of the supervised patch loss when ground truth exists",
-    # execution: trainer
-    "execution.accelerator": "Lightning accelerator; auto picks cuda, then mps, then cpu "
-    "(tpu is not supported)",
-    "execution.devices": "number of devices (processes per node) or 'auto'",
-    "execution.strategy": "Lightning strategy; DDP variants for several devices (ddp_spawn or "
-    "ddp on CPU use the gloo backend)",
-    "execution.num_nodes": "number of machines",
-    "execution.precision": "numeric precision (16-mixed falls back to bf16-mixed on CPU)",
-    "execution.deterministic": "use deterministic algorithms only (slower on GPU)",
-    "execution.detect_anomaly": "torch anomaly detection: name the operation that produced a "
-    "NaN/inf gradient (much slower; for debugging a diverging run)",
-    "execution.seed": "one seed for grouping, the validation split, weight init and batch order",
-    # execution: data loader
-    "execution.num_workers": "DataLoader worker processes (0: load in the main process)",
-    "execution.pin_memory": "page-locked host memory for faster GPU transfers",
-    "execution.persistent_workers": "keep workers alive between epochs (needs --num-workers > 0)",
-    "execution.prefetch_factor": "batches prefetched per worker (needs --num-workers > 0)",
-    # execution: optimisation
-    "execution.learning_rate": "initial learning rate (> 0)",
-    "execution.optimizer": "optimizer",
-    "execution.momentum": "SGD momentum in [0, 1) (sgd only; 0: plain SGD)",
-    "execution.weight_decay": "weight decay (>= 0; decoupled for adamw)",
-    "execution.scheduler": "learning-rate schedule, stepped once per epoch: Default constant; "
-    "Exponential lr*gamma^epoch; MultiStage x gamma at each milestone; "
-    "Adaptive (alias ReduceLROnPlateau) x plateau-factor when the monitored "
-    "metric stalls; WarmupCosine linear warm-up then cosine to min-lr",
-    "execution.lr_gamma": "decay factor in (0, 1] of Exponential and MultiStage",
-    "execution.lr_milestones": "MultiStage epochs at which the LR is multiplied by lr-gamma "
-    "(e.g. --lr-milestones 10 20)",
-    "execution.plateau_factor": "Adaptive: LR factor in (0, 1) applied on a plateau",
-    "execution.plateau_patience": "Adaptive: epochs without improvement before reducing",
-    "execution.min_lr": "lower LR bound of Adaptive and the end value of WarmupCosine",
-    "execution.warmup_epochs": "WarmupCosine: linear warm-up epochs (< max-epochs)",
-    "execution.accumulate_grad_batches": "accumulate gradients over K batches per optimiser step; "
-    "effective batch = batch x K x devices x nodes",
-    "execution.gradient_clip_val": "clip gradients at this value",
-    "execution.gradient_clip_algorithm": "clip the gradient norm or each value",
-    # execution: checkpoints and early stopping
-    "execution.enable_checkpointing": "write Lightning checkpoints to OUTPUT_DIR/checkpoints "
-    "(best by the monitor, plus last.ckpt)",
-    "execution.checkpoint_save_top_k": "best checkpoints kept: -1 all, 0 none (last.ckpt only), k",
-    "execution.checkpoint_monitor": "metric for checkpoints, early stopping and Adaptive; val_loss "
-    "means the model's validation loss (e.g. poisson_val_loss), or "
-    "its training loss when there is no validation data",
-    "execution.checkpoint_mode": "whether the monitored metric should be minimised or maximised",
-    "execution.early_stopping": "stop when the monitored metric has not improved for "
-    "--early-stop-patience epochs (--no-early-stopping disables it)",
-    "execution.early_stop_patience": "early-stopping patience in epochs (>= 1)",
-    "execution.resume_from": "resume training from a Lightning checkpoint PATH, or 'last' for "
-    "OUTPUT_DIR/checkpoints/last.ckpt",
-    # execution: logging
-    "execution.logger": "training logger: csv/tensorboard under OUTPUT_DIR/lightning_logs, mlflow "
-    "to --mlflow-tracking-uri, none",
-    "execution.mlflow_tracking_uri": "MLflow tracking URI",
-    "execution.experiment_name": "MLflow experiment name",
-    "execution.quiet": "only warnings and errors: no progress bars, model summary or info lines",
-    # refine: gradient refinement on the scan's own likelihood
-    "refine.refine_epochs": "refinement epochs on the scan's own Poisson likelihood (stopping "
-    "earlier once the plateau rule has decayed the step, see --stop-when-converged)",
-    "refine.refine_batch_size": "patterns per refinement step",
-    "refine.refine_optimizer": "refinement optimiser: pgd (gradient preconditioned by the "
-    "probe illumination) or adam",
-    "refine.refine_lr": "refinement step: PGD step or Adam learning rate",
-    "refine.refine_schedule": "plateau: halve the step when the loss stalls; constant: never",
-    "refine.refine_patience": "epochs of the plateau test",
-    "refine.refine_prior_sigma": "keep refinement near its start (the network output): Gaussian "
-    "prior of this per-pixel width (e.g. 0.01; recommended at low dose)",
-    "refine.refine_time_limit_s": "stop refinement after the first epoch that ends past this "
-    "many seconds",
-    "refine.stop_when_converged": "stop once the plateau rule has cut the step below 1/50",
-    "refine.refine_probe": "retrieve the probe jointly during refinement: auto = unless the "
-    "scan's probe is known to be the true one (scans made by ptychopinn simulate, or metadata "
-    "probe_known); the refined probe is written with the reconstruction",
-    "refine.probe_start_epoch": "refinement epoch (from 0) at which probe retrieval starts",
-    "refine.probe_optimizer": "probe optimiser: pgd (preconditioned by the object intensity, "
-    "like ePIE) or adam",
-    "refine.probe_lr": "probe step",
-    "refine.fix_gauge": "pin the phase-ramp and translation ambiguities of joint object/probe "
-    "retrieval after every epoch",
-    "refine.correct_positions": "correct each pattern's scan position during refinement (affine "
-    "first, then per pattern; the corrected positions are written with the reconstruction)",
-    "refine.position_start_epoch": "refinement epoch (from 0) at which position correction starts",
-    "refine.position_step_px": "position change per pattern per epoch, pixels (at most twice "
-    "this per axis)",
-    "refine.position_affine_epochs": "epochs of the affine-only phase of position correction",
-    "refine.position_search_px": "errors up to this many pixels per axis are first found by a "
-    "coarse search of each pattern's likelihood (for errors of several pixels, beyond the "
-    "gradient's reach); 0 = no search",
-    "refine.position_search_rounds": "rounds of the coarse search, each after "
-    f"{POSITION_SEARCH_INTERVAL} epochs of object refinement; the gradient correction starts "
-    "--position-start-epoch epochs after the last",
-    # infer: the network pass and stitching
-    "infer.inference_batch_size": "groups per inference batch, recorded with the model",
-    "infer.phase_sync_iterations": "stitching: rounds rotating every patch's free phase to the "
-    "stitched estimate after the ring pass",
-}
+#: each flag's help: the ``#:`` comment above its field in ptychopinn/config.py
+HELP = field_docs()
 
 #: default shown in the help where the dataclass default is None
 DEFAULT_TEXT = {
