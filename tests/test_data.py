@@ -465,3 +465,27 @@ def test_metadata_json_in_file(tmp_path):
     path = write_npz(scan, tmp_path / "m.npz")
     with np.load(path) as z:
         assert json.loads(str(z["metadata"])) == {"photons": 1e3, "step_px": 2.5}
+
+
+def test_scan_geometry_is_typed_held_once_and_survives_npz(tmp_path, tiny_scan):
+    """ScanData.geometry (object grid, pixel size, what scan_index means): geometry keys in the
+    metadata (older files, ``replace(scan, metadata=...)``) move into it; NPZ keeps it."""
+    from dataclasses import replace
+
+    from ptychopinn.data.geometry import ObjectGrid, ScanGeometry
+    from ptychopinn.data.npz import read_npz, write_npz
+    from ptychopinn.errors import DataError
+
+    assert tiny_scan.geometry == ScanGeometry()  # a simulation: no physical grid
+    legacy = replace(tiny_scan, metadata={**tiny_scan.metadata, "object_pixel_size_m": 2e-8})
+    assert legacy.geometry.pixel_size_m == (2e-8, 2e-8)
+    assert "object_pixel_size_m" not in legacy.metadata
+    grid = ObjectGrid(tiny_scan.object_truth.shape, 1e-8, 3e-8, 1e-6, -2e-6)
+    typed = replace(tiny_scan, geometry=ScanGeometry(grid, scan_index="position_index"))
+    assert typed.geometry.pixel_size_m == (1e-8, 3e-8)  # the grid's
+    write_npz(typed, tmp_path / "g.npz")
+    back = read_npz(tmp_path / "g.npz")
+    assert back.geometry == typed.geometry
+    assert "object_grid" not in back.metadata
+    with pytest.raises(DataError, match="scan_index 'frame'"):
+        replace(tiny_scan, metadata={"scan_index_kind": "frame"})

@@ -241,7 +241,7 @@ def test_scan_from_reconstruct_input_equals_our_reader(reconstruct_input, batch_
     np.testing.assert_array_equal(ours.probe, scan.probe)
     np.testing.assert_array_equal(ours.object_truth, scan.object_truth)
     np.testing.assert_array_equal(ours.scan_index, np.arange(100, 100 + scan.n_patterns))
-    assert ObjectGrid.from_metadata(ours.metadata) == ObjectGrid(scan.object_truth.shape, **GRID_KW)
+    assert ours.geometry.object_grid == ObjectGrid(scan.object_truth.shape, **GRID_KW)
     attrs = ours.metadata["ptychodus_product_attrs"]
     assert (attrs["name"], attrs["photon_energy_eV"], attrs["detector_object_distance_m"]) == (
         "adapter",
@@ -319,7 +319,7 @@ def test_errors_in_training_reach_the_caller_without_leaks(reconstruct_input):
 
 
 def test_supervised_needs_a_model_and_a_real_ground_truth(reconstruct_input, batch_dir, tmp_path):
-    from ptychopinn.data.ptychodus_h5 import ObjectGrid, write_product
+    from ptychopinn.data.ptychodus_h5 import write_product
     from ptychopinn.errors import DataError, PtychoPINNError
 
     library = make_library()
@@ -335,7 +335,7 @@ def test_supervised_needs_a_model_and_a_real_ground_truth(reconstruct_input, bat
     write_product(
         flat / "product.h5",
         object_=np.ones(s.object_truth.shape, np.complex64),
-        grid=ObjectGrid.from_metadata(s.metadata),
+        grid=s.geometry.object_grid,
         probe=s.probe,
         positions_px=s.positions_px,
         scan_index=s.scan_index,
@@ -445,7 +445,7 @@ def test_export_training_data_round_trips_and_trains(reconstruct_input, scan, tm
     np.testing.assert_array_equal(back.object_truth, scan.object_truth)
     np.testing.assert_array_equal(back.bad_pixels, scan.bad_pixels)
     np.testing.assert_array_equal(back.scan_index, np.arange(100, 136))
-    assert ObjectGrid.from_metadata(back.metadata) == ObjectGrid(scan.object_truth.shape, **GRID_KW)
+    assert back.geometry.object_grid == ObjectGrid(scan.object_truth.shape, **GRID_KW)
     assert back.metadata["diffraction_units_read"] == "counts"
 
     # a folder of NPZ files, written to the same folder (the GUI passes one path twice)
@@ -579,7 +579,7 @@ def test_infer_ptychodus_input_writes_product_on_the_input_grid(trained, batch_d
     assert (out / "reconstruction.npz").is_file() and (out / "product.h5").is_file()
     back = read_ptychodus(out / "product.h5", batch_dir / "diffraction.h5")
     ref = read_ptychodus(batch_dir / "product.h5", batch_dir / "diffraction.h5")
-    assert back.metadata["object_grid"] == ref.metadata["object_grid"]
+    assert back.geometry.object_grid == ref.geometry.object_grid is not None
     np.testing.assert_array_equal(back.scan_index, ref.scan_index)
     np.testing.assert_allclose(back.positions_px, ref.positions_px, rtol=0, atol=1e-9)
     assert np.isfinite(back.object_truth).all() and not np.allclose(
@@ -621,7 +621,9 @@ def test_infer_npz_input_product_output_uses_the_scan_grid(trained, scan, tmp_pa
     )
 
     _, _, model_dir = trained
-    npz_scan = replace(scan, metadata={**scan.metadata, "object_pixel_size_m": 2e-8})
+    from ptychopinn.data.geometry import ScanGeometry
+
+    npz_scan = replace(scan, geometry=ScanGeometry(pixel_size_m=(2e-8, 2e-8)))
     write_npz(npz_scan, tmp_path / "scan.npz")
     out = tmp_path / "o"
     assert (
@@ -643,7 +645,7 @@ def test_infer_npz_input_product_output_uses_the_scan_grid(trained, scan, tmp_pa
     write_diffraction_for_scan(tmp_path / "d.h5", npz_scan)
     back = read_ptychodus(out / "product.h5", tmp_path / "d.h5")
     grid = scan_object_grid(npz_scan)
-    assert back.metadata["object_grid"] == grid.as_metadata()
+    assert back.geometry.object_grid == grid
     assert grid.pixel_width_m == 2e-8 and back.object_truth.shape == scan.object_truth.shape
     np.testing.assert_allclose(back.positions_px, scan.positions_px, rtol=0, atol=1e-9)
 

@@ -103,13 +103,13 @@ def test_round_trip_reads_back_equal(files, scan, grid):
     np.testing.assert_array_equal(r.object_truth, scan.object_truth)
     np.testing.assert_array_equal(r.scan_index, np.arange(scan.n_patterns))
     md = r.metadata
-    assert ObjectGrid.from_metadata(md) == grid
+    assert r.geometry.object_grid == grid and r.geometry.scan_index == "position_index"
+    assert r.geometry.pixel_size_m == (1.25e-8, 2.5e-8)  # not square here
     assert md["photon_energy_eV"] == 8000.0 and md["detector_object_distance_m"] == 2.5
     assert md["ptychodus_product_attrs"]["mass_attenuation_m2_per_kg"] == 0.25
     assert md["ptychodus_product_attrs"]["name"] == "tiny"
     assert md["detector_pixel_width_m"] == 75e-6 and md["object_layers"] == 1
-    assert "object_pixel_size_m" not in md  # pixels are not square here
-    assert md["object_pixel_width_m"] == 1.25e-8 and md["object_pixel_height_m"] == 2.5e-8
+    assert "object_grid" not in md and "object_pixel_width_m" not in md  # held once, typed
 
 
 def test_product_layout(files, scan, grid):
@@ -147,7 +147,7 @@ def test_export_scan_and_write_back_keep_grid_and_indexes(tmp_path, scan):
     """A scan read from Ptychodus files is written back on the same grid with its own indexes."""
     export_scan(scan, tmp_path / "p.h5", tmp_path / "d.h5")
     first = read_ptychodus(tmp_path / "p.h5", tmp_path / "d.h5")
-    assert first.metadata["object_pixel_size_m"] == 1e-8
+    assert first.geometry.pixel_size_m == (1e-8, 1e-8)
     np.testing.assert_allclose(first.positions_px, scan.positions_px, atol=1e-9)
     sub = first.subset(np.arange(0, first.n_patterns, 3))  # indexes 0, 3, 6, ...
     recon = np.full(sub.object_truth.shape, 0.5 + 0.5j, np.complex64)
@@ -157,7 +157,7 @@ def test_export_scan_and_write_back_keep_grid_and_indexes(tmp_path, scan):
     np.testing.assert_allclose(again.positions_px, sub.positions_px, atol=1e-9)
     np.testing.assert_array_equal(again.diffraction, sub.diffraction)
     np.testing.assert_array_equal(again.object_truth, recon)
-    assert again.metadata["object_grid"] == first.metadata["object_grid"]
+    assert again.geometry.object_grid == first.geometry.object_grid is not None
     with h5py.File(tmp_path / "out.h5", "r") as fh:
         np.testing.assert_array_equal(fh["loss_epochs"][()], [1, 2])
 
@@ -730,8 +730,7 @@ def test_files_saved_by_ptychodus_read_back_equal(tmp_path, scan):
     np.testing.assert_array_equal(ours.probe, scan.probe)
     np.testing.assert_array_equal(ours.object_truth, scan.object_truth)
     np.testing.assert_array_equal(ours.bad_pixels, scan.bad_pixels)
-    g = ObjectGrid.from_metadata(ours.metadata)
-    assert g == ObjectGrid((h, w), 2e-8, 3e-8, -4e-6, 2e-6)
+    assert ours.geometry.object_grid == ObjectGrid((h, w), 2e-8, 3e-8, -4e-6, 2e-6)
     a = ours.metadata["ptychodus_product_attrs"]
     assert (a["name"], a["photon_energy_eV"], a["detector_object_distance_m"]) == (
         "from-ptychodus",

@@ -242,7 +242,7 @@ def test_cxi_reader_round_trip_and_ptychodus_agrees(tmp_path, tiny_scan):
     assert scan.bad_pixels[3, 4] and scan.bad_pixels.sum() == 1
     np.testing.assert_array_equal(scan.diffraction[:, 5, 6], tiny_scan.diffraction[:, 5, 6])
     assert scan.diffraction[:, 3, 4].max() == 0
-    assert scan.metadata["object_pixel_size_m"] == pytest.approx(1e-8)
+    assert scan.geometry.pixel_size_m == pytest.approx((1e-8, 1e-8))
     # the real Ptychodus CXI reader reads the same patterns and positions from this file
     from ptychodus.plugins.cxi_file import CXIDiffractionFileReader, CXIProductFileIO
 

@@ -161,7 +161,6 @@ def _reconstruct(scan, args, rc, output_dir, device: str):
 
 
 def _half_scan_frc(scan, args, rc, device, log) -> dict:
-    from ptychopinn.evaluation.metrics import pixel_size_from_metadata
     from ptychopinn.evaluation.reference_free import half_scan_frc, split_halves
 
     halves = []
@@ -172,7 +171,7 @@ def _half_scan_frc(scan, args, rc, device, log) -> dict:
             half.n_patterns,
         )
         halves.append(_reconstruct(half, args, rc, None, device))
-    out = half_scan_frc(*halves, pixel_size_m=pixel_size_from_metadata(scan.metadata))
+    out = half_scan_frc(*halves, pixel_size_m=scan.geometry.pixel_width_m)
     log.info(
         "half-scan FRC resolution: %.3g px%s",
         out["frc_resolution_px"],

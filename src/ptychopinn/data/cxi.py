@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ptychopinn.data.geometry import ScanGeometry
 from ptychopinn.data.npz import check_units, to_counts
 from ptychopinn.data.ptychodus_h5 import (
     _dataset,
@@ -176,12 +177,8 @@ def read_cxi(path: str | Path, diffraction_units: str = "auto") -> ScanData:
         "source_format": SOURCE_FORMAT,
         "probe_known": False,
         "diffraction_units_read": units,
-        "object_pixel_width_m": pw,
-        "object_pixel_height_m": ph,
         "object_pixel_size_from": pixel_from,
     }
-    if abs(pw - ph) <= 1e-6 * max(pw, ph):
-        metadata["object_pixel_size_m"] = pw
     return ScanData(
         diffraction=counts,
         positions_px=positions,
@@ -189,4 +186,5 @@ def read_cxi(path: str | Path, diffraction_units: str = "auto") -> ScanData:
         bad_pixels=bad,
         metadata=metadata,
         source=src,
+        geometry=ScanGeometry(pixel_size_m=(pw, ph)),
     )

@@ -354,7 +354,9 @@ def write_npz(scan: ScanData, path: str | Path, overwrite: bool = False) -> Path
         "xcoords_start": scan.positions_px[:, 0],
         "ycoords_start": scan.positions_px[:, 1],
         "probeGuess": scan.probe[0] if scan.n_modes == 1 else scan.probe,
-        "metadata": np.array(json.dumps(scan.metadata, default=str)),
+        "metadata": np.array(
+            json.dumps({**scan.metadata, **scan.geometry.as_metadata()}, default=str)
+        ),
     }
     if scan.object_truth is not None:
         arrays["objectGuess"] = scan.object_truth

@@ -23,12 +23,12 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from ptychopinn.data.geometry import ObjectGrid, ScanGeometry
 from ptychopinn.data.limits import check_allocation, require_file
 from ptychopinn.data.npz import check_units, to_counts
 from ptychopinn.data.scan import ScanData
@@ -43,7 +43,6 @@ log = get_logger("data.ptychodus")
 HC_EV_M = 1.239841984e-6
 
 #: metadata keys written by :func:`read_ptychodus`
-GRID_KEY = "object_grid"
 ATTRS_KEY = "ptychodus_product_attrs"
 SOURCE_FORMAT = "ptychodus"
 
@@ -71,107 +70,9 @@ _POSITIVE_ATTRS = ("detector_object_distance_m", "photon_energy_eV")
 #: placeholders written for a scan that carries no experiment geometry (with a warning)
 PLACEHOLDER_ATTRS = {"detector_object_distance_m": 1.0, "photon_energy_eV": 10_000.0}
 
-#: metadata keys that may give the object pixel size in metres (same list as evaluation.metrics)
-_PIXEL_SIZE_KEYS = ("object_pixel_size_m", "pixel_size_m", "object_pixel_width_m", "pixel_width_m")
-
 
 # --------------------------------------------------------------------------------------------
 # geometry
-
-
-@dataclass(frozen=True)
-class ObjectGrid:
-    """Sampling of a Ptychodus object array in the world frame.
-
-    Attributes:
-        shape_hw: (height_px, width_px) of the object array.
-        pixel_width_m, pixel_height_m: object pixel size (x, y), metres, > 0.
-        center_x_m, center_y_m: world position of the array centre, metres.
-    """
-
-    shape_hw: tuple[int, int]
-    pixel_width_m: float
-    pixel_height_m: float
-    center_x_m: float = 0.0
-    center_y_m: float = 0.0
-
-    def __post_init__(self):
-        try:
-            h, w = (int(v) for v in self.shape_hw)
-        except (TypeError, ValueError):
-            raise PtychoPINNError(
-                f"object grid: shape_hw must be (height, width), got {self.shape_hw!r}"
-            ) from None
-        if h < 1 or w < 1:
-            raise PtychoPINNError(f"object grid: shape must be positive, got {h} x {w}")
-        for key in ("pixel_width_m", "pixel_height_m"):
-            value = float(getattr(self, key))
-            if not (math.isfinite(value) and value > 0):
-                raise PtychoPINNError(
-                    f"object grid: {key} must be a finite number > 0, got {value!r}"
-                )
-            object.__setattr__(self, key, value)
-        for key in ("center_x_m", "center_y_m"):
-            value = float(getattr(self, key))
-            if not math.isfinite(value):
-                raise PtychoPINNError(f"object grid: {key} must be finite, got {value!r}")
-            object.__setattr__(self, key, value)
-        object.__setattr__(self, "shape_hw", (h, w))
-
-    @property
-    def height_px(self) -> int:
-        return self.shape_hw[0]
-
-    @property
-    def width_px(self) -> int:
-        return self.shape_hw[1]
-
-    def to_px(self, x_m, y_m) -> np.ndarray:
-        """World positions (metres, each (M,)) -> (M, 2) object pixels, columns (x, y)."""
-        x = (np.asarray(x_m, np.float64) - self.center_x_m) / self.pixel_width_m + (
-            self.width_px - 1
-        ) / 2
-        y = (np.asarray(y_m, np.float64) - self.center_y_m) / self.pixel_height_m + (
-            self.height_px - 1
-        ) / 2
-        return np.stack([x, y], axis=-1)
-
-    def to_m(self, positions_px) -> tuple[np.ndarray, np.ndarray]:
-        """(M, 2) object pixels (x, y) -> (x_m, y_m), each (M,) float64; inverse of
-        :meth:`to_px`."""
-        pos = np.asarray(positions_px, np.float64)
-        x_m = (pos[:, 0] - (self.width_px - 1) / 2) * self.pixel_width_m + self.center_x_m
-        y_m = (pos[:, 1] - (self.height_px - 1) / 2) * self.pixel_height_m + self.center_y_m
-        return x_m, y_m
-
-    def as_metadata(self) -> dict:
-        return {
-            "height_px": self.height_px,
-            "width_px": self.width_px,
-            "pixel_width_m": self.pixel_width_m,
-            "pixel_height_m": self.pixel_height_m,
-            "center_x_m": self.center_x_m,
-            "center_y_m": self.center_y_m,
-        }
-
-    @classmethod
-    def from_metadata(cls, metadata: Mapping) -> "ObjectGrid | None":
-        """The grid recorded by :func:`read_ptychodus` (``metadata['object_grid']``), else None."""
-        g = metadata.get(GRID_KEY) if isinstance(metadata, Mapping) else None
-        if not isinstance(g, Mapping):
-            return None
-        try:
-            return cls(
-                (g["height_px"], g["width_px"]),
-                g["pixel_width_m"],
-                g["pixel_height_m"],
-                g.get("center_x_m", 0.0),
-                g.get("center_y_m", 0.0),
-            )
-        except (KeyError, PtychoPINNError) as exc:
-            raise PtychoPINNError(
-                f"metadata '{GRID_KEY}' is incomplete or invalid ({exc})"
-            ) from None
 
 
 def wavelength_m(photon_energy_eV: float) -> float:  # noqa: N803
@@ -580,9 +481,10 @@ def read_ptychodus(
     - ``object_truth``: the product's object (the initial guess in Ptychodus files); the product
       of the layers when there are several.
     - ``scan_index``: the paired ``probe_position_indexes`` values.
-    - ``metadata``: ``object_grid`` (:meth:`ObjectGrid.as_metadata`), ``ptychodus_product_attrs``
-      (root attributes, canonical spellings), ``object_layers``, ``object_layer_spacing_m``,
-      probe and detector pixel sizes, plus flat ``object_pixel_size_m`` (square pixels only),
+    - ``geometry``: the product's object grid (its pixel size) and ``scan_index`` =
+      ``"position_index"`` (``data.geometry.ScanGeometry``).
+    - ``metadata``: ``ptychodus_product_attrs`` (root attributes, canonical spellings),
+      ``object_layers``, ``object_layer_spacing_m``, probe and detector pixel sizes,
       ``photon_energy_eV``, ``detector_object_distance_m``, and file names.
 
     Raises:
@@ -698,20 +600,15 @@ def assemble_scan(
     metadata = {
         "source_format": SOURCE_FORMAT,
         **(extra_metadata or {}),
-        GRID_KEY: grid.as_metadata(),
         ATTRS_KEY: attrs,
         "object_layers": int(object_layers),
         "object_layer_spacing_m": [float(v) for v in layer_spacing_m],
-        "object_pixel_width_m": grid.pixel_width_m,
-        "object_pixel_height_m": grid.pixel_height_m,
         "probe_pixel_width_m": float(probe_pixels_m[0]),
         "probe_pixel_height_m": float(probe_pixels_m[1]),
         "photon_energy_eV": attrs["photon_energy_eV"],
         "detector_object_distance_m": attrs["detector_object_distance_m"],
         "diffraction_units_read": units_read,
     }
-    if grid.pixel_width_m == grid.pixel_height_m:
-        metadata["object_pixel_size_m"] = grid.pixel_width_m
     return ScanData(
         diffraction=patterns,
         positions_px=grid.to_px(x_m, y_m),
@@ -721,6 +618,7 @@ def assemble_scan(
         scan_index=scan_index,
         metadata=metadata,
         source=source,
+        geometry=ScanGeometry(grid, scan_index="position_index"),
     )
 
 
@@ -996,7 +894,7 @@ def scan_object_grid(scan: ScanData, *, pixel_size_m: float | None = None) -> Ob
     (0, 0) m, and pixel size ``pixel_size_m``, else a pixel size found in the metadata, else the
     far-field size from energy/distance/detector pixel in the metadata, else 1.0 m with a warning.
     """
-    grid = ObjectGrid.from_metadata(scan.metadata)
+    grid = scan.geometry.object_grid
     if grid is not None:
         if pixel_size_m is not None and pixel_size_m != grid.pixel_width_m:
             log.warning(
@@ -1007,16 +905,7 @@ def scan_object_grid(scan: ScanData, *, pixel_size_m: float | None = None) -> Ob
             )
         return grid
     md = scan.metadata
-    size = pixel_size_m
-    if size is None:
-        for key in _PIXEL_SIZE_KEYS:
-            try:
-                value = float(md.get(key))
-            except (TypeError, ValueError):
-                continue
-            if math.isfinite(value) and value > 0:
-                size = value
-                break
+    size = pixel_size_m if pixel_size_m is not None else scan.geometry.pixel_width_m
     if size is None:
         try:
             size = far_field_pixel_size_m(
@@ -1064,9 +953,9 @@ def canvas_to_grid(canvas: np.ndarray, offset_px, shape_hw, fill: complex = 1.0)
 
 
 def _product_scan_index(scan: ScanData) -> np.ndarray:
-    # NPZ 'scan_index' means an object id (zeros = one object), not a pattern index: only indexes
-    # that came from a Ptychodus file are written back as probe_position_indexes.
-    if scan.scan_index is not None and scan.metadata.get("source_format") == SOURCE_FORMAT:
+    # NPZ 'scan_index' means an object id (zeros = one object), not a pattern index: only
+    # position indexes (from a Ptychodus file: ScanGeometry.scan_index) are written back as such.
+    if scan.scan_index is not None and scan.geometry.scan_index == "position_index":
         return scan.scan_index
     return np.arange(scan.n_patterns, dtype=np.int64)
 

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ptychopinn.config import PROBE_REFINEMENT
+from ptychopinn.data.geometry import ScanGeometry, pop_geometry
 from ptychopinn.data.limits import memory_bytes
-from ptychopinn.errors import ConfigError, DataError
+from ptychopinn.errors import ConfigError, DataError, PtychoPINNError
 
 
 def is_real_array(arr: np.ndarray) -> bool:
@@ -58,9 +59,13 @@ class ScanData:
         probe: (K, N, N) complex64, K >= 1 incoherent modes.
         object_truth: optional (H, W) complex64 ground truth (simulations) or initial guess.
         bad_pixels: optional (N, N) bool, True = pixel excluded from the loss.
-        scan_index: optional (M,) int64 scan index of each pattern.
-        metadata: free-form JSON-serialisable facts (photons, pixel sizes, simulation settings).
+        scan_index: optional (M,) int64 scan index of each pattern (what it means:
+            ``geometry.scan_index``).
+        metadata: free-form JSON-serialisable facts (photons, simulation settings, the source
+            format's attributes).
         source: file name (or description) used in error messages.
+        geometry: typed geometry (``data.geometry.ScanGeometry``: object grid, pixel size, what
+            ``scan_index`` means); None: read from ``metadata`` (files written before it).
     """
 
     diffraction: np.ndarray
@@ -71,6 +76,7 @@ class ScanData:
     scan_index: np.ndarray | None = None
     metadata: dict = field(default_factory=dict)
     source: str = "<memory>"
+    geometry: ScanGeometry | None = None
 
     def __post_init__(self):
         src = self.source
@@ -173,7 +179,16 @@ class ScanData:
                 "metadata",
                 f"expected a mapping of names to values, got {type(self.metadata).__name__}",
             )
-        object.__setattr__(self, "metadata", dict(self.metadata))
+        # the geometry is held once, typed: geometry keys in the metadata (an older file, or
+        # ``replace(scan, metadata=...)``) move into it
+        metadata = dict(self.metadata)
+        try:
+            found = pop_geometry(metadata)
+            geometry = (self.geometry or ScanGeometry()).updated(found, metadata)
+        except PtychoPINNError as exc:
+            raise DataError(src, "metadata", str(exc)) from None
+        object.__setattr__(self, "metadata", metadata)
+        object.__setattr__(self, "geometry", geometry)
 
     @property
     def n_patterns(self) -> int:

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ptychopinn.data.geometry import PIXEL_SIZE_KEYS  # the one list of pixel-size keys
 from ptychopinn.errors import PtychoPINNError
 from ptychopinn.evaluation.align import (
     AMBIGUITIES,
@@ -67,9 +68,6 @@ METRIC_KEYS = (
     "frc_resolution_m",
     "frc_crossed_threshold",
 )
-
-#: metadata keys (reconstruction or ground-truth files) that give the object pixel size in metres
-PIXEL_SIZE_KEYS = ("object_pixel_size_m", "pixel_size_m", "object_pixel_width_m", "pixel_width_m")
 
 
 def _finite_or_none(value):
