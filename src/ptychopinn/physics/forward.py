@@ -101,6 +101,29 @@ def phase_factors(
 AVERAGE_FLOOR = 1e-6
 
 
+class WeightedAverage:
+    """``num / den`` for placed, weighted sums ``num`` and their placed weights ``den`` (peak
+    ``peak``), regularised: ``(num + d fill) / (den + d)`` with ``d = floor * peak``. The one
+    place-and-average rule of the overlap constraint and of stitching; set up once per ``den``
+    (the overlap constraint applies it at every projection iteration). With ``fill=0`` and a
+    larger ``floor`` it is a confidence-weighted average that fades where few patches overlap
+    (stitching's phase reference)."""
+
+    def __init__(
+        self,
+        den: torch.Tensor,
+        peak: float | torch.Tensor,
+        fill: float = 1.0,
+        floor: float = AVERAGE_FLOOR,
+    ):
+        d = floor * peak
+        self.offset = d * fill
+        self.inverse = 1.0 / (den + d)
+
+    def __call__(self, num: torch.Tensor) -> torch.Tensor:
+        return (num + self.offset) * self.inverse
+
+
 def weighted_average(
     num: torch.Tensor,
     den: torch.Tensor,
@@ -108,13 +131,8 @@ def weighted_average(
     fill: float = 1.0,
     floor: float = AVERAGE_FLOOR,
 ) -> torch.Tensor:
-    """``num / den`` for a placed, weighted sum ``num`` and its placed weights ``den`` (peak
-    ``peak``), regularised: ``(num + d fill) / (den + d)`` with ``d = floor * peak``. The one
-    place-and-average rule of the overlap constraint and of stitching. With ``fill=0`` and a
-    larger ``floor`` it is a confidence-weighted average that fades where few patches overlap
-    (stitching's phase reference)."""
-    d = floor * peak
-    return (num + d * fill) / (den + d)
+    """``WeightedAverage(den, peak, fill, floor)(num)``, for a one-off average."""
+    return WeightedAverage(den, peak, fill, floor)(num)
 
 
 class OverlapGeometry:
@@ -134,6 +152,7 @@ class OverlapGeometry:
         # Where no patch has weight (window borders) the average falls back to a flat object (1)
         # instead of amplifying ringing, which the sub-pixel re-extraction would pick up.
         self.peak = self.den.amax(dim=(-2, -1), keepdim=True)
+        self.average = WeightedAverage(self.den, self.peak)
 
 
 def overlap_constrain(
@@ -154,7 +173,7 @@ def overlap_constrain(
         return patches
     g = geometry or OverlapGeometry(offsets_xy, weight, n, patches.dtype)
     num = place_patches(patches * g.w, g.pos, (g.size, g.size), kernel="bilinear")
-    return extract_patches(weighted_average(num, g.den, g.peak), g.pos, n, kernel="bilinear")
+    return extract_patches(g.average(num), g.pos, n, kernel="bilinear")
 
 
 def init_gain(mean_counts_per_pattern: float, probe) -> float:

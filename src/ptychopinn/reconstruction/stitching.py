@@ -12,7 +12,12 @@ import torch
 from ptychopinn.config import PHASE_SYNC_ITERATIONS
 from ptychopinn.data.grouping import nearest_neighbor_spacing
 from ptychopinn.io.spill import SpillArray
-from ptychopinn.physics.forward import phase_factors, probe_weight, weighted_average
+from ptychopinn.physics.forward import (
+    WeightedAverage,
+    phase_factors,
+    probe_weight,
+    weighted_average,
+)
 from ptychopinn.physics.shifts import canvas_geometry, extract_patches, place_patches
 
 #: Patterns per piece when stitching reads and places patches (memory per piece, not per scan).
@@ -89,7 +94,7 @@ def stitch(
 
     phase = torch.ones(m, dtype=torch.complex64)
     den = place_all(scaled=False).real
-    peak = float(den.max())
+    average = WeightedAverage(den, float(den.max()))
     num = torch.zeros(shape, dtype=torch.complex64)
     cover = torch.zeros(shape, dtype=torch.complex64)
     reached = 0.0  # the highest coverage sampled so far (regularises the ring reference)
@@ -113,13 +118,13 @@ def stitch(
         )
     del num, cover
     for _ in range(phase_sync_iterations):
-        canvas = weighted_average(place_all(scaled=True), den, peak)
+        canvas = average(place_all(scaled=True))
         for sl in pieces:
             p = store.read(sl) * phase[sl, None, None]
             phase[sl] = phase[sl] * phase_factors(
                 p, extract_patches(canvas, pos[sl], n, kernel="bilinear"), w
             )
-    canvas = weighted_average(place_all(scaled=True), den, peak)
+    canvas = average(place_all(scaled=True))
     # one global phase: make the weighted mean phase zero
     c = (den * canvas).sum()
     canvas = canvas * torch.polar(torch.ones(()), -torch.angle(c))
