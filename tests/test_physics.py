@@ -659,3 +659,36 @@ def test_poisson_nll_is_mean_of_documented_formula():
     ref_mae = (torch.sqrt(predicted + eps) - torch.sqrt(measured)).abs().mean()
     torch.testing.assert_close(amplitude_mae(measured, predicted, eps=eps), ref_mae)
     assert math.isfinite(float(poisson_nll(measured, predicted)))
+
+
+def test_projection_estimate_moves_toward_the_truth_and_constrains_on_its_interval(tiny_scan):
+    """The physics estimate (the network's input) of groups of a simulated scan is closer to the
+    true patches than the flat start; ``constrain_every=K`` is the unconstrained estimate with
+    one overlap constraint at the end."""
+    from ptychopinn.data.grouping import group_positions
+    from ptychopinn.physics.forward import projection_estimate
+
+    n = tiny_scan.patch_size
+    groups = group_positions(tiny_scan.positions_px, 2, 7, n_groups=12, seed=0)
+    counts = torch.as_tensor(tiny_scan.diffraction[groups.indices])
+    offsets = torch.as_tensor(groups.offsets_px, dtype=torch.float32)
+    probe = torch.as_tensor(tiny_scan.probe)
+    w = probe_weight(probe)
+    gain = init_gain(tiny_scan.mean_counts, tiny_scan.probe)
+    truth = extract_patches(
+        torch.as_tensor(tiny_scan.object_truth),
+        torch.as_tensor(tiny_scan.positions_px[groups.indices.reshape(-1)]),
+        n,
+    ).reshape(counts.shape)
+    est = projection_estimate(counts, probe, gain, 10, offsets, w)
+
+    def err(p):  # probe-weighted error after each patch's free global phase
+        c = (w * truth * p.conj()).sum(dim=(-2, -1), keepdim=True)
+        aligned = p * torch.polar(torch.ones_like(c.real), torch.angle(c))
+        return float((w * (aligned - truth).abs().square()).sum())
+
+    assert err(est) < 0.5 * err(torch.ones_like(est))
+    once = projection_estimate(counts, probe, gain, 10, offsets, w, constrain_every=10)
+    free = projection_estimate(counts, probe, gain, 10)  # no constraint at all
+    torch.testing.assert_close(once, overlap_constrain(free, offsets, w))
+    assert not torch.allclose(once, est)

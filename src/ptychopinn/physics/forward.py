@@ -193,6 +193,7 @@ def projection_estimate(
     offsets_xy: torch.Tensor | None = None,
     weight: torch.Tensor | None = None,
     bad_pixels: torch.Tensor | None = None,
+    constrain_every: int = 1,
 ) -> torch.Tensor:
     """A physics-only first estimate of the object patches of each group (no learning).
 
@@ -205,6 +206,9 @@ def projection_estimate(
     counts: (B, C, N, N) measured counts; probe: (N, N), (K, N, N) or per-sample (B, 1, K, N, N);
     gain: scalar or (B,) tensor; offsets_xy: (B, C, 2); weight: (N, N) or (B, 1, N, N);
     bad_pixels: optional (N, N) bool: there the modulus is left free (not replaced).
+    constrain_every: apply the overlap constraint after every this many iterations (and after
+    the last); 1, the package's setting, measured best (benchmarks/estimate_cost.py: every 2nd
+    iteration is 1.2-1.3x faster and moves phase SSIM by -0.009 to +0.020 by scan).
     Returns (B, C, N, N) complex64. It anchors each patch's free global phase to the flat start
     and puts real-space information where the generator's output is, so the network learns a
     correction rather than a Fourier inversion.
@@ -219,7 +223,7 @@ def projection_estimate(
     )
     constrain = offsets_xy is not None and obj.shape[1] > 1 and weight is not None
     geometry = OverlapGeometry(offsets_xy, weight, obj.shape[-1], obj.dtype) if constrain else None
-    for _ in range(iterations):
+    for it in range(iterations):
         psi = exit_waves(obj, modes)  # (B, C, K, N, N)
         far = far_field(psi)
         predicted = intensity(far).unsqueeze(-3).sqrt()
@@ -231,6 +235,6 @@ def projection_estimate(
         far = far * ratio
         new_psi = back_propagate(far)
         obj = obj + (step * (new_psi - psi)).sum(dim=-3)
-        if constrain:
+        if constrain and ((it + 1) % constrain_every == 0 or it == iterations - 1):
             obj = overlap_constrain(obj, offsets_xy, weight, geometry)
     return obj
