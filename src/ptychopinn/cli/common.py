@@ -35,16 +35,6 @@ def positive_float(text: str) -> float:
     return value
 
 
-def nonneg_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{value} must be a finite number >= 0")
-    return value
-
-
 def add_units_flag(parser: argparse.ArgumentParser) -> None:
     """``--diffraction-units`` and ``--data-format`` (how to read the input scan files)."""
     from ptychopinn.data.readers import READERS, formats

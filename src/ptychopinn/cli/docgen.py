@@ -93,7 +93,6 @@ def _type_text(action: argparse.Action) -> str:
             common.positive_int: "int >= 1",
             common.nonneg_int: "int >= 0",
             common.positive_float: "float > 0",
-            common.nonneg_float: "float >= 0",
         }
         if action.type in known:
             text = known[action.type]
