@@ -64,46 +64,14 @@ ALLOWED = {
     "io": {"errors", "log", "config", "models", "registry"},
     "data": {"errors", "log", "config", "registry", "physics", "io"},
     "evaluation": {"errors", "log", "config", "physics", "data", "io"},
-    # the engines: no Lightning, no training, no workflows
-    "reconstruction": {
-        "errors",
-        "log",
-        "config",
-        "registry",
-        "physics",
-        "models",
-        "data",
-        "io",
-        "evaluation",
-    },
-    "training": {
-        "errors",
-        "log",
-        "config",
-        "config_factory",
-        "registry",
-        "physics",
-        "models",
-        "data",
-        "io",
-        "evaluation",
-        "reconstruction",
-    },
-    "workflows": {
-        "errors",
-        "log",
-        "config",
-        "config_factory",
-        "registry",
-        "physics",
-        "models",
-        "data",
-        "io",
-        "evaluation",
-        "reconstruction",
-        "training",
-    },
 }
+# the layers above: each may import what the one below it may, and that one
+# the engines: no Lightning, no training, no workflows
+ALLOWED["reconstruction"] = (
+    ALLOWED["data"] | ALLOWED["evaluation"] | {"models", "data", "evaluation"}
+)
+ALLOWED["training"] = ALLOWED["reconstruction"] | {"reconstruction", "config_factory"}
+ALLOWED["workflows"] = ALLOWED["training"] | {"training"}
 #: Third-party packages confined to one home.
 CONFINED = {
     "lightning": {"training", "cli"},

@@ -2,8 +2,9 @@
 
 ``ModelConfig`` and ``DataConfig`` define what is learned and are stored in the model bundle.
 ``TrainingConfig`` holds the training-length/batch knobs; ``ExecutionConfig`` holds runtime-only
-knobs that never change what a bundle is. ``ptychopinn.config_factory.build_run_config`` builds all
-four from defaults, a config file and explicit overrides (the CLI and the Python API share it).
+knobs that never change what a bundle is; ``RefineConfig`` and ``InferConfig`` hold the
+reconstruction commands' settings. ``ptychopinn.config_factory.build_run_config`` builds them all
+from defaults, a config file and explicit overrides (the CLI and the Python API share it).
 """
 
 from __future__ import annotations
@@ -194,7 +195,7 @@ INFERENCE_BATCH_SIZE = 64
 
 def inference_batch_size(*choices: int | None) -> int:
     """Groups per inference batch: the first of ``choices`` that is set (callers pass, in order of
-    precedence, e.g. the CLI flag, the run's execution config, the bundle's recorded value), else
+    precedence, e.g. the CLI flag, the run's infer config, the bundle's recorded value), else
     ``INFERENCE_BATCH_SIZE``. The one place this is resolved."""
     for value in choices:
         if value:
@@ -599,27 +600,13 @@ class RefineConfig:
         _check_int("position_search_rounds", self.position_search_rounds, 1)
 
     def refine_kwargs(self) -> dict:
-        """``reconstruction.gradient.refine`` keyword arguments (all but ``epochs`` and
-        ``refine_probe``, which the caller resolves against the scan)."""
+        """``reconstruction.gradient.refine`` keyword arguments: every field under its name
+        without the ``refine_`` prefix, but ``refine_epochs`` and ``refine_probe`` (the caller
+        passes them, resolving the probe choice against the scan)."""
         return {
-            "batch_size": self.refine_batch_size,
-            "optimizer": self.refine_optimizer,
-            "lr": self.refine_lr,
-            "schedule": self.refine_schedule,
-            "patience": self.refine_patience,
-            "prior_sigma": self.refine_prior_sigma,
-            "time_limit_s": self.refine_time_limit_s,
-            "stop_when_converged": self.stop_when_converged,
-            "probe_start_epoch": self.probe_start_epoch,
-            "probe_optimizer": self.probe_optimizer,
-            "probe_lr": self.probe_lr,
-            "fix_gauge": self.fix_gauge,
-            "correct_positions": self.correct_positions,
-            "position_start_epoch": self.position_start_epoch,
-            "position_step_px": self.position_step_px,
-            "position_affine_epochs": self.position_affine_epochs,
-            "position_search_px": self.position_search_px,
-            "position_search_rounds": self.position_search_rounds,
+            f.name.removeprefix("refine_"): getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in ("refine_epochs", "refine_probe")
         }
 
 

@@ -5,7 +5,7 @@ product defines it. ``ScanGeometry`` (``ScanData.geometry``): the object grid wh
 one, the object pixel size when known, and what ``ScanData.scan_index`` means. Readers set it;
 writers and the physics-unit consumers (FRC in 1/m, product files) read it instead of format
 keys in ``metadata``. It is stored in NPZ metadata (``as_metadata``) and restored on reading,
-also from files written before it existed (``from_metadata``). numpy only.
+also from files written before it existed (``pop_geometry``). numpy only.
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ class ScanGeometry:
         return None if self.pixel_size_m is None else self.pixel_size_m[0]
 
     def as_metadata(self) -> dict:
-        """The metadata keys this geometry is stored as (``from_metadata`` reads them back);
+        """The metadata keys this geometry is stored as (``pop_geometry`` reads them back);
         nothing for the default geometry."""
         out: dict = {} if self.scan_index == "row" else {"scan_index_kind": self.scan_index}
         if self.object_grid is not None:
@@ -174,14 +174,6 @@ class ScanGeometry:
             if self.pixel_size_m[0] == self.pixel_size_m[1]:
                 out["object_pixel_size_m"] = self.pixel_size_m[0]
         return out
-
-    @classmethod
-    def from_metadata(cls, metadata: Mapping | None) -> ScanGeometry:
-        """The geometry recorded in ``metadata`` (``as_metadata`` keys, or the format keys of
-        files written before: ``object_grid``, a pixel size under PIXEL_SIZE_KEYS,
-        ``source_format``)."""
-        md = dict(metadata) if isinstance(metadata, Mapping) else {}
-        return cls().updated(pop_geometry(md), md)
 
     def updated(self, found: dict, metadata: Mapping | None = None) -> ScanGeometry:
         """This geometry with the fields ``pop_geometry`` found replaced; with no

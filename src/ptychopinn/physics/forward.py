@@ -208,7 +208,7 @@ def projection_estimate(
     bad_pixels: optional (N, N) bool: there the modulus is left free (not replaced).
     constrain_every: apply the overlap constraint after every this many iterations (and after
     the last); 1, the package's setting, measured best (benchmarks/estimate_cost.py: every 2nd
-    iteration is 1.2-1.3x faster and moves phase SSIM by -0.009 to +0.020 by scan).
+    iteration is 1.3-1.5x faster and moves phase SSIM by -0.009 to +0.019 by scan).
     Returns (B, C, N, N) complex64. It anchors each patch's free global phase to the flat start
     and puts real-space information where the generator's output is, so the network learns a
     correction rather than a Fourier inversion.

@@ -1087,13 +1087,10 @@ class GradientEngine:
         refine_probe = self.refine_probe
         if isinstance(refine_probe, str):
             refine_probe = resolve_probe_refinement(refine_probe, scan)
-        history: list[dict] = []
-        total = self.epochs
 
-        def record(epoch, loss):
-            history.append({"step": epoch, "loss": float(loss)})
+        def report(epoch, loss):
             if progress is not None:
-                progress(epoch, total, {"loss": float(loss)})
+                progress(epoch, self.epochs, {"loss": float(loss)})
 
         initial, offset = (None, None) if start is None else (start.object, start.offset_px)
         result = refine(
@@ -1102,20 +1099,21 @@ class GradientEngine:
             offset,
             epochs=self.epochs,
             refine_probe=refine_probe,
-            progress=record,
+            progress=report,
             stop=stop,
             **self.kwargs,
         )
+        losses = list(map(float, result.losses))
         metadata = dict(start.metadata) if start is not None else {"source": scan.source}
         metadata.update(
             {
                 "refine_epochs": self.epochs,
-                "refine_epochs_run": len(result.losses),
-                "refine_losses": list(map(float, result.losses)),
+                "refine_epochs_run": len(losses),
+                "refine_losses": losses,
                 "refine_seconds": result.seconds,
                 "refine_probe": bool(refine_probe),
                 "method": (metadata.get("method", "flat start") + " + physics refinement"),
-                "history": history,
+                "history": [{"step": i, "loss": v} for i, v in enumerate(losses, start=1)],
             }
         )
         if refine_probe:

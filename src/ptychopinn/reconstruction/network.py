@@ -112,33 +112,6 @@ def predict_patches(
     overlap-constrained as in training, and each position's patch is taken from the first kept
     group that holds it.
     """
-    return predict_patch_store(
-        bundle,
-        scan,
-        batch_size=batch_size,
-        seed=seed,
-        quiet=quiet,
-        generator=generator,
-        device=device,
-        memory_bytes=float("inf"),
-    ).tensor()
-
-
-def predict_patch_store(
-    bundle: ModelBundle,
-    scan: ScanData,
-    batch_size: int = INFERENCE_BATCH_SIZE,
-    seed: int = 0,
-    quiet: bool = True,
-    generator: torch.nn.Module | None = None,
-    device: str | torch.device = "cpu",
-    memory_bytes: float = SPILL_BYTES,
-    progress: Progress | None = None,
-    stop: StopRequest | None = None,
-) -> SpillArray:
-    """``predict_patches`` into a ``SpillArray`` (a temporary file past ``memory_bytes``); the
-    counts are read one batch at a time (bad pixels zeroed per batch, never a copy of the scan).
-    ``progress``/``stop``: the engine hooks (``reconstruction.engine``), per batch of groups."""
     return group_patch_store(
         bundle.model_config,
         bundle.data_config.neighbors,
@@ -148,10 +121,8 @@ def predict_patch_store(
         seed=seed,
         quiet=quiet,
         device=device,
-        memory_bytes=memory_bytes,
-        progress=progress,
-        stop=stop,
-    )
+        memory_bytes=float("inf"),
+    ).tensor()
 
 
 def group_patch_store(
@@ -169,9 +140,12 @@ def group_patch_store(
     stop: StopRequest | None = None,
 ) -> SpillArray:
     """Patches of every pattern of ``scan`` by ``predict_group_patches`` with generator ``net``
-    (model ``mc``, groups drawn from ``neighbors`` nearest neighbours): the network engine's
-    pass, and the estimate engine's with a generator that returns its estimate. A ``stop``
-    request leaves the patterns not reached yet flat (1)."""
+    (model ``mc``, groups drawn from ``neighbors`` nearest neighbours) into a ``SpillArray`` (a
+    temporary file past ``memory_bytes``): the network engine's pass, and the estimate engine's
+    with a generator that returns its estimate. The counts are read one batch at a time (bad
+    pixels zeroed per batch, never a copy of the scan). ``progress``/``stop``: the engine hooks
+    (``reconstruction.engine``), per batch of groups; a stop leaves the patterns not reached yet
+    flat (1)."""
     if scan.patch_size != mc.n:
         raise PtychoPINNError(
             f"{scan.source}: diffraction: patterns are {scan.patch_size}x{scan.patch_size} "
