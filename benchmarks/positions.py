@@ -16,13 +16,15 @@ pixels) and kind:
   random errors of a quarter of the rms, scaled to the rms.
 
 Methods: exact positions; the erroneous positions uncorrected; ``--correct-positions`` (gradient);
-and ``--correct-positions --position-search-px R`` (coarse search, then gradient; R defaults to
-twice the error rms, at least 4). With ``--ptychi-python`` pty-chi LSQML runs on the same scans
-with the same fixed probe and its own position correction (gradient type, from epoch 5, update
-limit ``--ptychi-position-limit-px`` per update instead of its 0.1 default, which cannot move
-positions by pixels): ``--ptychi-epochs`` epochs, and for the time ptychopinn's search run took
-(equal time; pty-chi's time is its ``task.run`` alone). Reported: the rms error of the positions
-after removing a global shift (which object and positions share), phase SSIM against the truth
+and ``--correct-positions --position-search-px R`` (R defaults to twice the error rms, at least
+4): the position-finding phase (searches, lost patterns searched again, the object restarted)
+and then the same epoch budget, and again with ``--short-epochs`` epochs after the phase. With
+``--ptychi-python`` pty-chi LSQML runs on the same scans with the same fixed probe and its own
+position correction (gradient type, from epoch 5, update limit ``--ptychi-position-limit-px``
+per update instead of its 0.1 default, which cannot move positions by pixels):
+``--ptychi-epochs`` epochs, and for the time ptychopinn's search run took (equal time;
+pty-chi's time is its ``task.run`` alone). Reported: the rms error of the positions after
+removing a global shift (which object and positions share), phase SSIM against the truth
 (``ptychopinn.evaluation``), and the wall time on this machine's CPU threads.
 """
 
@@ -77,9 +79,9 @@ def rms_after_shift(pos: np.ndarray, truth: np.ndarray) -> float:
     return float(np.sqrt((d**2).sum(1).mean()))
 
 
-def run_one(scan, truth_xy, obj, method, label, **kwargs) -> dict:
+def run_one(scan, truth_xy, obj, method, label, epochs=REFINE_ONLY_EPOCHS, **kwargs) -> dict:
     t0 = time.perf_counter()
-    res = refine(scan, epochs=REFINE_ONLY_EPOCHS, quiet=True, **kwargs)
+    res = refine(scan, epochs=epochs, quiet=True, **kwargs)
     seconds = time.perf_counter() - t0
     m = evaluate_reconstruction(
         res.object, obj, offset_px=res.offset_px, illumination=res.illumination
@@ -135,6 +137,9 @@ def main():
     ap.add_argument("--kinds", nargs="+", default=["random"], choices=["random", "drift", "affine"])
     ap.add_argument("--positions", type=int, default=500)
     ap.add_argument("--search-px", type=float, default=0, help="0: twice the error rms, >= 4")
+    ap.add_argument(
+        "--short-epochs", type=int, default=150, help="epochs after the search phase (0: skip)"
+    )
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--ptychi-python", default=None, help="python of an environment with ptychi")
@@ -163,17 +168,12 @@ def main():
             radius = a.search_px or max(4.0, 2 * rms)
             rows.append(run_one(scan, xy, obj, "uncorrected", label))
             rows.append(run_one(scan, xy, obj, "gradient", label, correct_positions=True))
-            rows.append(
-                run_one(
-                    scan,
-                    xy,
-                    obj,
-                    f"search {radius:g} px + gradient",
-                    label,
-                    correct_positions=True,
-                    position_search_px=radius,
-                )
-            )
+            search = dict(correct_positions=True, position_search_px=radius)
+            rows.append(run_one(scan, xy, obj, f"search {radius:g} px + gradient", label, **search))
+            search_row = rows[-1]
+            if a.short_epochs:
+                method = f"search {radius:g} px + gradient, {a.short_epochs} epochs after"
+                rows.append(run_one(scan, xy, obj, method, label, a.short_epochs, **search))
             if a.ptychi_python:
                 rows += ptychi_rows(
                     a.ptychi_python,
@@ -183,7 +183,7 @@ def main():
                     label,
                     a.ptychi_epochs,
                     a.threads,
-                    rows[-1]["seconds"],
+                    search_row["seconds"],
                     radius,
                     a.ptychi_position_limit_px,
                 )

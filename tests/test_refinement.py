@@ -531,8 +531,9 @@ def _defocused_probe(n):
 
 def test_position_search_then_gradient_corrects_errors_beyond_the_gradient():
     """Random errors of 5 px rms, N = 64, 150 patterns, flat start, a defocused probe: the
-    gradient alone leaves 2.9 px, search (3 rounds within 10 px) plus gradient 0.89 px (measured);
-    the searched reconstruction is also closer to the truth."""
+    gradient alone (120 epochs) leaves 3.0 px; the search phase (2 rounds from 10 px, rescue
+    cycles, restart) and 40 epochs after it 0.22 px (measured); the searched reconstruction is
+    also closer to the truth."""
     from ptychopinn.evaluation import evaluate_reconstruction
 
     truth = simulate_scan(
@@ -551,9 +552,9 @@ def test_position_search_then_gradient_corrects_errors_beyond_the_gradient():
     rng = np.random.default_rng(0)
     scan = replace(truth, positions_px=p0 + rng.normal(0, 5 / np.sqrt(2), p0.shape))
     before = _rms_after_shift(scan.positions_px, p0)
-    common = dict(epochs=120, quiet=True, correct_positions=True, position_step_px=0.5)
-    grad = refine(scan, **common)
-    search = refine(scan, position_search_px=10, **common)
+    common = dict(quiet=True, correct_positions=True, position_step_px=0.5)
+    grad = refine(scan, epochs=120, **common)
+    search = refine(scan, epochs=40, position_search_px=10, **common)
     e_grad = _rms_after_shift(grad.positions_px, p0)
     e_search = _rms_after_shift(search.positions_px, p0)
     q = {
@@ -562,14 +563,14 @@ def test_position_search_then_gradient_corrects_errors_beyond_the_gradient():
         )["phase_ssim"]
         for name, res in (("grad", grad), ("search", search))
     }
-    assert e_search < 1.2 and e_grad > 2.0, (before, e_grad, e_search)
+    assert e_search < 0.5 and e_grad > 2.0, (before, e_grad, e_search)
     assert q["search"] > q["grad"], q
 
 
 def test_reconstruct_cli_runs_the_position_search(tmp_path):
-    """--position-search-px reaches the refinement: after one search round (epoch 20) and before
-    the gradient correction (epoch 30) every pattern has moved by whole pixels only, and some
-    have moved."""
+    """--position-search-px reaches the refinement through the CLI and its phase runs before the
+    --refine-epochs: whole-pixel errors of up to 2 px per axis on a small scan are found
+    (measured: 1.6 -> 0.3 px rms) with only 5 refinement epochs after the phase."""
     from ptychopinn.cli.main import main
     from ptychopinn.data.npz import write_npz
     from ptychopinn.reconstruction.result import load_reconstruction
@@ -579,11 +580,30 @@ def test_reconstruct_cli_runs_the_position_search(tmp_path):
     given = truth.positions_px + rng.integers(-2, 3, truth.positions_px.shape)
     path = write_npz(replace(truth, positions_px=given), tmp_path / "scan.npz")
     args = ["reconstruct", "--data", str(path), "--output-dir", str(tmp_path / "out")]
-    args += ["--refine-epochs", "25", "--refine-probe", "off", "--correct-positions"]
+    args += ["--refine-epochs", "5", "--refine-probe", "off", "--correct-positions"]
     args += ["--position-search-px", "3", "--position-search-rounds", "1", "--quiet"]
     assert main(args) == 0
-    moved = load_reconstruction(tmp_path / "out" / "reconstruction.npz").positions_px - given
-    moved -= np.round(moved)  # the mean move removed is not a whole pixel
-    assert np.allclose(moved, moved[0], atol=1e-6)
-    whole = load_reconstruction(tmp_path / "out" / "reconstruction.npz").positions_px - given
-    assert np.abs(whole - whole.mean(0)).max() >= 1.0
+    found = load_reconstruction(tmp_path / "out" / "reconstruction.npz").positions_px
+    before = _rms_after_shift(given, truth.positions_px)
+    after = _rms_after_shift(found, truth.positions_px)
+    assert before > 1.2 and after < 0.6, (before, after)
+
+
+def test_lost_patterns_are_flagged_and_searched_again_around_their_given_positions():
+    """With the true object, five patterns moved 8 px per axis (as a search can leave a pattern)
+    are exactly the ones flagged as not explained by the object, and the rescue (within 6 px of
+    where they are, 9 px of where they were given) puts them back within half a pixel."""
+    truth = _natural_scan(64)
+    p0 = truth.positions_px
+    r = Refiner(
+        truth, initial_object=truth.object_truth, correct_positions=True, position_search_px=6
+    )
+    lost = np.array([3, 17, 30, 41, 60])
+    toward_centre = np.where(p0[lost] < p0.mean(0), 8, -8)
+    r._move(lost, toward_centre, recentre=False)
+    flagged = r.flag_outliers()
+    assert set(np.flatnonzero(flagged)) == set(lost.tolist())
+    r.rescue_outliers(lost)
+    d = r.corrected_positions() - p0
+    d -= np.round(d.mean(0))
+    assert np.abs(d).max() < 0.5, d

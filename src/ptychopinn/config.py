@@ -211,12 +211,16 @@ POSITION_STEP_PX = 0.25
 POSITION_AFFINE_EPOCHS = 10
 #: Coarse position search (``position_search_px`` > 0, for errors of several pixels, beyond the
 #: gradient's reach): this many rounds, each of POSITION_SEARCH_INTERVAL epochs of object
-#: refinement followed by a grid search of every position within the radius (the object then
-#: restarts from its start). Measured on an independently simulated 500-pattern N = 64 scan
-#: (benchmarks/positions.py): 5 px rms random errors corrected to 0.19 px, where the gradient
-#: alone ends at 2.2 px; 10 px rms only to 6.6 px.
-POSITION_SEARCH_ROUNDS = 3
+#: refinement followed by a grid search of every position (within the radius, halved each round;
+#: the object then restarts from its start); then the gradient correction with
+#: POSITION_RESCUE_CYCLES rescue cycles of POSITION_RESCUE_INTERVAL epochs (the patterns the
+#: object does not explain are left out of it for half a cycle, then searched again) and one
+#: restart of the object from the found positions. Measured on an independently simulated
+#: 500-pattern N = 64 scan (benchmarks/positions.py; docs/performance.md).
+POSITION_SEARCH_ROUNDS = 2
 POSITION_SEARCH_INTERVAL = 20
+POSITION_RESCUE_CYCLES = 6
+POSITION_RESCUE_INTERVAL = 30
 ACCELERATOR_NAMES = ("auto", "cpu", "gpu", "cuda", "mps")
 PRECISION_NAMES = ("32-true", "16-mixed", "bf16-mixed", "64-true")
 #: DDP variants only: the other Lightning strategies (deepspeed, fsdp, xla) are untested with the
@@ -569,11 +573,13 @@ class RefineConfig:
     position_step_px: float = POSITION_STEP_PX
     #: epochs of the affine-only phase of position correction
     position_affine_epochs: int = POSITION_AFFINE_EPOCHS
-    #: errors up to this many pixels per axis are first found by a coarse search of each pattern's
-    #: likelihood (for errors of several pixels, beyond the gradient's reach); 0 = no search
+    #: errors up to this many pixels per axis are first found in a phase of its own before the
+    #: refinement epochs (coarse searches of each pattern's likelihood, lost patterns searched
+    #: again, then the object restarts; for errors of several pixels, beyond the gradient's
+    #: reach); 0 = no search
     position_search_px: float = 0.0
-    #: rounds of the coarse search, each after 20 epochs of object refinement; the gradient
-    #: correction starts --position-start-epoch epochs after the last
+    #: rounds of the coarse search, each after 20 epochs of object refinement, the radius halved
+    #: each round; the gradient correction starts --position-start-epoch epochs after the last
     position_search_rounds: int = POSITION_SEARCH_ROUNDS
 
     def __post_init__(self):
