@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from ptychopinn.physics.shifts import SHIFT_PAD, extract_patches, place_patches
+from ptychopinn.physics.shifts import SHIFT_PAD, extract_patches, place_patches, window_index
 
 
 def exit_waves(object_patches: torch.Tensor, probe: torch.Tensor) -> torch.Tensor:
@@ -125,7 +125,11 @@ class WeightedAverage:
         self.inverse = 1.0 / (den + d)
 
     def __call__(self, num: torch.Tensor) -> torch.Tensor:
-        return (num + self.offset) * self.inverse
+        out = num + self.offset
+        if torch.is_complex(out) and not torch.is_complex(self.inverse):
+            # a real factor on the real/imaginary view: no complex copy of ``inverse``
+            return torch.view_as_complex(torch.view_as_real(out) * self.inverse.unsqueeze(-1))
+        return out * self.inverse
 
 
 def weighted_average(
@@ -147,12 +151,18 @@ class OverlapGeometry:
     def __init__(self, offsets_xy: torch.Tensor, weight: torch.Tensor, n: int, dtype):
         b, c = offsets_xy.shape[:2]
         reach = int(math.ceil(float(offsets_xy.abs().max()))) if offsets_xy.numel() else 0
-        half = n // 2 + SHIFT_PAD + reach + 1
+        # the smallest canvas that holds every member's padded window (the first one starts at
+        # pixel 1): the average's cost is the canvas's (an extra N/2 margin per side was 2.4x
+        # the area at N = 64)
+        half = SHIFT_PAD + reach + 1
         self.n = n
         self.size = 2 * half + n
         self.pos = offsets_xy + half + n // 2
+        self.index = window_index((b, self.size, self.size), self.pos, n)  # reused every call
         self.w = weight.to(dtype).expand(b, c, n, n)
-        self.den = place_patches(self.w, self.pos, (self.size, self.size), kernel="bilinear").real
+        self.den = place_patches(
+            self.w, self.pos, (self.size, self.size), kernel="bilinear", index=self.index
+        ).real
         # Where no patch has weight (window borders) the average falls back to a flat object (1)
         # instead of amplifying ringing, which the sub-pixel re-extraction would pick up.
         self.peak = self.den.amax(dim=(-2, -1), keepdim=True)
@@ -176,8 +186,8 @@ def overlap_constrain(
     if c == 1:
         return patches
     g = geometry or OverlapGeometry(offsets_xy, weight, n, patches.dtype)
-    num = place_patches(patches * g.w, g.pos, (g.size, g.size), kernel="bilinear")
-    return extract_patches(g.average(num), g.pos, n, kernel="bilinear")
+    num = place_patches(patches * g.w, g.pos, (g.size, g.size), kernel="bilinear", index=g.index)
+    return extract_patches(g.average(num), g.pos, n, kernel="bilinear", index=g.index)
 
 
 def init_gain(mean_counts_per_pattern: float, probe) -> float:
@@ -220,25 +230,29 @@ def projection_estimate(
     modes = probe[None] if probe.dim() == 2 else probe
     gain = torch.as_tensor(gain, dtype=torch.float32, device=counts.device)
     g = gain.view(-1, 1, 1, 1) if gain.dim() == 1 else gain
-    measured = (counts.clamp_min(0) / g).sqrt()
+    # the far field stays in FFT order (zero frequency at pixel 0): the measured moduli and the
+    # bad pixels are shifted once instead of the field twice per iteration
+    measured = torch.fft.ifftshift((counts.clamp_min(0) / g).sqrt(), dim=(-2, -1)).unsqueeze(-3)
+    free = None
+    if bad_pixels is not None:
+        free = torch.fft.ifftshift(bad_pixels.to(counts.device), dim=(-2, -1))
     obj = torch.ones(counts.shape, dtype=torch.complex64, device=counts.device)
     step = modes.conj() / modes.abs().square().sum(dim=-3, keepdim=True).amax(
         dim=(-2, -1), keepdim=True
     )
+    # obj + sum_k step_k (psi'_k - obj P_k) == obj keep + sum_k step_k psi'_k
+    keep = 1 - (step * modes).sum(dim=-3)
     constrain = offsets_xy is not None and obj.shape[1] > 1 and weight is not None
     geometry = OverlapGeometry(offsets_xy, weight, obj.shape[-1], obj.dtype) if constrain else None
     for it in range(iterations):
-        psi = exit_waves(obj, modes)  # (B, C, K, N, N)
-        far = far_field(psi)
+        far = far_field(exit_waves(obj, modes), centred=False)  # (B, C, K, N, N)
         predicted = intensity(far).unsqueeze(-3).sqrt()
-        ratio = measured.unsqueeze(-3) / (
-            predicted + 1e-6 * predicted.amax(dim=(-2, -1), keepdim=True) + 1e-12
-        )
-        if bad_pixels is not None:
-            ratio = torch.where(bad_pixels.to(ratio.device), torch.ones_like(ratio), ratio)
-        far = far * ratio
-        new_psi = back_propagate(far)
-        obj = obj + (step * (new_psi - psi)).sum(dim=-3)
+        ratio = measured / (predicted + 1e-6 * predicted.amax(dim=(-2, -1), keepdim=True) + 1e-12)
+        if free is not None:
+            ratio = torch.where(free, torch.ones_like(ratio), ratio)
+        # the real modulus ratio on the real/imaginary view (no complex copy of it)
+        far = torch.view_as_complex(torch.view_as_real(far) * ratio.unsqueeze(-1))
+        obj = obj * keep + (step * torch.fft.ifft2(far, norm="ortho")).sum(dim=-3)
         if constrain and ((it + 1) % constrain_every == 0 or it == iterations - 1):
             obj = overlap_constrain(obj, offsets_xy, weight, geometry)
     return obj

@@ -80,8 +80,42 @@ def _check_kernel(kernel: str) -> None:
 
 
 def _bilinear_fractions(frac_yx: torch.Tensor, dtype):
-    """Fractional parts (fy, fx), each shaped (..., 1, 1) to broadcast over patches."""
-    return (frac_yx[..., 0].to(dtype)[..., None, None], frac_yx[..., 1].to(dtype)[..., None, None])
+    """Fractional parts (fy, fx), each shaped (..., 1, 1, 1) to broadcast over the real view
+    (..., N, N, 2) of complex patches."""
+    fy = frac_yx[..., 0].to(dtype)[..., None, None, None]
+    fx = frac_yx[..., 1].to(dtype)[..., None, None, None]
+    return fy, fx
+
+
+def _bilinear_extract(windows: torch.Tensor, fy, fx, n: int) -> torch.Tensor:
+    """(..., N, N) complex: linear interpolation of the (..., L, L) complex ``windows`` at the
+    fractions (fy, fx) (``_bilinear_fractions``). Real arithmetic on the real/imaginary view:
+    a complex tensor times a real fraction would be promoted to a complex product (measured
+    the main cost of the overlap constraint)."""
+    p = SHIFT_PAD
+    w = torch.view_as_real(windows)
+    rows = torch.lerp(
+        w[..., p : p + n, p : p + n + 1, :], w[..., p + 1 : p + n + 1, p : p + n + 1, :], fy
+    )
+    return torch.view_as_complex(torch.lerp(rows[..., :, :n, :], rows[..., :, 1:, :], fx))
+
+
+def _bilinear_spread(patches: torch.Tensor, fy, fx) -> torch.Tensor:
+    """(..., L, L) complex windows: the adjoint of ``_bilinear_extract`` (each patch pixel
+    spread over its 2 x 2 neighbours), separable, in real arithmetic."""
+    n = patches.shape[-1]
+    p = SHIFT_PAD
+    pr = torch.view_as_real(patches)
+    right = fx * pr
+    cols = pr.new_zeros((*pr.shape[:-2], n + 1, 2))
+    cols[..., :n, :] = pr - right
+    cols[..., 1:, :] += right
+    down = fy * cols
+    size = n + 2 * p
+    windows = pr.new_zeros((*pr.shape[:-3], size, size, 2))
+    windows[..., p : p + n, p : p + n + 1, :] = cols - down
+    windows[..., p + 1 : p + n + 1, p : p + n + 1, :] += down
+    return torch.view_as_complex(windows)
 
 
 def _split(positions_xy: torch.Tensor, n: int):
@@ -125,19 +159,35 @@ def _batched(canvas, positions_xy):
     return canvas, positions_xy, squeeze
 
 
+def window_index(canvas_shape, positions_xy: torch.Tensor, n: int) -> torch.Tensor:
+    """The flat canvas indices (B, M, L, L) of the padded windows (L = N + 2 SHIFT_PAD) that
+    ``extract_patches`` and ``place_patches`` use for positions (B, M, 2) on a (B, H, W) canvas;
+    pass it as their ``index`` to reuse it for positions that do not change (the overlap
+    constraint applies the pair at every projection iteration)."""
+    row0, col0, _ = _split(positions_xy, n)
+    return _window_index(canvas_shape, row0, col0, n + 2 * SHIFT_PAD, positions_xy.device)
+
+
 def extract_patches(
-    canvas: torch.Tensor, positions_xy: torch.Tensor, n: int, kernel: str = "fourier"
+    canvas: torch.Tensor,
+    positions_xy: torch.Tensor,
+    n: int,
+    kernel: str = "fourier",
+    index: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Extract N x N patches centred at sub-pixel positions.
 
     canvas: (H, W) or (B, H, W) complex; positions_xy: (M, 2) or (B, M, 2) as (x, y) in canvas
-    pixels. Returns (M, N, N) or (B, M, N, N). ``kernel``: see KERNELS.
+    pixels. Returns (M, N, N) or (B, M, N, N). ``kernel``: see KERNELS. ``index``: the
+    ``window_index`` of these positions on a (B, H, W) canvas, if already computed.
     """
     _check_kernel(kernel)
     canvas, positions_xy, squeeze = _batched(canvas, positions_xy)
     size = n + 2 * SHIFT_PAD
     row0, col0, frac_yx = _split(positions_xy, n)
-    windows = torch.take(canvas, _window_index(canvas.shape, row0, col0, size, canvas.device))
+    if index is None:
+        index = _window_index(canvas.shape, row0, col0, size, canvas.device)
+    windows = torch.take(canvas, index)
     if not torch.is_complex(windows):
         windows = windows.to(torch.complex64)
     if kernel == "fourier":
@@ -145,11 +195,7 @@ def extract_patches(
         out = windows[..., SHIFT_PAD : SHIFT_PAD + n, SHIFT_PAD : SHIFT_PAD + n]
     else:
         fy, fx = _bilinear_fractions(frac_yx, windows.real.dtype)
-        p = SHIFT_PAD
-        rows_mix = (1 - fy) * windows[..., p : p + n, p : p + n + 1] + fy * windows[
-            ..., p + 1 : p + n + 1, p : p + n + 1
-        ]
-        out = (1 - fx) * rows_mix[..., :, :n] + fx * rows_mix[..., :, 1:]
+        out = _bilinear_extract(windows, fy, fx, n)
     return out[0] if squeeze else out
 
 
@@ -159,6 +205,7 @@ def place_patches(
     canvas_shape: tuple[int, int],
     kernel: str = "fourier",
     out: torch.Tensor | None = None,
+    index: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sum N x N patches into a zero canvas at sub-pixel positions (adjoint of extract_patches
     with the same kernel).
@@ -166,7 +213,8 @@ def place_patches(
     patches: (M, N, N) or (B, M, N, N); positions_xy matching (M, 2) or (B, M, 2).
     Returns the (H, W) or (B, H, W) complex canvas. ``out``: a contiguous complex canvas of that
     shape to add into in place (no new canvas: stitching a scan in pieces costs the pieces, not
-    the canvas, per call); not for tensors that need gradients.
+    the canvas, per call); not for tensors that need gradients. ``index``: the
+    ``window_index`` of these positions, if already computed.
     """
     _check_kernel(kernel)
     squeeze = patches.dim() == 3
@@ -178,21 +226,14 @@ def place_patches(
     size = n + 2 * SHIFT_PAD
     shape = (batch, *canvas_shape)
     row0, col0, frac_yx = _split(positions_xy, n)
-    flat = _window_index(shape, row0, col0, size, patches.device)
+    flat = _window_index(shape, row0, col0, size, patches.device) if index is None else index
     if kernel == "fourier":
         windows = fourier_shift(
             torch.nn.functional.pad(patches, (SHIFT_PAD,) * 4), frac_yx.flip(-1)
         )
-    else:
-        # separable adjoint of the extraction: spread along columns, then along rows
+    else:  # separable adjoint of the extraction: spread along columns, then along rows
         fy, fx = _bilinear_fractions(frac_yx, patches.real.dtype)
-        p = SHIFT_PAD
-        cols_spread = patches.new_zeros((*patches.shape[:-1], n + 1))
-        cols_spread[..., :n] += (1 - fx) * patches
-        cols_spread[..., 1:] += fx * patches
-        windows = patches.new_zeros((*patches.shape[:-2], size, size))
-        windows[..., p : p + n, p : p + n + 1] += (1 - fy) * cols_spread
-        windows[..., p + 1 : p + n + 1, p : p + n + 1] += fy * cols_spread
+        windows = _bilinear_spread(patches, fy, fx)
     flat, values = flat.expand(windows.shape).reshape(-1), windows.reshape(-1)
     if out is not None:
         if (
