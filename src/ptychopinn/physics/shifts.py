@@ -90,8 +90,8 @@ def _bilinear_fractions(frac_yx: torch.Tensor, dtype):
 def _bilinear_extract(windows: torch.Tensor, fy, fx, n: int) -> torch.Tensor:
     """(..., N, N) complex: linear interpolation of the (..., L, L) complex ``windows`` at the
     fractions (fy, fx) (``_bilinear_fractions``). Real arithmetic on the real/imaginary view:
-    a complex tensor times a real fraction would be promoted to a complex product (measured
-    the main cost of the overlap constraint)."""
+    a complex tensor times a real fraction is otherwise a complex product on a complex copy of
+    the fraction."""
     p = SHIFT_PAD
     w = torch.view_as_real(windows)
     rows = torch.lerp(

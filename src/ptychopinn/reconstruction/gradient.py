@@ -425,8 +425,6 @@ class Refiner:
         self.position_step_px = float(position_step_px)
         self.position_affine_epochs = int(position_affine_epochs)
         self.position_search_px = float(position_search_px)
-        # coarse searches at the end of each interval; the gradient correction starts its
-        # position_start_epoch counting from the last of them
         self._schedule_positions(int(position_search_rounds))
         self.positions_active = False
         self.delta = None  # (M, 2) (x, y) correction within the current epoch
@@ -712,6 +710,8 @@ class Refiner:
         self._lit = None
 
     def _schedule_positions(self, rounds: int) -> None:
+        """The epochs of the position-finding phase (``position_search_plan``) when a search is
+        asked, and the epoch at which the gradient correction starts."""
         search = self.correct_positions and self.position_search_px > 0
         plan = position_search_plan(
             self.position_search_px if search else 0.0, rounds, self.position_start_epoch
@@ -1113,8 +1113,8 @@ def refine(
             not explain (``Refiner.flag_outliers``) are left out of it for half a cycle and
             searched again (``Refiner.rescue_outliers``; the cycles end at the first that finds
             none); finally the object restarts from the found positions and ``epochs`` epochs
-            follow (positions still corrected by the
-            gradient from ``position_start_epoch`` epochs on). 0 (default): no search.
+            follow (positions still corrected by the gradient from ``position_start_epoch``
+            epochs on). 0 (default): no search.
         stop: callable polled after every epoch; True ends the refinement there (the engine
             protocol's stop request, ``reconstruction.engine``).
 
