@@ -161,14 +161,18 @@ class PositionSearchPlan:
 
 
 def position_search_plan(
-    search_px: float, rounds: int = POSITION_SEARCH_ROUNDS, start_epoch: int = POSITION_START_EPOCH
+    correct_positions: bool,
+    search_px: float,
+    rounds: int = POSITION_SEARCH_ROUNDS,
+    start_epoch: int = POSITION_START_EPOCH,
 ) -> PositionSearchPlan:
-    """The position-finding phase for a search radius ``search_px`` (0: none): ``rounds``
+    """The position-finding phase of ``refine``'s position settings (none without
+    ``correct_positions`` or with a search radius ``search_px`` of 0): ``rounds``
     searches POSITION_SEARCH_INTERVAL epochs apart, the gradient correction ``start_epoch``
     epochs after the last, POSITION_RESCUE_CYCLES rescue cycles of POSITION_RESCUE_INTERVAL
     epochs, then the restart (earlier, at the first cycle that finds no lost pattern: the
     phase's length here is its longest). ``refine`` runs its ``epochs`` after this phase."""
-    if not search_px > 0:
+    if not (correct_positions and search_px > 0):
         return PositionSearchPlan({}, [], [], 0)
     search = {
         POSITION_SEARCH_INTERVAL * (r + 1): max(1.0, search_px / 2**r) for r in range(int(rounds))
@@ -712,9 +716,8 @@ class Refiner:
     def _schedule_positions(self, rounds: int) -> None:
         """The epochs of the position-finding phase (``position_search_plan``) when a search is
         asked, and the epoch at which the gradient correction starts."""
-        search = self.correct_positions and self.position_search_px > 0
         plan = position_search_plan(
-            self.position_search_px if search else 0.0, rounds, self.position_start_epoch
+            self.correct_positions, self.position_search_px, rounds, self.position_start_epoch
         )
         self.search_epochs = plan.search
         self.flag_epochs = plan.flag
@@ -731,9 +734,9 @@ class Refiner:
             self.restart_object()
         if e in self.flag_epochs:
             flagged = self.flag_outliers()
-            # the object heals without them before they are searched again
-            self.excluded = flagged if flagged.any() else None
-            if not flagged.any():  # nothing lost: the phase ends now
+            if flagged.any():  # the object heals without them before they are searched again
+                self.excluded = flagged
+            else:  # nothing lost: the phase ends now
                 self.flag_epochs = [f for f in self.flag_epochs if f < e]
                 self.rescue_epochs = [r for r in self.rescue_epochs if r < e]
                 self.search_phase_epochs = e
@@ -1149,12 +1152,11 @@ def refine(
         position_search_px=position_search_px,
         position_search_rounds=position_search_rounds,
     )
-    epoch = 0
     # a position search's phase comes first (it ends early when no pattern is lost)
-    while epoch < int(epochs) + refiner.search_phase_epochs:
+    while refiner.epoch < int(epochs) + refiner.search_phase_epochs:
         total = int(epochs) + refiner.search_phase_epochs
         loss = refiner.run_epoch()
-        epoch += 1
+        epoch = refiner.epoch
         if not math.isfinite(loss):
             raise PtychoPINNError(
                 f"refinement diverged at epoch {epoch} (loss {loss}); lower lr (now {refiner.lr:g})"
@@ -1231,9 +1233,8 @@ class GradientEngine:
             refine_probe = resolve_probe_refinement(refine_probe, scan)
 
         plan = position_search_plan(
-            self.kwargs.get("position_search_px", 0.0)
-            if self.kwargs.get("correct_positions")
-            else 0.0,
+            self.kwargs.get("correct_positions", False),
+            self.kwargs.get("position_search_px", 0.0),
             self.kwargs.get("position_search_rounds", POSITION_SEARCH_ROUNDS),
             self.kwargs.get("position_start_epoch", POSITION_START_EPOCH),
         )
