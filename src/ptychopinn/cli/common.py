@@ -123,6 +123,25 @@ def device_of(accelerator: str, devices) -> str:
     return "cpu"
 
 
+def devices_of(accelerator: str, devices) -> tuple[str, int]:
+    """(torch device, process count) for ``infer``: several devices run its network pass in as
+    many processes (Lightning DDP); ``auto`` is one. ConfigError when unusable."""
+    import torch
+
+    from ptychopinn.errors import ConfigError
+
+    text = str(devices).strip()
+    count = 1 if text == "auto" else int(text)
+    device = device_of(accelerator, 1)
+    if count > 1 and device == "mps":
+        raise ConfigError(f"--devices {count}: Apple MPS runs one process; use --devices 1")
+    if device == "cuda" and count > torch.cuda.device_count():
+        raise ConfigError(
+            f"--devices {count}: only {torch.cuda.device_count()} CUDA device(s) on this machine"
+        )
+    return device, count
+
+
 #: the execution keys of the single-process commands (infer, reconstruct): where they run, the
 #: seed and the log level; the rest of the execution section is training's
 RUN_KEYS = ("execution.seed", "execution.quiet", "execution.accelerator", "execution.devices")
@@ -230,4 +249,95 @@ def load_scan_from_args(args: argparse.Namespace, name: str = "data"):
     units = getattr(args, "diffraction_units", "auto")
     return load_scan(
         path, units, product=prod, diffraction=diff, format=getattr(args, "data_format", "auto")
+    )
+
+
+# --- the probe or positions of another file (simulate --probe-from, infer/reconstruct) --------
+def _is_reconstruction(path) -> bool:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = {n.removesuffix(".npy") for n in zf.namelist()}
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return "object" in names and "diff3d" not in names and "data" not in names
+
+
+def probe_from_file(path, n: int, size_flag: str):
+    """The probe (K, N, N) of ``path``: a reconstruction.npz written by infer/reconstruct (e.g.
+    the probe retrieved from a measured scan) or any scan file. DataError when it has none or its
+    size is not ``n`` (``size_flag`` names what set ``n``)."""
+    from ptychopinn.errors import DataError
+
+    if _is_reconstruction(path):
+        from ptychopinn.evaluation.io import load_reconstruction_file
+
+        probe = load_reconstruction_file(path).probe
+        if probe is None:
+            raise DataError(
+                str(path),
+                "probe",
+                "missing or unusable; a reconstruction written by infer/reconstruct holds one",
+            )
+    else:
+        from ptychopinn.data import load_scan
+
+        probe = load_scan(path).probe
+    if probe.shape[-1] != n:
+        raise DataError(
+            str(path),
+            "probe",
+            f"is {probe.shape[-2]} x {probe.shape[-1]} but {size_flag} is {n}",
+        )
+    return probe
+
+
+def positions_from_file(path):
+    """The scan positions (M, 2) of ``path``: a reconstruction.npz (corrected or not) or any scan
+    file."""
+    from ptychopinn.errors import DataError
+
+    if _is_reconstruction(path):
+        from ptychopinn.evaluation.io import load_reconstruction_file
+
+        positions = load_reconstruction_file(path).positions_px
+        if positions is None:
+            raise DataError(
+                str(path),
+                "positions_px",
+                "missing; a reconstruction written by infer/reconstruct holds its positions",
+            )
+        return positions
+    from ptychopinn.data import load_scan
+
+    return load_scan(path).positions_px
+
+
+def add_probe_from_flag(parser: argparse.ArgumentParser) -> None:
+    """``--probe-from F`` for the commands that reconstruct a scan."""
+    from pathlib import Path
+
+    parser.add_argument(
+        "--probe-from",
+        type=Path,
+        default=None,
+        metavar="F",
+        help="use the probe of F instead of the scan's own: a reconstruction.npz (e.g. "
+        "the probe retrieved from another scan of the experiment, the one training data "
+        "were simulated with) or any scan file; its size must equal the patterns'",
+    )
+
+
+def with_probe_from(scan, path):
+    """``scan`` with the probe of ``path`` (``--probe-from``; None: unchanged), recorded in its
+    metadata as ``probe_from``; it counts as a guess (``probe_known`` false), so ``--refine-probe
+    auto`` refines it."""
+    if path is None:
+        return scan
+    from dataclasses import replace
+
+    probe = probe_from_file(path, scan.patch_size, f"{scan.source}'s pattern size")
+    return replace(
+        scan, probe=probe, metadata={**scan.metadata, "probe_from": str(path), "probe_known": False}
     )

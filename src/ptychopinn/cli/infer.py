@@ -9,10 +9,12 @@ from ptychopinn.cli.common import (
     RUN_DEFAULTS,
     RUN_KEYS,
     add_patterns_flag,
+    add_probe_from_flag,
     add_scan_input_flags,
     add_units_flag,
     check_run_audit,
-    device_of,
+    devices_of,
+    with_probe_from,
     write_run_audit,
 )
 from ptychopinn.cli.execution_args import add_config_arguments, run_config_from_args
@@ -20,7 +22,9 @@ from ptychopinn.config import inference_batch_size
 
 PRODUCT_FILE = "product.h5"
 #: the configuration ``infer`` takes: where it runs, the network pass, refinement after it
-INFER_KEYS = (*RUN_KEYS, "infer", "refine")
+INFER_KEYS = (*RUN_KEYS, "execution.strategy", "infer", "refine")
+#: strategies of a network pass on several devices
+INFER_STRATEGIES = ("auto", "ddp", "ddp_spawn")
 
 
 def add_parser(sub) -> None:
@@ -41,6 +45,7 @@ def add_parser(sub) -> None:
     add_scan_input_flags(p, "data", what="scan to reconstruct")
     p.add_argument("--output-dir", type=Path, required=True, help="output directory")
     add_patterns_flag(p)
+    add_probe_from_flag(p)
     p.add_argument(
         "--product-output",
         action="store_true",
@@ -61,19 +66,30 @@ def run(args: argparse.Namespace) -> int:
     from ptychopinn.io.atomic import check_new_output
     from ptychopinn.io.bundle import load_bundle
     from ptychopinn.log import configure_cli_logging
-    from ptychopinn.reconstruction.network import reconstruct
-    from ptychopinn.workflows import write_reconstruction_outputs
+    from ptychopinn.workflows import network_reconstruction, write_reconstruction_outputs
 
     rc = run_config_from_args(args, command_defaults=RUN_DEFAULTS)
     e, r = rc.execution, rc.refine
     configure_cli_logging(e.quiet)
-    device = device_of(e.accelerator, e.devices)  # refuse an unusable accelerator before work
+    device, n_devices = devices_of(e.accelerator, e.devices)  # refuse before any work
+    if n_devices > 1 and e.strategy not in INFER_STRATEGIES:
+        from ptychopinn.errors import ConfigError
+
+        raise ConfigError(
+            f"--strategy {e.strategy}: the network pass on several devices runs under "
+            f"{' or '.join(INFER_STRATEGIES[1:])} (auto: Lightning's choice, ddp)"
+        )
+    if n_devices > 1:  # Lightning sets its own loggers' levels when imported: import it first
+        import lightning.pytorch  # noqa: F401
+
+        configure_cli_logging(e.quiet)
     bundle = load_bundle(args.model)
     product_path = args.output_dir / PRODUCT_FILE if args.product_output else None
     if product_path is not None:
         check_new_output(product_path, args.overwrite)  # refuse before any work
     check_run_audit(args.output_dir, args.overwrite)
     scan = load_scan_from_args(args, "data").patterns(args.patterns)
+    scan = with_probe_from(scan, args.probe_from)
     if r.correct_positions and not r.refine_epochs:
         from ptychopinn.errors import ConfigError
 
@@ -81,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
             "--correct-positions corrects positions during refinement: give "
             "--refine-epochs N as well"
         )
-    recon = reconstruct(
+    recon = network_reconstruction(
         bundle,
         scan,
         batch_size=inference_batch_size(
@@ -91,7 +107,11 @@ def run(args: argparse.Namespace) -> int:
         seed=e.seed,
         quiet=e.quiet,
         device=device,
+        devices=n_devices,
+        strategy=e.strategy,
     )
+    if recon is None:  # a further process of a ddp launcher: rank 0 writes the outputs
+        return 0
     if r.refine_epochs:
         from ptychopinn.reconstruction.gradient import GradientEngine
 

@@ -15,9 +15,11 @@ from ptychopinn.cli.common import (
     RUN_DEFAULTS,
     RUN_KEYS,
     add_patterns_flag,
+    add_probe_from_flag,
     add_units_flag,
     check_run_audit,
     device_of,
+    with_probe_from,
     write_run_audit,
 )
 from ptychopinn.cli.execution_args import add_config_arguments, run_config_from_args
@@ -85,6 +87,7 @@ def add_parser(sub) -> None:
         help="refinement from a flat object, no network: the default; kept for scripts",
     )
     add_patterns_flag(p)
+    add_probe_from_flag(p)
     p.add_argument(
         "--half-scan-frc",
         action="store_true",
@@ -197,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
         check_new_output(path, args.overwrite)
     check_run_audit(args.output_dir, args.overwrite)
     scan = load_scan(args.data, args.diffraction_units, format=args.data_format)
-    scan = scan.patterns(args.patterns)
+    scan = with_probe_from(scan.patterns(args.patterns), args.probe_from)
     recon = _reconstruct(scan, args, rc, args.output_dir, device)
     recon.metadata["patterns"] = args.patterns
     recon.metadata["config"] = {"refine": asdict(rc.refine), "infer": asdict(rc.infer)}

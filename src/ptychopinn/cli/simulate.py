@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ptychopinn.cli.common import add_quiet_flag, positive_float, positive_int
+from ptychopinn.cli.common import (
+    add_quiet_flag,
+    positions_from_file,
+    positive_float,
+    positive_int,
+    probe_from_file,
+)
 
 
 def add_parser(sub) -> None:
@@ -154,8 +160,12 @@ def run(args: argparse.Namespace) -> int:
     )
     for out in outputs:
         check_new_output(out, args.overwrite)
-    probe = _probe_from(args.probe_from, args.patch_size) if args.probe_from else None
-    positions = _positions_from(args.positions_from) if args.positions_from else None
+    probe = (
+        probe_from_file(args.probe_from, args.patch_size, "--patch-size")
+        if args.probe_from
+        else None
+    )
+    positions = positions_from_file(args.positions_from) if args.positions_from else None
     for i, out in enumerate(outputs):
         config = SimulationConfig(
             patch_size=args.patch_size,
@@ -193,60 +203,3 @@ def run(args: argparse.Namespace) -> int:
             scan.mean_counts,
         )
     return 0
-
-
-def _is_reconstruction(path: Path) -> bool:
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as zf:
-            names = {n.removesuffix(".npy") for n in zf.namelist()}
-    except (zipfile.BadZipFile, OSError):
-        return False
-    return "object" in names and "diff3d" not in names and "data" not in names
-
-
-def _probe_from(path: Path, n: int):
-    from ptychopinn.errors import DataError
-
-    if _is_reconstruction(path):
-        from ptychopinn.evaluation.io import load_reconstruction_file
-
-        probe = load_reconstruction_file(path).probe
-        if probe is None:
-            raise DataError(
-                str(path),
-                "probe",
-                "missing or unusable; a reconstruction written by infer/reconstruct holds one",
-            )
-    else:
-        from ptychopinn.data import load_scan
-
-        probe = load_scan(path).probe
-    if probe.shape[-1] != n:
-        raise DataError(
-            str(path),
-            "probe",
-            f"is {probe.shape[-2]} x {probe.shape[-1]} but "
-            f"--patch-size is {n}; pass --patch-size {probe.shape[-1]}",
-        )
-    return probe
-
-
-def _positions_from(path: Path):
-    from ptychopinn.errors import DataError
-
-    if _is_reconstruction(path):
-        from ptychopinn.evaluation.io import load_reconstruction_file
-
-        positions = load_reconstruction_file(path).positions_px
-        if positions is None:
-            raise DataError(
-                str(path),
-                "positions_px",
-                "missing; a reconstruction written by infer/reconstruct holds its positions",
-            )
-        return positions
-    from ptychopinn.data import load_scan
-
-    return load_scan(path).positions_px

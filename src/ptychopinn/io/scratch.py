@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import mmap
 import os
 import tempfile
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -35,3 +37,56 @@ def scratch_array(shape, dtype, directory=None) -> np.memmap:
     finally:
         os.close(fd)
         os.unlink(path)
+
+
+@dataclass(frozen=True)
+class MappedFile:
+    """Where a memory-mapped array's bytes are: what a process sends instead of the array."""
+
+    path: str
+    offset: int
+    shape: tuple
+    dtype: str
+    fortran: bool
+
+    def open(self) -> np.memmap:
+        """The array, mapped read-only."""
+        return np.memmap(
+            self.path,
+            dtype=np.dtype(self.dtype),
+            mode="r",
+            offset=self.offset,
+            shape=self.shape,
+            order="F" if self.fortran else "C",
+        )
+
+
+def portable(array):
+    """A ``MappedFile`` for an array that is a whole memory map of a named file (an uncompressed
+    NPZ member, a contiguous HDF5 dataset, or a plain view of one), so that pickling sends where
+    the bytes are, not the bytes; anything else (in memory, a part of a map, a scratch array
+    whose file has no name) as it is."""
+    mapped = array
+    while isinstance(mapped, np.ndarray) and not (
+        isinstance(mapped, np.memmap) and isinstance(mapped.base, mmap.mmap)
+    ):
+        mapped = mapped.base
+    if (
+        not isinstance(mapped, np.memmap)
+        or not isinstance(mapped.filename, (str, os.PathLike))
+        or not os.path.isfile(mapped.filename)
+        or array.shape != mapped.shape
+        or array.dtype != mapped.dtype
+        or array.ctypes.data != mapped.ctypes.data
+        or array.strides != mapped.strides
+    ):
+        return array
+    fortran = array.flags.f_contiguous and not array.flags.c_contiguous
+    return MappedFile(
+        os.fspath(mapped.filename), int(mapped.offset), array.shape, array.dtype.str, fortran
+    )
+
+
+def unportable(value):
+    """The array of ``portable``'s answer, mapped again (or as it came)."""
+    return value.open() if isinstance(value, MappedFile) else value

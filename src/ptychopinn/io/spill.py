@@ -59,6 +59,15 @@ class SpillArray:
         out.shape, out._ram = tuple(t.shape), t
         return out
 
+    @classmethod
+    def attach(cls, path: str, shape, dtype=np.complex64) -> "SpillArray":
+        """The file-backed SpillArray another process created at ``path`` (its rows shared with
+        it); this object never removes the file."""
+        out = cls.__new__(cls)
+        out.shape, out.dtype = tuple(int(s) for s in shape), np.dtype(dtype)
+        out.path, out._ram, out._finalizer = str(path), None, None
+        return out
+
     def __len__(self) -> int:
         return self.shape[0]
 

@@ -125,6 +125,20 @@ def predict_patches(
     ).tensor()
 
 
+def check_scan_for_model(mc: ModelConfig, scan: ScanData) -> None:
+    """A one-line PtychoPINNError when ``scan`` cannot go through model ``mc``."""
+    if scan.patch_size != mc.n:
+        raise PtychoPINNError(
+            f"{scan.source}: diffraction: patterns are {scan.patch_size}x{scan.patch_size} "
+            f"but the model was trained on N={mc.n}"
+        )
+    if scan.n_patterns < mc.channels:
+        raise PtychoPINNError(
+            f"{scan.source}: diffraction: {scan.n_patterns} patterns; gridsize "
+            f"{mc.gridsize} needs at least {mc.channels}"
+        )
+
+
 def group_patch_store(
     mc: ModelConfig,
     neighbors: int,
@@ -146,16 +160,7 @@ def group_patch_store(
     pixels zeroed per batch, never a copy of the scan). ``progress``/``stop``: the engine hooks
     (``reconstruction.engine``), per batch of groups; a stop leaves the patterns not reached yet
     flat (1)."""
-    if scan.patch_size != mc.n:
-        raise PtychoPINNError(
-            f"{scan.source}: diffraction: patterns are {scan.patch_size}x{scan.patch_size} "
-            f"but the model was trained on N={mc.n}"
-        )
-    if scan.n_patterns < mc.channels:
-        raise PtychoPINNError(
-            f"{scan.source}: diffraction: {scan.n_patterns} patterns; gridsize "
-            f"{mc.gridsize} needs at least {mc.channels}"
-        )
+    check_scan_for_model(mc, scan)
     net = net.to(device)
     groups = group_positions(
         scan.positions_px, mc.gridsize, neighbors, n_groups=scan.n_patterns, seed=seed
@@ -246,7 +251,29 @@ def stitched_pass(
         progress=record,
         stop=stop,
     )
-    t_net = time.perf_counter() - t0
+    return stitched_patches(
+        patches,
+        scan,
+        time.perf_counter() - t0,
+        phase_sync_iterations,
+        history=history,
+        devices=1,
+        patterns_per_process=[scan.n_patterns],
+    )
+
+
+def stitched_patches(
+    patches: SpillArray,
+    scan: ScanData,
+    network_seconds: float,
+    phase_sync_iterations: int = PHASE_SYNC_ITERATIONS,
+    **metadata,
+) -> Reconstruction:
+    """Every pattern's network ``patches`` (closed here) stitched onto one canvas (the
+    ground-truth object's frame when the scan carries one and the positions fit in it, else a
+    canvas just covering the scan); ``network_seconds``: how long the pass that made them took;
+    ``metadata`` entries are added to the result's."""
+    t0 = time.perf_counter()
     shape = scan.object_truth.shape if scan.object_truth is not None else None
     try:
         obj, illum, offset = stitch(
@@ -254,7 +281,6 @@ def stitched_pass(
         )
     finally:
         patches.close()
-    seconds = time.perf_counter() - t0
     return Reconstruction(
         object=obj,
         offset_px=offset,
@@ -263,10 +289,10 @@ def stitched_pass(
         probe=scan.probe,
         metadata={
             "source": scan.source,
-            "seconds": seconds,
-            "network_seconds": t_net,
-            "patterns_per_second": scan.n_patterns / max(t_net, 1e-9),
-            "history": history,
+            "seconds": network_seconds + time.perf_counter() - t0,
+            "network_seconds": network_seconds,
+            "patterns_per_second": scan.n_patterns / max(network_seconds, 1e-9),
+            **metadata,
         },
     )
 
@@ -299,6 +325,13 @@ def reconstruct(
         progress=progress,
         stop=stop,
     )
+    return label_network_result(recon, bundle, scan)
+
+
+def label_network_result(
+    recon: Reconstruction, bundle: ModelBundle, scan: ScanData
+) -> Reconstruction:
+    """``recon`` labelled as the network's (method, model manifest), logged."""
     recon.metadata.update({"method": "ptychopinn network", "model": bundle.manifest})
     log.info(
         "reconstructed %d patterns in %.2f s (%.0f patterns/s network only)",

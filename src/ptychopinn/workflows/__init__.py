@@ -10,6 +10,7 @@ from ptychopinn.workflows.demo import DemoResult, DemoSettings, run_demo, simula
 from ptychopinn.workflows.outputs import RECONSTRUCTION_FILES, write_reconstruction_outputs
 from ptychopinn.workflows.reconstruct import (
     evaluate_against_truth,
+    network_reconstruction,
     refine_reconstruction,
     self_supervised_reconstruction,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "DemoSettings",
     "RECONSTRUCTION_FILES",
     "evaluate_against_truth",
+    "network_reconstruction",
     "probe_change",
     "probe_is_known",
     "refine_reconstruction",

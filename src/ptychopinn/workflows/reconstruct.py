@@ -11,6 +11,69 @@ from ptychopinn.errors import DataError
 from ptychopinn.reconstruction.result import Reconstruction
 
 
+def network_reconstruction(
+    bundle,
+    scan: ScanData,
+    *,
+    device: str = "cpu",
+    devices: int = 1,
+    strategy: str = "auto",
+    batch_size: int,
+    seed: int = 0,
+    quiet: bool = True,
+    phase_sync_iterations: int,
+) -> Reconstruction | None:
+    """A trained ``bundle``'s single pass over ``scan``, stitched: on one ``device``
+    (``reconstruction.network.reconstruct``) or, with ``devices`` > 1, in that many processes
+    of ``device``'s type under Lightning ``strategy`` (``training.predict``); None in the
+    further processes a ``ddp`` launcher started (only rank 0 stitches)."""
+    import time
+
+    from ptychopinn.reconstruction.network import (
+        label_network_result,
+        reconstruct,
+        stitched_patches,
+    )
+
+    if devices == 1:
+        return reconstruct(
+            bundle,
+            scan,
+            batch_size=batch_size,
+            seed=seed,
+            quiet=quiet,
+            device=device,
+            phase_sync_iterations=phase_sync_iterations,
+        )
+    from ptychopinn.training.predict import distributed_patch_store
+
+    t0 = time.perf_counter()
+    done = distributed_patch_store(
+        bundle.model_config,
+        bundle.data_config.neighbors,
+        bundle.build_generator(),
+        scan,
+        accelerator=device,
+        devices=devices,
+        strategy=strategy,
+        batch_size=batch_size,
+        seed=seed,
+        quiet=quiet,
+    )
+    if done is None:
+        return None
+    patches, per_process = done
+    recon = stitched_patches(
+        patches,
+        scan,
+        time.perf_counter() - t0,
+        phase_sync_iterations,
+        devices=devices,
+        patterns_per_process=per_process,
+    )
+    return label_network_result(recon, bundle, scan)
+
+
 def refine_reconstruction(
     recon: Reconstruction | None,
     scan: ScanData,
