@@ -763,6 +763,7 @@ REFINE_INVALID = [
     ("position_search_rounds", 0),
     ("inference_batch_size", 0),
     ("phase_sync_iterations", -1),
+    ("inference_precision", "64-true"),
 ]
 
 

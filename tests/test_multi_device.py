@@ -1,6 +1,7 @@
-"""The network pass on several devices (issue 13): ``infer --devices 2`` on two CPU processes
-(gloo) under both DDP launchers gives the single-process reconstruction; the processes get a
-memory-mapped scan by reference; ``--probe-from`` gives a scan another probe."""
+"""The network pass on several devices and in mixed precision (issue 13): ``infer --devices 2``
+on two CPU processes (gloo) under both DDP launchers gives the single-process reconstruction;
+the processes get a memory-mapped scan by reference; bf16 inference stays close to float32;
+``--probe-from`` gives a scan another probe."""
 
 import json
 import os
@@ -157,3 +158,41 @@ def test_infer_and_reconstruct_use_the_probe_of_another_file(model_and_scan, tmp
     big = simulate_scan(SimulationConfig(patch_size=32, n_positions=9, photons=1e5, seed=9))
     write_npz(big, tmp_path / "big.npz")
     assert main(_infer(d, tmp_path / "bad", "--probe-from", str(tmp_path / "big.npz"))) == 2
+
+
+def test_training_tensors_of_a_mapped_scan_pickle_as_their_file(
+    model_and_scan, tmp_path, monkeypatch
+):
+    """What ddp_spawn sends each training process: a mapped scan's counts by reference (the
+    rest of the tensors as they are); unpickled, the counts are the same and writable only in
+    the process's own pages."""
+    import ptychopinn.data.npz as npz
+    from ptychopinn.training.data import scan_tensors
+
+    d, _ = model_and_scan
+    with np.load(d / "test.npz") as f:
+        np.savez(tmp_path / "stored.npz", **{k: f[k] for k in f.files})
+    monkeypatch.setattr(npz, "MMAP_BYTES", 1)
+    scan = read_npz(tmp_path / "stored.npz")
+    tensors = scan_tensors(scan)
+    blob = pickle.dumps(tensors)
+    assert len(blob) < 0.1 * scan.diffraction.nbytes
+    back = pickle.loads(blob)
+    np.testing.assert_array_equal(back.counts.numpy(), tensors.counts.numpy())
+    back.counts[0, 0, 0] += 1  # copy-on-write: the file keeps its counts
+    assert read_npz(tmp_path / "stored.npz").diffraction[0, 0, 0] == scan.diffraction[0, 0, 0]
+    in_memory = scan_tensors(read_npz(d / "test.npz"))  # compressed: read into memory
+    assert len(pickle.dumps(in_memory)) > scan.diffraction.nbytes
+
+
+def test_bf16_inference_runs_the_network_in_bfloat16_and_stays_close(model_and_scan, tmp_path):
+    """``--inference-precision bf16-mixed``: the U-Net under autocast (its result differs from
+    float32's, so autocast was applied) within bfloat16's rounding of float32's object; the
+    estimate and stitching stay float32 (a complex64 object)."""
+    d, (single, _) = model_and_scan
+    assert main(_infer(d, tmp_path, "--inference-precision", "bf16-mixed")) == 0
+    obj, meta = _load(tmp_path)
+    assert obj.dtype == np.complex64
+    diff = np.abs(obj - single)
+    assert 0 < diff.max() < 0.05 and diff.mean() < 0.005
+    assert meta["precision"] == "bf16-mixed"

@@ -223,6 +223,8 @@ POSITION_RESCUE_CYCLES = 6
 POSITION_RESCUE_INTERVAL = 30
 ACCELERATOR_NAMES = ("auto", "cpu", "gpu", "cuda", "mps")
 PRECISION_NAMES = ("32-true", "16-mixed", "bf16-mixed", "64-true")
+#: precisions of the network's single pass (``InferConfig.inference_precision``)
+INFERENCE_PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 #: DDP variants only: the other Lightning strategies (deepspeed, fsdp, xla) are untested with the
 #: complex-valued physics and are rejected rather than half supported.
 STRATEGY_NAMES = (
@@ -626,10 +628,15 @@ class InferConfig:
     #: stitching: rounds rotating every patch's free phase to the stitched estimate after the ring
     #: pass
     phase_sync_iterations: int = PHASE_SYNC_ITERATIONS
+    #: numeric precision of the network in the single pass: 32-true, or bf16-mixed / 16-mixed
+    #: (the U-Net under autocast; the physics estimate, its FFTs and the stitching stay float32;
+    #: 16-mixed is bf16-mixed off CUDA)
+    inference_precision: str = "32-true"
 
     def __post_init__(self):
         _check_int("inference_batch_size", self.inference_batch_size, 1, allow_none=True)
         _check_int("phase_sync_iterations", self.phase_sync_iterations, 0)
+        _check_choice("inference_precision", self.inference_precision, INFERENCE_PRECISIONS)
 
 
 #: section name -> dataclass (``config_factory.SECTIONS`` is this mapping)

@@ -19,6 +19,7 @@ from ptychopinn.config import (
     CHECKPOINT_MODES,
     GRADIENT_CLIP_ALGORITHMS,
     INFERENCE_BATCH_SIZE,
+    INFERENCE_PRECISIONS,
     LOGGER_NAMES,
     OPTIMIZER_NAMES,
     PRECISION_NAMES,
@@ -59,6 +60,7 @@ CHOICES = {
     "refine.refine_schedule": list(REFINE_SCHEDULES),
     "refine.refine_probe": list(PROBE_REFINEMENT),
     "refine.probe_optimizer": list(REFINE_OPTIMIZERS),
+    "infer.inference_precision": list(INFERENCE_PRECISIONS),
 }
 
 #: each flag's help: the ``#:`` comment above its field in ptychopinn/config.py

@@ -104,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
             rc.infer.inference_batch_size, bundle.execution.get("inference_batch_size")
         ),
         phase_sync_iterations=rc.infer.phase_sync_iterations,
+        precision=rc.infer.inference_precision,
         seed=e.seed,
         quiet=e.quiet,
         device=device,

@@ -49,12 +49,12 @@ class MappedFile:
     dtype: str
     fortran: bool
 
-    def open(self) -> np.memmap:
-        """The array, mapped read-only."""
+    def open(self, mode: str = "r") -> np.memmap:
+        """The array, mapped read-only (``mode`` "c": copy-on-write, writes stay private)."""
         return np.memmap(
             self.path,
             dtype=np.dtype(self.dtype),
-            mode="r",
+            mode=mode,
             offset=self.offset,
             shape=self.shape,
             order="F" if self.fortran else "C",

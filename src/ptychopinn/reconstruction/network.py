@@ -7,6 +7,7 @@ inference.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -44,13 +45,15 @@ def predict_group_patches(
     gain: float | torch.Tensor,
     estimate: torch.Tensor | None = None,
     bad_pixels: torch.Tensor | None = None,
+    precision: str = "32-true",
 ) -> torch.Tensor:
     """Complex patches (B, C, N, N) for groups of measured ``counts`` (B, C, N, N).
 
     a0: amplitude normalisation (scalar or (B, 1, 1, 1)); probe: (K, N, N) or (B, 1, K, N, N);
     weight: (N, N) or (B, 1, N, N); gain: the scan's data-initialised gain (scalar or (B,)),
     used only to compute the physics estimate when ``estimate`` (B, C, N, N) is not given;
-    bad_pixels: optional (N, N) bool, zero in ``counts`` and left free by the estimate.
+    bad_pixels: optional (N, N) bool, zero in ``counts`` and left free by the estimate;
+    precision: the generator's (``autocast``); the estimate and the constraint stay float32.
     """
     amplitude = counts.clamp_min(0).sqrt() / a0
     offsets_xy = offsets_xy.to(torch.float32)
@@ -67,12 +70,23 @@ def predict_group_patches(
                     weight,
                     bad_pixels,
                 )
-        patches = generator(amplitude, estimate)
+        with autocast(counts.device, precision):
+            patches = generator(amplitude, estimate)
     else:
-        patches = generator(amplitude)
+        with autocast(counts.device, precision):
+            patches = generator(amplitude)
     if constrain:
         patches = overlap_constrain(patches, offsets_xy, weight)
     return patches
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context of an inference ``precision`` (``config.INFERENCE_PRECISIONS``) on
+    ``device``: none for 32-true; bfloat16, or float16 on CUDA for 16-mixed."""
+    if precision == "32-true":
+        return contextlib.nullcontext()
+    dtype = torch.float16 if precision == "16-mixed" and device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def covering_groups(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -152,6 +166,7 @@ def group_patch_store(
     memory_bytes: float = SPILL_BYTES,
     progress: Progress | None = None,
     stop: StopRequest | None = None,
+    precision: str = "32-true",
 ) -> SpillArray:
     """Patches of every pattern of ``scan`` by ``predict_group_patches`` with generator ``net``
     (model ``mc``, groups drawn from ``neighbors`` nearest neighbours) into a ``SpillArray`` (a
@@ -159,7 +174,7 @@ def group_patch_store(
     with a generator that returns its estimate. The counts are read one batch at a time (bad
     pixels zeroed per batch, never a copy of the scan). ``progress``/``stop``: the engine hooks
     (``reconstruction.engine``), per batch of groups; a stop leaves the patterns not reached yet
-    flat (1)."""
+    flat (1). ``precision``: the network's (``predict_group_patches``)."""
     check_scan_for_model(mc, scan)
     net = net.to(device)
     groups = group_positions(
@@ -200,7 +215,16 @@ def group_patch_store(
             if bad is not None:
                 counts = counts.masked_fill(bad, 0.0)
             patches = predict_group_patches(
-                net, mc, counts, a0, offsets, probe, weight, gain, bad_pixels=bad
+                net,
+                mc,
+                counts,
+                a0,
+                offsets,
+                probe,
+                weight,
+                gain,
+                bad_pixels=bad,
+                precision=precision,
             )
             keep = take[s : s + batch_size]
             out.write(idx[keep], patches[torch.as_tensor(keep)].cpu())
@@ -227,10 +251,12 @@ def stitched_pass(
     phase_sync_iterations: int = PHASE_SYNC_ITERATIONS,
     progress: Progress | None = None,
     stop: StopRequest | None = None,
+    precision: str = "32-true",
 ) -> Reconstruction:
-    """``group_patch_store`` of every pattern, stitched onto one canvas (the ground-truth
-    object's frame when the scan carries one and the positions fit in it, else a canvas just
-    covering the scan). ``metadata["history"]``: patterns done after each batch."""
+    """``group_patch_store`` of every pattern (the network in ``precision``), stitched onto one
+    canvas (the ground-truth object's frame when the scan carries one and the positions fit in
+    it, else a canvas just covering the scan). ``metadata["history"]``: patterns done after
+    each batch."""
     history: list[dict] = []
 
     def record(step, total, info):
@@ -250,6 +276,7 @@ def stitched_pass(
         device=device,
         progress=record,
         stop=stop,
+        precision=precision,
     )
     return stitched_patches(
         patches,
@@ -257,6 +284,7 @@ def stitched_pass(
         time.perf_counter() - t0,
         phase_sync_iterations,
         history=history,
+        precision=precision,
         devices=1,
         patterns_per_process=[scan.n_patterns],
     )
@@ -308,9 +336,10 @@ def reconstruct(
     phase_sync_iterations: int = PHASE_SYNC_ITERATIONS,
     progress: Progress | None = None,
     stop: StopRequest | None = None,
+    precision: str = "32-true",
 ) -> Reconstruction:
     """Single-pass reconstruction of ``scan`` with a trained model, stitched onto one canvas
-    (``stitched_pass`` with the bundle's generator)."""
+    (``stitched_pass`` with the bundle's generator, in ``precision``)."""
     bundle = model if isinstance(model, ModelBundle) else load_bundle(model)
     recon = stitched_pass(
         bundle.model_config,
@@ -324,6 +353,7 @@ def reconstruct(
         phase_sync_iterations=phase_sync_iterations,
         progress=progress,
         stop=stop,
+        precision=precision,
     )
     return label_network_result(recon, bundle, scan)
 

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ptychopinn.data.grouping import PatchGroups, group_positions
 from ptychopinn.data.scan import ScanData
+from ptychopinn.io.scratch import MappedFile, portable
 from ptychopinn.io.spill import SPILL_BYTES, SpillArray
 from ptychopinn.physics.forward import init_gain, probe_weight, projection_estimate
 from ptychopinn.physics.shifts import extract_patches
@@ -27,6 +28,22 @@ class ScanTensors:
     a0: float
     bad_pixels: torch.Tensor | None
     truth: torch.Tensor | None
+    #: the scan's counts array ``counts`` views; a memory map of a named file pickles as its
+    #: file, offset and shape (a process started by ``ddp_spawn`` maps it again), not its bytes
+    source: np.ndarray | None = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        ref = portable(self.source) if self.source is not None else None
+        if isinstance(ref, MappedFile):
+            state.update(counts=None, source=ref)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if isinstance(self.source, MappedFile):
+            self.source = self.source.open(mode="c")  # private pages: the file is never written
+            self.counts = torch.from_numpy(self.source)
 
 
 def scan_tensors(scan: ScanData, a0: float | None = None, with_truth: bool = False) -> ScanTensors:
@@ -35,6 +52,7 @@ def scan_tensors(scan: ScanData, a0: float | None = None, with_truth: bool = Fal
         truth = torch.as_tensor(scan.object_truth)
     counts = torch.as_tensor(scan.diffraction)
     return ScanTensors(
+        source=scan.diffraction,
         counts=counts,
         positions=torch.as_tensor(scan.positions_px, dtype=torch.float64),
         a0=scan.amplitude_scale() if a0 is None else a0,

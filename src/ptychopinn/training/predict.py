@@ -71,9 +71,12 @@ class CoveringGroupItems(Dataset):
 class PatchPredictor(L.LightningModule):
     """``network.predict_group_patches`` of a batch of groups, as a predict step."""
 
-    def __init__(self, net, mc: ModelConfig, probe, a0: float, gain: float, bad_pixels):
+    def __init__(
+        self, net, mc: ModelConfig, probe, a0: float, gain: float, bad_pixels, precision: str
+    ):
         super().__init__()
         self.net, self.mc, self.a0, self.gain = net, mc, float(a0), float(gain)
+        self.precision = precision
         # plain attributes, not buffers: every process has them already (DDP's start-up
         # broadcast of buffers is not needed, and refuses the probe's complex view)
         self.probe = torch.as_tensor(probe).clone()
@@ -99,6 +102,7 @@ class PatchPredictor(L.LightningModule):
             self.weight,
             self.gain,
             bad_pixels=self.bad,
+            precision=self.precision,
         )
 
 
@@ -136,12 +140,13 @@ def distributed_patch_store(
     batch_size: int,
     seed: int = 0,
     quiet: bool = True,
+    precision: str = "32-true",
 ) -> tuple[SpillArray, list[int]] | None:
     """``reconstruction.network.group_patch_store`` on ``devices`` processes of
     ``accelerator`` (Lightning's names) under ``strategy``: the same patches (each group's,
     from the same seeded grouping), in a file-backed SpillArray, and the number of patterns
-    each process predicted. Returns None in the processes a ``ddp`` launcher started (rank >
-    0): only rank 0 goes on to stitch."""
+    each process predicted (the network in ``precision``). Returns None in the processes a
+    ``ddp`` launcher started (rank > 0): only rank 0 goes on to stitch."""
 
     check_scan_for_model(mc, scan)
     groups = group_positions(
@@ -168,6 +173,7 @@ def distributed_patch_store(
         scan.amplitude_scale(),
         init_gain(scan.mean_counts, scan.probe),
         scan.bad_pixels,
+        precision,
     )
     trainer = L.Trainer(
         accelerator=accelerator,

@@ -22,10 +22,12 @@ def network_reconstruction(
     seed: int = 0,
     quiet: bool = True,
     phase_sync_iterations: int,
+    precision: str = "32-true",
 ) -> Reconstruction | None:
     """A trained ``bundle``'s single pass over ``scan``, stitched: on one ``device``
     (``reconstruction.network.reconstruct``) or, with ``devices`` > 1, in that many processes
-    of ``device``'s type under Lightning ``strategy`` (``training.predict``); None in the
+    of ``device``'s type under Lightning ``strategy`` (``training.predict``); the network in
+    ``precision`` (``config.InferConfig.inference_precision``). None in the
     further processes a ``ddp`` launcher started (only rank 0 stitches)."""
     import time
 
@@ -44,6 +46,7 @@ def network_reconstruction(
             quiet=quiet,
             device=device,
             phase_sync_iterations=phase_sync_iterations,
+            precision=precision,
         )
     from ptychopinn.training.predict import distributed_patch_store
 
@@ -59,6 +62,7 @@ def network_reconstruction(
         batch_size=batch_size,
         seed=seed,
         quiet=quiet,
+        precision=precision,
     )
     if done is None:
         return None
@@ -68,6 +72,7 @@ def network_reconstruction(
         scan,
         time.perf_counter() - t0,
         phase_sync_iterations,
+        precision=precision,
         devices=devices,
         patterns_per_process=per_process,
     )
@@ -124,6 +129,7 @@ def self_supervised_reconstruction(
         scan,
         batch_size=inference_batch_size(rc.infer.inference_batch_size),
         phase_sync_iterations=rc.infer.phase_sync_iterations,
+        precision=rc.infer.inference_precision,
         seed=e.seed,
         quiet=e.quiet,
         device=device,
