@@ -20,6 +20,9 @@ ptychopinn simulate --output "$OUT/test.npz" --patch-size 64 --n-positions 16384
 /usr/bin/time -f "infer: %e s wall, %M KB peak RSS" \
   ptychopinn infer --model "$OUT/model/model.ptpinn" --data "$OUT/test.npz" --output-dir "$OUT/infer" \
   --accelerator gpu --overwrite --quiet
+/usr/bin/time -f "infer bf16-mixed: %e s wall, %M KB peak RSS" \
+  ptychopinn infer --model "$OUT/model/model.ptpinn" --data "$OUT/test.npz" --output-dir "$OUT/infer-bf16" \
+  --accelerator gpu --inference-precision bf16-mixed --overwrite --quiet
 /usr/bin/time -f "reconstruct (refinement, 20 epochs): %e s wall, %M KB peak RSS" \
   ptychopinn reconstruct --data "$OUT/test.npz" --output-dir "$OUT/refine" --refine-epochs 20 \
   --refine-probe off --accelerator gpu --overwrite --quiet
@@ -31,6 +34,9 @@ out = Path(sys.argv[1])
 with np.load(out / "infer" / "reconstruction.npz") as z:
     meta = json.loads(str(z["metadata"]))
 print(f"inference: {meta['patterns_per_second']:.0f} patterns/s (network pass, N=64, 16384 patterns)")
+with np.load(out / "infer-bf16" / "reconstruction.npz") as z:
+    meta = json.loads(str(z["metadata"]))
+print(f"inference bf16-mixed: {meta['patterns_per_second']:.0f} patterns/s")
 with np.load(out / "refine" / "reconstruction.npz") as z:
     meta = json.loads(str(z["metadata"]))
 m, epochs = 16384, meta["refine_epochs_run"]

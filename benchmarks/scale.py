@@ -1,5 +1,6 @@
-"""How time and memory grow with the scan: simulate, train (1 epoch), infer and refine (5 epochs)
-at M patterns, each command in its own process, wall time and peak RSS measured.
+"""How time and memory grow with the scan: simulate, train (1 epoch), infer, refine (5 epochs
+from flat) and infer_refine (infer + 5 refinement epochs from the network's object) at M
+patterns, each command in its own process, wall time and peak RSS measured.
 
     python benchmarks/scale.py --sizes 1000 4000 16000 --patch-size 32 \
         --output benchmarks/results/scale.json
@@ -21,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-COMMANDS = ("simulate", "train", "infer", "refine")
+COMMANDS = ("simulate", "train", "infer", "refine", "infer_refine")
 RUNNER = """
 import resource, subprocess, sys, time
 t = time.perf_counter()
@@ -138,6 +139,21 @@ def main() -> int:
                     str(scan),
                     "--output-dir",
                     str(tmp / f"i{m}"),
+                    "--quiet",
+                ],
+                "infer_refine": [  # refinement from the network's object: LocalAdam
+                    *exe,
+                    "infer",
+                    "--model",
+                    str(model / "model.ptpinn"),
+                    "--data",
+                    str(scan),
+                    "--output-dir",
+                    str(tmp / f"ir{m}"),
+                    "--refine-epochs",
+                    "5",
+                    "--refine-probe",
+                    "off",
                     "--quiet",
                 ],
                 "refine": [

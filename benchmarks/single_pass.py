@@ -4,6 +4,7 @@ estimate, generator, stitching) on a held-out simulated scan, with an untrained 
 default width (the cost does not depend on the weights), median of ``--repeats`` runs.
 
     python benchmarks/single_pass.py [--patch-size 64] [--patterns 1024] [--threads 2]
+        [--precision bf16-mixed]
 
 Prints end-to-end patterns/s and the rate the pass reports for its network part.
 """
@@ -29,6 +30,12 @@ def main() -> None:
     ap.add_argument("--patterns", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--precision",
+        default="32-true",
+        choices=["32-true", "bf16-mixed"],
+        help="the network's arithmetic (InferConfig.inference_precision)",
+    )
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -36,17 +43,18 @@ def main() -> None:
     config = ModelConfig(n=a.patch_size)
     generator = build_generator(config.generator, **config.generator_kwargs()).eval()
     neighbors = DataConfig().neighbors
-    stitched_pass(config, neighbors, generator, scan)  # warm-up
+    stitched_pass(config, neighbors, generator, scan, precision=a.precision)  # warm-up
     seconds, network_rate = [], []
     for _ in range(a.repeats):
         t0 = time.perf_counter()
-        recon = stitched_pass(config, neighbors, generator, scan)
+        recon = stitched_pass(config, neighbors, generator, scan, precision=a.precision)
         seconds.append(time.perf_counter() - t0)
         network_rate.append(recon.metadata["patterns_per_second"])
     row = {
         "patch_size": a.patch_size,
         "patterns": scan.n_patterns,
         "threads": a.threads,
+        "precision": a.precision,
         "seconds": round(float(np.median(seconds)), 2),
         "patterns_per_second": round(scan.n_patterns / float(np.median(seconds)), 1),
         "network_part_patterns_per_second": round(float(np.median(network_rate)), 1),

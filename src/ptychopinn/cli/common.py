@@ -82,7 +82,7 @@ def add_device_flags(parser: argparse.ArgumentParser) -> None:
         default="1",
         metavar="N",
         help="devices to use: this command runs on one ('1' or 'auto'; several "
-        "devices are for 'train' through DDP) (default 1)",
+        "devices are for 'train' and 'infer', through DDP) (default 1)",
     )
 
 
@@ -102,7 +102,7 @@ def device_of(accelerator: str, devices) -> str:
     if devices not in ("1", "auto"):
         raise ConfigError(
             f"--devices {devices}: this command runs on one device; use 1 (several "
-            "devices are for 'train', through DDP)"
+            "devices are for 'train' and 'infer', through DDP)"
         )
     choice = accelerator
     cuda = torch.cuda.is_available()
@@ -264,31 +264,40 @@ def _is_reconstruction(path) -> bool:
     return "object" in names and "diff3d" not in names and "data" not in names
 
 
+def _of_file(path, key: str, missing: str):
+    """The ``key`` attribute (probe, positions_px) of the reconstruction.npz or scan file at
+    ``path``; DataError ``missing`` when a reconstruction has none."""
+    if _is_reconstruction(path):
+        from ptychopinn.evaluation.io import load_reconstruction_file
+
+        value = getattr(load_reconstruction_file(path), key)
+        if value is None:
+            from ptychopinn.errors import DataError
+
+            raise DataError(str(path), key, missing)
+        return value
+    from ptychopinn.data import load_scan
+
+    return getattr(load_scan(path), key)
+
+
 def probe_from_file(path, n: int, size_flag: str):
     """The probe (K, N, N) of ``path``: a reconstruction.npz written by infer/reconstruct (e.g.
     the probe retrieved from a measured scan) or any scan file. DataError when it has none or its
     size is not ``n`` (``size_flag`` names what set ``n``)."""
     from ptychopinn.errors import DataError
 
-    if _is_reconstruction(path):
-        from ptychopinn.evaluation.io import load_reconstruction_file
-
-        probe = load_reconstruction_file(path).probe
-        if probe is None:
-            raise DataError(
-                str(path),
-                "probe",
-                "missing or unusable; a reconstruction written by infer/reconstruct holds one",
-            )
-    else:
-        from ptychopinn.data import load_scan
-
-        probe = load_scan(path).probe
+    probe = _of_file(
+        path,
+        "probe",
+        "missing or unusable; a reconstruction written by infer/reconstruct holds one",
+    )
     if probe.shape[-1] != n:
         raise DataError(
             str(path),
             "probe",
-            f"is {probe.shape[-2]} x {probe.shape[-1]} but {size_flag} is {n}",
+            f"is {probe.shape[-2]} x {probe.shape[-1]} but {size_flag} is {n}"
+            + (f"; pass {size_flag} {probe.shape[-1]}" if size_flag.startswith("--") else ""),
         )
     return probe
 
@@ -296,22 +305,11 @@ def probe_from_file(path, n: int, size_flag: str):
 def positions_from_file(path):
     """The scan positions (M, 2) of ``path``: a reconstruction.npz (corrected or not) or any scan
     file."""
-    from ptychopinn.errors import DataError
-
-    if _is_reconstruction(path):
-        from ptychopinn.evaluation.io import load_reconstruction_file
-
-        positions = load_reconstruction_file(path).positions_px
-        if positions is None:
-            raise DataError(
-                str(path),
-                "positions_px",
-                "missing; a reconstruction written by infer/reconstruct holds its positions",
-            )
-        return positions
-    from ptychopinn.data import load_scan
-
-    return load_scan(path).positions_px
+    return _of_file(
+        path,
+        "positions_px",
+        "missing; a reconstruction written by infer/reconstruct holds its positions",
+    )
 
 
 def add_probe_from_flag(parser: argparse.ArgumentParser) -> None:
