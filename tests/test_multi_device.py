@@ -143,7 +143,7 @@ def test_infer_and_reconstruct_use_the_probe_of_another_file(model_and_scan, tmp
     assert main(_infer(d, out, "--probe-from", str(tmp_path / "other.npz"))) == 0
     with np.load(out / "reconstruction.npz") as z:
         np.testing.assert_allclose(z["probe"].reshape(other.probe.shape), other.probe)
-        assert json.loads(str(z["metadata"]))["source"]
+        assert json.loads(str(z["metadata"]))["probe_from"] == str(tmp_path / "other.npz")
     obj, _ = _load(out)
     assert np.abs(obj - single).max() > 1e-3  # another probe, another estimate and object
     out2 = tmp_path / "refined"
@@ -154,6 +154,7 @@ def test_infer_and_reconstruct_use_the_probe_of_another_file(model_and_scan, tmp
         meta = json.loads(str(z["metadata"]))
         # the probe from elsewhere is a guess: refinement retrieves it (auto), from that start
         assert meta["refine_probe"] is True and meta["probe_change"] > 0
+        assert meta["probe_from"] == str(tmp_path / "other.npz")
 
     big = simulate_scan(SimulationConfig(patch_size=32, n_positions=9, photons=1e5, seed=9))
     write_npz(big, tmp_path / "big.npz")

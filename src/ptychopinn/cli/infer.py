@@ -119,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
         engine = GradientEngine.from_config(r, seed=e.seed, quiet=e.quiet, device=device)
         recon = engine.run(scan, recon)
     recon.metadata["patterns"] = args.patterns
+    if args.probe_from is not None:
+        recon.metadata["probe_from"] = str(args.probe_from)
     if recon.metadata.get("positions_corrected"):
         from dataclasses import replace
 

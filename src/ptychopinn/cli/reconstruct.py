@@ -203,6 +203,8 @@ def run(args: argparse.Namespace) -> int:
     scan = with_probe_from(scan.patterns(args.patterns), args.probe_from)
     recon = _reconstruct(scan, args, rc, args.output_dir, device)
     recon.metadata["patterns"] = args.patterns
+    if args.probe_from is not None:
+        recon.metadata["probe_from"] = str(args.probe_from)
     recon.metadata["config"] = {"refine": asdict(rc.refine), "infer": asdict(rc.infer)}
     frc_out = None
     if args.half_scan_frc:
