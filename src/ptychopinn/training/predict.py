@@ -147,7 +147,6 @@ def distributed_patch_store(
     from the same seeded grouping), in a file-backed SpillArray, and the number of patterns
     each process predicted (the network in ``precision``). Returns None in the processes a
     ``ddp`` launcher started (rank > 0): only rank 0 goes on to stitch."""
-
     check_scan_for_model(mc, scan)
     groups = group_positions(
         scan.positions_px, mc.gridsize, neighbors, n_groups=scan.n_patterns, seed=seed
