@@ -37,7 +37,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from siemens_star import MEMBER, TIKE, fetch  # noqa: E402
+from siemens_star import MEMBER, TIKE, draw_amplitude_phase, fetch  # noqa: E402
 
 
 def cli() -> list[str]:
@@ -178,25 +178,14 @@ def picture(items, path: Path) -> None:
 
     fig, axes = plt.subplots(len(items), 2, figsize=(8, 4 * len(items)), squeeze=False)
     for i, (row, recon) in enumerate(items):
-        ill = np.asarray(recon.illumination)
-        lit = ill >= 0.1 * ill.max()
-        rows, cols = np.nonzero(lit)
-        box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
-        o, m = np.asarray(recon.object)[box], lit[box]
-        ph = np.angle(o * np.exp(-1j * np.angle(o[m].mean())))
-        for j, (img, cmap, label) in enumerate(
-            ((np.abs(o), "gray", "amplitude"), (ph, "twilight", "phase (rad)"))
-        ):
-            lo, hi = np.percentile(img[m], [1, 99])
-            axes[i, j].imshow(np.where(m, img, np.nan), cmap=cmap, vmin=lo, vmax=hi)
-            frc = row.get("half_scan_frc_px")
-            axes[i, j].set_title(
-                f"{row['method']}: {label}\n{row['seconds']:.0f} s, deviance "
-                f"{row['deviance_per_pixel']:.2f}, R {row['r_factor']:.3f}"
-                + (f", FRC {frc:.1f} px" if frc is not None else ""),
-                fontsize=8,
-            )
-            axes[i, j].axis("off")
+        frc = row.get("half_scan_frc_px")
+        caption = (
+            f"{row['seconds']:.0f} s, deviance {row['deviance_per_pixel']:.2f}, "
+            f"R {row['r_factor']:.3f}" + (f", FRC {frc:.1f} px" if frc is not None else "")
+        )
+        draw_amplitude_phase(
+            axes[i], recon, lambda label, row=row, c=caption: f"{row['method']}: {label}\n{c}", 8
+        )
     fig.tight_layout()
     fig.savefig(path, dpi=60)
     print(path)

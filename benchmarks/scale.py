@@ -103,6 +103,15 @@ def main() -> int:
         )
         for m in args.sizes:
             scan = tmp / f"scan{m}.npz"
+            infer = [
+                *exe,
+                "infer",
+                "--model",
+                str(model / "model.ptpinn"),
+                "--data",
+                str(scan),
+                "--quiet",
+            ]
             steps = {
                 "simulate": [
                     *exe,
@@ -130,31 +139,16 @@ def main() -> int:
                     "none",
                     "--quiet",
                 ],
-                "infer": [
-                    *exe,
-                    "infer",
-                    "--model",
-                    str(model / "model.ptpinn"),
-                    "--data",
-                    str(scan),
-                    "--output-dir",
-                    str(tmp / f"i{m}"),
-                    "--quiet",
-                ],
-                "infer_refine": [  # refinement from the network's object: LocalAdam
-                    *exe,
-                    "infer",
-                    "--model",
-                    str(model / "model.ptpinn"),
-                    "--data",
-                    str(scan),
+                "infer": [*infer, "--output-dir", str(tmp / f"i{m}")],
+                # refinement from the network's object: LocalAdam
+                "infer_refine": [
+                    *infer,
                     "--output-dir",
                     str(tmp / f"ir{m}"),
                     "--refine-epochs",
                     "5",
                     "--refine-probe",
                     "off",
-                    "--quiet",
                 ],
                 "refine": [
                     *exe,

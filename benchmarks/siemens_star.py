@@ -167,6 +167,26 @@ def summarise(name, full, halves, scan, seconds, half_seconds, epochs=None, fram
     return row
 
 
+def draw_amplitude_phase(axes, result, title, fontsize: int) -> None:
+    """Amplitude and phase of ``result`` on the two ``axes``, cropped to where the probe lit the
+    object (illumination >= 10% of its peak; the rest blank), the phase referred to the lit
+    region's mean, each shown between its 1st and 99th percentile; ``title(label)`` names
+    each."""
+    ill = np.asarray(result.illumination)
+    lit = ill >= 0.1 * ill.max()
+    rows, cols = np.nonzero(lit)
+    box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+    o, m = np.asarray(result.object)[box], lit[box]
+    ph = np.angle(o * np.exp(-1j * np.angle(o[m].mean())))
+    for ax, (img, cmap, label) in zip(
+        axes, ((np.abs(o), "gray", "amplitude"), (ph, "twilight", "phase (rad)")), strict=True
+    ):
+        lo, hi = np.percentile(img[m], [1, 99])
+        ax.imshow(np.where(m, img, np.nan), cmap=cmap, vmin=lo, vmax=hi)
+        ax.set_title(title(label), fontsize=fontsize)
+        ax.axis("off")
+
+
 def picture(rows_objects, path: Path):
     import matplotlib
 
@@ -177,21 +197,7 @@ def picture(rows_objects, path: Path):
         len(rows_objects), 3, figsize=(12, 4 * len(rows_objects)), squeeze=False
     )
     for i, (name, result, row) in enumerate(rows_objects):
-        ill = np.asarray(result.illumination)
-        lit = ill >= 0.1 * ill.max()
-        obj = np.asarray(result.object)
-        rows, cols = np.nonzero(lit)
-        box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
-        o, m = obj[box], lit[box]
-        ref = np.exp(-1j * np.angle(o[m].mean()))
-        amp, ph = np.abs(o), np.angle(o * ref)
-        for j, (img, cmap, label) in enumerate(
-            ((amp, "gray", "amplitude"), (ph, "twilight", "phase (rad)"))
-        ):
-            lo, hi = np.percentile(img[m], [1, 99])
-            axes[i, j].imshow(np.where(m, img, np.nan), cmap=cmap, vmin=lo, vmax=hi)
-            axes[i, j].set_title(f"{name}: {label}", fontsize=9)
-            axes[i, j].axis("off")
+        draw_amplitude_phase(axes[i, :2], result, lambda label, name=name: f"{name}: {label}", 9)
         curve = row["frc_curve"]
         f = np.asarray(curve["frequency_cycles_per_px"])
         axes[i, 2].plot(f[1:], np.asarray(curve["frc"])[1:], label="half-scan FRC")

@@ -72,15 +72,15 @@ def run(args: argparse.Namespace) -> int:
     e, r = rc.execution, rc.refine
     configure_cli_logging(e.quiet)
     device, n_devices = devices_of(e.accelerator, e.devices)  # refuse before any work
-    if n_devices > 1 and e.strategy not in INFER_STRATEGIES:
-        from ptychopinn.errors import ConfigError
+    if n_devices > 1:
+        if e.strategy not in INFER_STRATEGIES:
+            from ptychopinn.errors import ConfigError
 
-        raise ConfigError(
-            f"--strategy {e.strategy}: the network pass on several devices runs under "
-            f"{' or '.join(INFER_STRATEGIES[1:])} (auto: Lightning's choice, ddp)"
-        )
-    if n_devices > 1:  # Lightning sets its own loggers' levels when imported: import it first
-        import lightning.pytorch  # noqa: F401
+            raise ConfigError(
+                f"--strategy {e.strategy}: the network pass on several devices runs under "
+                f"{' or '.join(INFER_STRATEGIES[1:])} (auto: Lightning's choice, ddp)"
+            )
+        import lightning.pytorch  # noqa: F401  (it sets its loggers' levels when imported)
 
         configure_cli_logging(e.quiet)
     bundle = load_bundle(args.model)

@@ -58,6 +58,7 @@ def predict_group_patches(
     amplitude = counts.clamp_min(0).sqrt() / a0
     offsets_xy = offsets_xy.to(torch.float32)
     constrain = counts.shape[1] > 1
+    inputs = (amplitude,)
     if model_config.physics_iterations > 0:
         if estimate is None:
             with torch.no_grad():
@@ -70,11 +71,9 @@ def predict_group_patches(
                     weight,
                     bad_pixels,
                 )
-        with autocast(counts.device, precision):
-            patches = generator(amplitude, estimate)
-    else:
-        with autocast(counts.device, precision):
-            patches = generator(amplitude)
+        inputs = (amplitude, estimate)
+    with autocast(counts.device, precision):  # the generator only: the estimate is float32
+        patches = generator(*inputs)
     if constrain:
         patches = overlap_constrain(patches, offsets_xy, weight)
     return patches
@@ -139,8 +138,11 @@ def predict_patches(
     ).tensor()
 
 
-def check_scan_for_model(mc: ModelConfig, scan: ScanData) -> None:
-    """A one-line PtychoPINNError when ``scan`` cannot go through model ``mc``."""
+def pass_groups(mc: ModelConfig, neighbors: int, scan: ScanData, seed: int = 0):
+    """The groups of a network pass over ``scan`` (checked against model ``mc``): grouped like
+    training, one group seeded at every position from ``neighbors`` nearest neighbours, and the
+    covering subset that is run (``covering_groups``). Returns (groups, rows, take); a scan
+    that cannot go through the model is a one-line PtychoPINNError."""
     if scan.patch_size != mc.n:
         raise PtychoPINNError(
             f"{scan.source}: diffraction: patterns are {scan.patch_size}x{scan.patch_size} "
@@ -151,6 +153,10 @@ def check_scan_for_model(mc: ModelConfig, scan: ScanData) -> None:
             f"{scan.source}: diffraction: {scan.n_patterns} patterns; gridsize "
             f"{mc.gridsize} needs at least {mc.channels}"
         )
+    groups = group_positions(
+        scan.positions_px, mc.gridsize, neighbors, n_groups=scan.n_patterns, seed=seed
+    )
+    return (groups, *covering_groups(groups.indices))
 
 
 def group_patch_store(
@@ -175,11 +181,8 @@ def group_patch_store(
     pixels zeroed per batch, never a copy of the scan). ``progress``/``stop``: the engine hooks
     (``reconstruction.engine``), per batch of groups; a stop leaves the patterns not reached yet
     flat (1). ``precision``: the network's (``predict_group_patches``)."""
-    check_scan_for_model(mc, scan)
+    groups, order, take = pass_groups(mc, neighbors, scan, seed)
     net = net.to(device)
-    groups = group_positions(
-        scan.positions_px, mc.gridsize, neighbors, n_groups=scan.n_patterns, seed=seed
-    )
     a0 = scan.amplitude_scale()
     bad = None
     if scan.bad_pixels is not None:  # as in training: no input, no constraint at bad pixels
@@ -189,7 +192,6 @@ def group_patch_store(
     gain = init_gain(scan.mean_counts, scan.probe)  # as for the training estimates
     out = SpillArray((scan.n_patterns, mc.n, mc.n), np.complex64, memory_bytes=memory_bytes)
     cuda = torch.device(device).type == "cuda"
-    order, take = covering_groups(groups.indices)
     steps = -(-len(order) // batch_size)
     bar = None
     if not quiet:

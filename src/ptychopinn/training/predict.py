@@ -23,16 +23,11 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
 from ptychopinn.config import ModelConfig
-from ptychopinn.data.grouping import group_positions
 from ptychopinn.data.scan import ScanData
 from ptychopinn.io.scratch import portable, unportable
 from ptychopinn.io.spill import SpillArray
 from ptychopinn.physics.forward import init_gain, probe_weight
-from ptychopinn.reconstruction.network import (
-    check_scan_for_model,
-    covering_groups,
-    predict_group_patches,
-)
+from ptychopinn.reconstruction.network import pass_groups, predict_group_patches
 from ptychopinn.training.trainer import ProcessSetup
 
 #: environment variable naming the patch file to the processes a ``ddp`` launcher starts
@@ -147,11 +142,7 @@ def distributed_patch_store(
     from the same seeded grouping), in a file-backed SpillArray, and the number of patterns
     each process predicted (the network in ``precision``). Returns None in the processes a
     ``ddp`` launcher started (rank > 0): only rank 0 goes on to stitch."""
-    check_scan_for_model(mc, scan)
-    groups = group_positions(
-        scan.positions_px, mc.gridsize, neighbors, n_groups=scan.n_patterns, seed=seed
-    )
-    order, take = covering_groups(groups.indices)
+    groups, order, take = pass_groups(mc, neighbors, scan, seed)
     shape = (scan.n_patterns, mc.n, mc.n)
     inherited = os.environ.get(PATCH_FILE_ENV)
     if inherited:
