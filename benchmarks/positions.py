@@ -3,6 +3,7 @@ ptychopinn (``benchmarks/scenarios.py``), against the same reconstruction with e
 
     python benchmarks/positions.py --output benchmarks/results/positions.json
         [--errors 1 3 5 7 10] [--kinds random drift affine] [--positions 500] [--search-px 0]
+        [--modes global grow]
 
 The scan (scenario ``zoneplate-textured``: N = 64, Fermat spiral with 5 px steps, zone-plate probe,
 textured object, 1e6 photons) is reconstructed from a flat start with the probe that made the
@@ -18,13 +19,14 @@ pixels) and kind:
 Methods: exact positions; the erroneous positions uncorrected; ``--correct-positions`` (gradient);
 and ``--correct-positions --position-search-px R`` (R defaults to twice the error rms, at least
 4): the position-finding phase (searches, lost patterns searched again, the object restarted)
-and then the same epoch budget, and again with ``--short-epochs`` epochs after the phase. With
+and then the same epoch budget, and again with ``--short-epochs`` epochs after the phase, once
+per ``--modes`` (``--position-search-mode``: global, or grow from the scan's centre). With
 ``--ptychi-python`` pty-chi LSQML runs on the same scans with the same fixed probe and its own
 position correction (gradient type, from epoch 5, update limit ``--ptychi-position-limit-px``
 per update instead of its 0.1 default, which cannot move positions by pixels):
-``--ptychi-epochs`` epochs, and for the time ptychopinn's search run took (equal time;
-pty-chi's time is its ``task.run`` alone). Reported: the rms error of the positions after
-removing a global shift (which object and positions share), phase SSIM against the truth
+``--ptychi-epochs`` epochs, and for the time ptychopinn's (first mode's) search run took
+(equal time; pty-chi's time is its ``task.run`` alone). Reported: the rms error of the positions
+after removing a global shift (which object and positions share), phase SSIM against the truth
 (``ptychopinn.evaluation``), and the wall time on this machine's CPU threads.
 """
 
@@ -140,6 +142,13 @@ def main():
     ap.add_argument(
         "--short-epochs", type=int, default=150, help="epochs after the search phase (0: skip)"
     )
+    ap.add_argument(
+        "--modes",
+        nargs="+",
+        default=["global"],
+        choices=["global", "grow"],
+        help="position_search_mode of the search runs (each mode is one row)",
+    )
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--ptychi-python", default=None, help="python of an environment with ptychi")
@@ -168,12 +177,17 @@ def main():
             radius = a.search_px or max(4.0, 2 * rms)
             rows.append(run_one(scan, xy, obj, "uncorrected", label))
             rows.append(run_one(scan, xy, obj, "gradient", label, correct_positions=True))
-            search = dict(correct_positions=True, position_search_px=radius)
-            rows.append(run_one(scan, xy, obj, f"search {radius:g} px + gradient", label, **search))
-            search_row = rows[-1]
-            if a.short_epochs:
-                method = f"search {radius:g} px + gradient, {a.short_epochs} epochs after"
-                rows.append(run_one(scan, xy, obj, method, label, a.short_epochs, **search))
+            search_row = None
+            for mode in a.modes:
+                search = dict(
+                    correct_positions=True, position_search_px=radius, position_search_mode=mode
+                )
+                name = f"{'' if mode == 'global' else mode + ' '}search {radius:g} px + gradient"
+                rows.append(run_one(scan, xy, obj, name, label, **search))
+                search_row = search_row or rows[-1]
+                if a.short_epochs:
+                    method = f"{name}, {a.short_epochs} epochs after"
+                    rows.append(run_one(scan, xy, obj, method, label, a.short_epochs, **search))
             if a.ptychi_python:
                 rows += ptychi_rows(
                     a.ptychi_python,

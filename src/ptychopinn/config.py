@@ -221,6 +221,19 @@ POSITION_SEARCH_ROUNDS = 2
 POSITION_SEARCH_INTERVAL = 20
 POSITION_RESCUE_CYCLES = 6
 POSITION_RESCUE_INTERVAL = 30
+#: How the search phase places the patterns (``position_search_mode``): "global" searches every
+#: pattern against one object built from all of them (measured best for independent errors per
+#: pattern); "grow" searches the POSITION_GROW_SEED patterns nearest the scan's centre against
+#: their own object, then adds the rest from the centre outwards in at most
+#: POSITION_GROW_STAGES blocks (of at least POSITION_GROW_BLOCK patterns), each searched around
+#: the correction of its placed neighbours against the object of the patterns already placed,
+#: which then gets POSITION_GROW_EPOCHS epochs: for smooth errors (stage drift, scale, rotation,
+#: shear), which an object built from all patterns at once absorbs as a distortion.
+POSITION_SEARCH_MODES = ("global", "grow")
+POSITION_GROW_SEED = 60
+POSITION_GROW_BLOCK = 40
+POSITION_GROW_STAGES = 12
+POSITION_GROW_EPOCHS = 5
 ACCELERATOR_NAMES = ("auto", "cpu", "gpu", "cuda", "mps")
 PRECISION_NAMES = ("32-true", "16-mixed", "bf16-mixed", "64-true")
 #: precisions of the network's single pass (``InferConfig.inference_precision``)
@@ -583,6 +596,10 @@ class RefineConfig:
     #: rounds of the coarse search, each after 20 epochs of object refinement, the radius halved
     #: each round; the gradient correction starts --position-start-epoch epochs after the last
     position_search_rounds: int = POSITION_SEARCH_ROUNDS
+    #: how the search phase places the patterns: global (every pattern against one object of
+    #: all: independent errors per pattern) or grow (from the scan's centre outwards, each block
+    #: against the object of those already placed: smooth errors such as drift, scale, rotation)
+    position_search_mode: str = "global"
 
     def __post_init__(self):
         _check_int("refine_epochs", self.refine_epochs, 0)
@@ -606,6 +623,7 @@ class RefineConfig:
         _check_int("position_affine_epochs", self.position_affine_epochs, 0)
         _check_number("position_search_px", self.position_search_px, 0.0)
         _check_int("position_search_rounds", self.position_search_rounds, 1)
+        _check_choice("position_search_mode", self.position_search_mode, POSITION_SEARCH_MODES)
 
     def refine_kwargs(self) -> dict:
         """``reconstruction.gradient.refine`` keyword arguments: every field under its name

@@ -22,6 +22,7 @@ from ptychopinn.config import (
     INFERENCE_PRECISIONS,
     LOGGER_NAMES,
     OPTIMIZER_NAMES,
+    POSITION_SEARCH_MODES,
     PRECISION_NAMES,
     PROBE_REFINEMENT,
     REFINE_OPTIMIZERS,
@@ -60,6 +61,7 @@ CHOICES = {
     "refine.refine_schedule": list(REFINE_SCHEDULES),
     "refine.refine_probe": list(PROBE_REFINEMENT),
     "refine.probe_optimizer": list(REFINE_OPTIMIZERS),
+    "refine.position_search_mode": list(POSITION_SEARCH_MODES),
     "infer.inference_precision": list(INFERENCE_PRECISIONS),
 }
 

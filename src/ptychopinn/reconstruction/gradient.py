@@ -46,9 +46,14 @@ import torch
 
 from ptychopinn.config import (
     POSITION_AFFINE_EPOCHS,
+    POSITION_GROW_BLOCK,
+    POSITION_GROW_EPOCHS,
+    POSITION_GROW_SEED,
+    POSITION_GROW_STAGES,
     POSITION_RESCUE_CYCLES,
     POSITION_RESCUE_INTERVAL,
     POSITION_SEARCH_INTERVAL,
+    POSITION_SEARCH_MODES,
     POSITION_SEARCH_ROUNDS,
     POSITION_START_EPOCH,
     POSITION_STEP_PX,
@@ -110,6 +115,9 @@ OUTLIER_MADS = 5.0
 #: A lost pattern is searched again around its position as given within this factor times the
 #: search radius, and around its current position within the radius.
 OUTLIER_RADIUS_FACTOR = 1.5
+#: Mode "grow": a joining pattern starts from the mean correction of this many nearest placed
+#: patterns.
+GROW_NEIGHBOURS = 4
 
 
 @dataclass
@@ -150,14 +158,31 @@ class RefineResult:
 class PositionSearchPlan:
     """The epochs (counting from 0; an event happens before that epoch's pass) of the
     position-finding phase: ``search`` maps each search round's epoch to its radius (halved each
-    round); at each ``flag`` epoch the patterns that the object does not explain are left out of
-    it, and at the next ``rescue`` epoch they are searched again; at ``phase_epochs`` the object
-    restarts from the found positions (0: no phase)."""
+    round); ``grow`` (mode "grow") maps the epoch at which each block of patterns joins the
+    object to the block's index, and at ``grow_end`` every pattern takes part again; at each
+    ``flag`` epoch the patterns that the object does not explain are left out of it, and at the
+    next ``rescue`` epoch they are searched again; the gradient correction starts at
+    ``gradient_start``; at ``phase_epochs`` the object restarts from the found positions (0: no
+    phase)."""
 
     search: dict
     flag: list
     rescue: list
     phase_epochs: int
+    grow: dict = field(default_factory=dict)
+    grow_end: int = 0
+    gradient_start: int = 0
+
+
+def grow_blocks(n_patterns: int) -> tuple[int, int]:
+    """(seed size, number of blocks) of the "grow" search mode for a scan of ``n_patterns``: a
+    seed of POSITION_GROW_SEED patterns (more when the blocks would otherwise exceed
+    POSITION_GROW_STAGES), the rest in blocks of about POSITION_GROW_BLOCK patterns, at most
+    POSITION_GROW_STAGES of them (so the phase's cost stays a fixed number of epochs)."""
+    m = int(n_patterns)
+    seed = min(m, max(POSITION_GROW_SEED, m // (POSITION_GROW_STAGES + 1)))
+    blocks = min(POSITION_GROW_STAGES, math.ceil((m - seed) / POSITION_GROW_BLOCK))
+    return seed, blocks
 
 
 def position_search_plan(
@@ -165,23 +190,36 @@ def position_search_plan(
     search_px: float,
     rounds: int = POSITION_SEARCH_ROUNDS,
     start_epoch: int = POSITION_START_EPOCH,
+    mode: str = "global",
+    n_patterns: int = 0,
 ) -> PositionSearchPlan:
     """The position-finding phase of ``refine``'s position settings (none without
     ``correct_positions`` or with a search radius ``search_px`` of 0): ``rounds``
-    searches POSITION_SEARCH_INTERVAL epochs apart, the gradient correction ``start_epoch``
-    epochs after the last, POSITION_RESCUE_CYCLES rescue cycles of POSITION_RESCUE_INTERVAL
-    epochs, then the restart (earlier, at the first cycle that finds no lost pattern: the
-    phase's length here is its longest). ``refine`` runs its ``epochs`` after this phase."""
+    searches POSITION_SEARCH_INTERVAL epochs apart (of every pattern, or in mode "grow" of the
+    seed's), in mode "grow" then the seed's POSITION_SEARCH_INTERVAL epochs and one block of
+    ``n_patterns`` (``grow_blocks``) every POSITION_GROW_EPOCHS epochs, the gradient correction
+    ``start_epoch`` epochs after the last search (or the last block's epochs),
+    POSITION_RESCUE_CYCLES rescue cycles of POSITION_RESCUE_INTERVAL epochs, then the restart
+    (earlier, at the first cycle that finds no lost pattern: the phase's length here is its
+    longest). ``refine`` runs its ``epochs`` after this phase."""
+    _check_choice("position_search_mode", mode, POSITION_SEARCH_MODES)
     if not (correct_positions and search_px > 0):
         return PositionSearchPlan({}, [], [], 0)
     search = {
         POSITION_SEARCH_INTERVAL * (r + 1): max(1.0, search_px / 2**r) for r in range(int(rounds))
     }
-    start = POSITION_SEARCH_INTERVAL * int(rounds) + int(start_epoch)
+    placed = POSITION_SEARCH_INTERVAL * int(rounds)  # the last search (and restart)
+    grow, grow_end = {}, 0
+    if mode == "grow":
+        first = placed + POSITION_SEARCH_INTERVAL  # the seed's object, rebuilt from its search
+        grow = {first + POSITION_GROW_EPOCHS * b: b for b in range(grow_blocks(n_patterns)[1])}
+        grow_end = placed = first + POSITION_GROW_EPOCHS * len(grow)
+    start = placed + int(start_epoch)
     half = POSITION_RESCUE_INTERVAL // 2
     flag = [start + half + POSITION_RESCUE_INTERVAL * c for c in range(POSITION_RESCUE_CYCLES)]
     rescue = [e + half for e in flag]
-    return PositionSearchPlan(search, flag, rescue, rescue[-1] if rescue else start)
+    end = rescue[-1] if rescue else start
+    return PositionSearchPlan(search, flag, rescue, end, grow, grow_end, start)
 
 
 def _check_choice(name, value, choices):
@@ -341,6 +379,7 @@ class Refiner:
         position_affine_epochs: int = POSITION_AFFINE_EPOCHS,
         position_search_px: float = 0.0,
         position_search_rounds: int = POSITION_SEARCH_ROUNDS,
+        position_search_mode: str = "global",
     ):
         t0 = time.perf_counter()
         flat = initial_object is None
@@ -429,10 +468,12 @@ class Refiner:
         self.position_step_px = float(position_step_px)
         self.position_affine_epochs = int(position_affine_epochs)
         self.position_search_px = float(position_search_px)
-        self._schedule_positions(int(position_search_rounds))
+        _check_choice("position_search_mode", position_search_mode, POSITION_SEARCH_MODES)
+        self.position_search_mode = position_search_mode
         self.positions_active = False
         self.delta = None  # (M, 2) (x, y) correction within the current epoch
         self.excluded = None  # (M,) bool: patterns left out of the object's updates
+        self._schedule_positions(int(position_search_rounds))
 
         # Probe normalised to peak total intensity 1; its scale lives in the gain.
         self.scan_probe = np.asarray(scan.probe, dtype=np.complex64)
@@ -715,16 +756,35 @@ class Refiner:
 
     def _schedule_positions(self, rounds: int) -> None:
         """The epochs of the position-finding phase (``position_search_plan``) when a search is
-        asked, and the epoch at which the gradient correction starts."""
+        asked, and the epoch at which the gradient correction starts. In mode "grow" the
+        patterns are ordered by distance from the scan's centre and all but the seed's are left
+        out of the object until their block joins it."""
         plan = position_search_plan(
-            self.correct_positions, self.position_search_px, rounds, self.position_start_epoch
+            self.correct_positions,
+            self.position_search_px,
+            rounds,
+            self.position_start_epoch,
+            self.position_search_mode,
+            self.m,
         )
         self.search_epochs = plan.search
+        self.grow_epochs = plan.grow
+        self.grow_end = plan.grow_end
         self.flag_epochs = plan.flag
         self.rescue_epochs = plan.rescue
         self.search_phase_epochs = plan.phase_epochs
         self.position_hold_until = 0
-        self.gradient_start_epoch = self.position_start_epoch + max(self.search_epochs, default=0)
+        self.gradient_start_epoch = plan.gradient_start if plan.phase_epochs else 0
+        self.search_rows = np.arange(self.m)
+        self.grow_order = []
+        if self.grow_epochs:
+            centre = self.nominal_c.mean(axis=0)
+            order = np.argsort(np.linalg.norm(self.nominal_c - centre, axis=1), kind="stable")
+            seed, blocks = grow_blocks(self.m)
+            self.search_rows = np.sort(order[:seed])
+            self.grow_order = np.array_split(order[seed:], blocks)
+            self.excluded = np.ones(self.m, dtype=bool)
+            self.excluded[self.search_rows] = False
 
     def _position_events(self) -> None:
         """The position-finding phase's events due at the start of this epoch."""
@@ -732,6 +792,10 @@ class Refiner:
         if e in self.search_epochs:
             self.search_positions(self.search_epochs[e])
             self.restart_object()
+        if e in self.grow_epochs:
+            self.grow_positions(self.grow_order[self.grow_epochs[e]])
+        if self.grow_epochs and e == self.grow_end:
+            self.excluded = None
         if e in self.flag_epochs:
             flagged = self.flag_outliers()
             if flagged.any():  # the object heals without them before they are searched again
@@ -752,20 +816,48 @@ class Refiner:
             self.position_hold_until = e + self.position_start_epoch
 
     def search_positions(self, radius_px: float) -> None:
-        """Move every pattern to the whole-pixel shift within ``radius_px`` (per axis) of its
-        current position that minimises its Poisson NLL against the current object and probe
-        (gain in closed form per candidate): first on a grid of at most
-        (2 SEARCH_GRID_HALF + 1)^2 shifts, then every whole-pixel shift between the grid points
-        around the best. Windows that would leave the canvas are not candidates. The mean move
-        (a global translation) is removed, as in the gradient correction. This reaches errors
-        that the gradient cannot (its signal vanishes beyond about the object's feature size);
-        its accuracy is then limited by the object, which is rebuilt between rounds."""
+        """Move every pattern (mode "grow": every pattern of the seed) to the whole-pixel shift
+        within ``radius_px`` (per axis) of its current position that minimises its Poisson NLL
+        against the current object and probe (gain in closed form per candidate): first on a
+        grid of at most (2 SEARCH_GRID_HALF + 1)^2 shifts, then every whole-pixel shift between
+        the grid points around the best. Windows that would leave the canvas are not candidates.
+        The mean move (a global translation) is removed, as in the gradient correction. This
+        reaches errors that the gradient cannot (its signal vanishes beyond about the object's
+        feature size); its accuracy is then limited by the object, which is rebuilt between
+        rounds."""
         r = int(math.floor(radius_px))
         if r < 1:
             return
-        best, _ = self._search_rows(np.arange(self.m), r)
-        moved = self._move(np.arange(self.m), best)
+        rows = self.search_rows
+        best, _ = self._search_rows(rows, r)
+        moved = self._move(rows, best, recentre=len(rows) == self.m)
         log.info("position search within %d px: moved %.2f px rms", r, moved)
+
+    def grow_positions(self, rows: np.ndarray) -> None:
+        """Mode "grow": the block ``rows`` joins the object. Each of its patterns is searched
+        within the search radius around its position as given plus the mean correction of its
+        GROW_NEIGHBOURS nearest placed patterns (a smooth error is continued outwards), against
+        the object of the patterns already placed, which is what it must agree with."""
+        from scipy.spatial import cKDTree
+
+        placed = np.flatnonzero(~self.excluded)
+        k = min(GROW_NEIGHBOURS, len(placed))
+        _, near = cKDTree(self.nominal_c[placed]).query(self.nominal_c[rows], k=k)
+        near = np.asarray(near).reshape(len(rows), k)
+        correction = (self.positions_c - self.nominal_c)[placed][near].mean(axis=1)
+        start = np.round(self.nominal_c[rows] + correction - self.positions_c[rows])
+        radius = int(math.floor(self.position_search_px))
+        best, _ = self._search_rows(rows, radius, start.astype(np.int64))
+        self._move(rows, best, recentre=False)
+        moved = float(np.sqrt((best.astype(np.float64) ** 2).sum(1).mean()))
+        self.excluded[rows] = False
+        log.info(
+            "positions: %d more patterns placed (%d of %d), moved %.2f px rms",
+            len(rows),
+            int((~self.excluded).sum()),
+            self.m,
+            moved,
+        )
 
     def flag_outliers(self) -> np.ndarray:
         """(M,) bool: patterns that the current object and probe do not explain at their
@@ -1058,6 +1150,7 @@ def refine(
     position_affine_epochs: int = POSITION_AFFINE_EPOCHS,
     position_search_px: float = 0.0,
     position_search_rounds: int = POSITION_SEARCH_ROUNDS,
+    position_search_mode: str = "global",
     stop=None,
 ) -> RefineResult:
     """Refine an object (and optionally the probe) on one scan's own Poisson likelihood.
@@ -1151,6 +1244,7 @@ def refine(
         position_affine_epochs=position_affine_epochs,
         position_search_px=position_search_px,
         position_search_rounds=position_search_rounds,
+        position_search_mode=position_search_mode,
     )
     # a position search's phase comes first (it ends early when no pattern is lost)
     while refiner.epoch < int(epochs) + refiner.search_phase_epochs:
@@ -1237,6 +1331,8 @@ class GradientEngine:
             self.kwargs.get("position_search_px", 0.0),
             self.kwargs.get("position_search_rounds", POSITION_SEARCH_ROUNDS),
             self.kwargs.get("position_start_epoch", POSITION_START_EPOCH),
+            self.kwargs.get("position_search_mode", "global"),
+            scan.n_patterns,
         )
         total = self.epochs + plan.phase_epochs
 
