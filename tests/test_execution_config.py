@@ -762,6 +762,7 @@ REFINE_INVALID = [
     ("position_search_px", -3.0),
     ("position_search_rounds", 0),
     ("position_search_mode", "spiral"),
+    ("object_start_epoch", -1),
     ("inference_batch_size", 0),
     ("phase_sync_iterations", -1),
     ("inference_precision", "64-true"),

@@ -600,6 +600,10 @@ class RefineConfig:
     #: all: independent errors per pattern) or grow (from the scan's centre outwards, each block
     #: against the object of those already placed: smooth errors such as drift, scale, rotation)
     position_search_mode: str = "global"
+    #: refinement epoch (from 0) at which the object starts changing; before it only the probe
+    #: and the positions do (e.g. positions against the network's object first: with
+    #: --position-start-epoch 0)
+    object_start_epoch: int = 0
 
     def __post_init__(self):
         _check_int("refine_epochs", self.refine_epochs, 0)
@@ -624,6 +628,7 @@ class RefineConfig:
         _check_number("position_search_px", self.position_search_px, 0.0)
         _check_int("position_search_rounds", self.position_search_rounds, 1)
         _check_choice("position_search_mode", self.position_search_mode, POSITION_SEARCH_MODES)
+        _check_int("object_start_epoch", self.object_start_epoch, 0)
 
     def refine_kwargs(self) -> dict:
         """``reconstruction.gradient.refine`` keyword arguments: every field under its name

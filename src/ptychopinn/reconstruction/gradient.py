@@ -380,6 +380,7 @@ class Refiner:
         position_search_px: float = 0.0,
         position_search_rounds: int = POSITION_SEARCH_ROUNDS,
         position_search_mode: str = "global",
+        object_start_epoch: int = 0,
     ):
         t0 = time.perf_counter()
         flat = initial_object is None
@@ -408,6 +409,9 @@ class Refiner:
         self.lr = float(lr) if lr is not None else defaults[optimizer]
         self.refine_probe = bool(refine_probe)
         self.probe_start_epoch = int(probe_start_epoch)
+        if int(object_start_epoch) < 0:
+            raise PtychoPINNError(f"object_start_epoch: {object_start_epoch!r} must be >= 0")
+        self.object_start_epoch = int(object_start_epoch)
         self.probe_lr = float(probe_lr)
         self.pgd_regularization = float(pgd_regularization)
         self.schedule = schedule
@@ -629,6 +633,7 @@ class Refiner:
         # per step is the minibatch's, not the canvas's (a canvas-wide step made an epoch
         # O(M^2): measured t(64k) / t(16k) = 16 for 5 epochs of PGD at N = 32).
         local = self.prior_sigma is None
+        move_object = self.epoch >= self.object_start_epoch
         # accumulated on the device: one host sync per epoch, not per step
         zero = torch.zeros((), dtype=torch.float64, device=self.device)
         total, count_sum, inten_sum = zero.clone(), zero.clone(), zero.clone()
@@ -659,7 +664,9 @@ class Refiner:
                 self.delta.grad = None
             objective.backward()
             with torch.no_grad():
-                if local and self.opt is not None:
+                if not move_object:
+                    pass  # the object held (object_start_epoch): probe and positions only
+                elif local and self.opt is not None:
                     self.opt.step_windows(windows.grad, win_idx)
                 elif self.opt is not None:
                     self.opt.step()
@@ -1151,6 +1158,7 @@ def refine(
     position_search_px: float = 0.0,
     position_search_rounds: int = POSITION_SEARCH_ROUNDS,
     position_search_mode: str = "global",
+    object_start_epoch: int = 0,
     stop=None,
 ) -> RefineResult:
     """Refine an object (and optionally the probe) on one scan's own Poisson likelihood.
@@ -1210,7 +1218,12 @@ def refine(
             searched again (``Refiner.rescue_outliers``; the cycles end at the first that finds
             none); finally the object restarts from the found positions and ``epochs`` epochs
             follow (positions still corrected by the gradient from ``position_start_epoch``
-            epochs on). 0 (default): no search.
+            epochs on). 0 (default): no search. position_search_mode: ``"global"`` (every
+            pattern against one object of all) or ``"grow"`` (from the scan's centre outwards,
+            ``Refiner.grow_positions``).
+        object_start_epoch: the object stays as it starts until this epoch (from 0): only the
+            probe and the positions move before it (positions against a given object, e.g. the
+            network's, with ``position_start_epoch=0``), then all jointly.
         stop: callable polled after every epoch; True ends the refinement there (the engine
             protocol's stop request, ``reconstruction.engine``).
 
@@ -1245,6 +1258,7 @@ def refine(
         position_search_px=position_search_px,
         position_search_rounds=position_search_rounds,
         position_search_mode=position_search_mode,
+        object_start_epoch=object_start_epoch,
     )
     # a position search's phase comes first (it ends early when no pattern is lost)
     while refiner.epoch < int(epochs) + refiner.search_phase_epochs:
