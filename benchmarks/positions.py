@@ -28,6 +28,14 @@ per update instead of its 0.1 default, which cannot move positions by pixels):
 (equal time; pty-chi's time is its ``task.run`` alone). Reported: the rms error of the positions
 after removing a global shift (which object and positions share), phase SSIM against the truth
 (``ptychopinn.evaluation``), and the wall time on this machine's CPU threads.
+
+With ``--network`` the network path runs on the same scans: a model trained (through the CLI,
+in ``--work``) on ``simulate --probe-from --positions-from`` this scan (``--train-scans`` scans
+of natural-image objects with its probe, its positions and its dose; ``--model DIR`` reuses a
+bundle), its single pass over each scan with the erroneous positions, then ``--network-epochs``
+of refinement from it with ``--correct-positions``: jointly (object, positions from epoch
+``POSITION_START_EPOCH``), and positions first (``position_start_epoch=0``, the object held for
+``--object-start-epoch`` epochs). Their time includes the network's pass.
 """
 
 from __future__ import annotations
@@ -85,6 +93,87 @@ def run_one(scan, truth_xy, obj, method, label, epochs=REFINE_ONLY_EPOCHS, **kwa
     t0 = time.perf_counter()
     res = refine(scan, epochs=epochs, quiet=True, **kwargs)
     seconds = time.perf_counter() - t0
+    return score(res, scan, truth_xy, obj, label, method, seconds, len(res.losses))
+
+
+def train_network(
+    scan_path: Path, work: Path, n: int, n_scans: int, epochs: int, threads: int, seed: int
+) -> Path:
+    """A model for this scan's experiment, through the CLI: training scans simulated with its
+    probe, positions and dose (``simulate --probe-from --positions-from``), then ``train``."""
+    from probe_workflow import run
+    from ptychopinn.data import load_scan
+
+    photons = float(np.sum(np.abs(load_scan(scan_path).probe[0]) ** 2))
+    t = dict(threads=threads)
+    run(
+        "simulate training scans with the scan's probe",
+        "simulate",
+        "--output",
+        work / "train.npz",
+        "--n-scans",
+        n_scans,
+        "--patch-size",
+        n,
+        "--object",
+        "natural",
+        "--probe-from",
+        scan_path,
+        "--positions-from",
+        scan_path,
+        "--photons",
+        f"{photons:.6g}",
+        "--seed",
+        seed,
+        **t,
+    )
+    train = [work / f"train_{i}.npz" for i in range(n_scans)]
+    if n_scans == 1:
+        train = [work / "train.npz"]
+    run(
+        f"train ({epochs} epochs)",
+        "train",
+        "--train-data",
+        *train,
+        "--output-dir",
+        work / "model",
+        "--max-epochs",
+        epochs,
+        "--seed",
+        seed,
+        **t,
+    )
+    return work / "model"
+
+
+def network_rows(bundle, scan, truth_xy, obj, label, epochs, hold, refined=True) -> list[dict]:
+    """The network's single pass over ``scan`` (positions as given), then (``refined``)
+    refinement from it with position correction: joint, and positions first with the object
+    held ``hold`` epochs."""
+    from ptychopinn.reconstruction.network import reconstruct
+
+    t0 = time.perf_counter()
+    net = reconstruct(bundle, scan)
+    pass_s = time.perf_counter() - t0
+    rows = [score(net, scan, truth_xy, obj, label, "network, one pass", pass_s, 0)]
+    if not refined:
+        return rows
+    start = dict(initial_object=net.object, offset_px=net.offset_px, correct_positions=True)
+    for method, extra in (
+        (f"network + {epochs} epochs, joint", {}),
+        (
+            f"network + {epochs} epochs, positions first (object held {hold})",
+            dict(position_start_epoch=0, object_start_epoch=hold),
+        ),
+    ):
+        t0 = time.perf_counter()
+        res = refine(scan, epochs=epochs, quiet=True, **start, **extra)
+        seconds = pass_s + time.perf_counter() - t0
+        rows.append(score(res, scan, truth_xy, obj, label, method, seconds, len(res.losses)))
+    return rows
+
+
+def score(res, scan, truth_xy, obj, label, method, seconds, epochs) -> dict:
     m = evaluate_reconstruction(
         res.object, obj, offset_px=res.offset_px, illumination=res.illumination
     )
@@ -92,7 +181,7 @@ def run_one(scan, truth_xy, obj, method, label, epochs=REFINE_ONLY_EPOCHS, **kwa
     row = {
         **label,
         "method": method,
-        "epochs_run": len(res.losses),
+        "epochs_run": epochs,
         "seconds": round(seconds, 1),
         "position_rms_px": round(rms_after_shift(pos, truth_xy), 3),
         "phase_ssim": round(m["phase_ssim"], 4),
@@ -154,6 +243,18 @@ def main():
     ap.add_argument("--ptychi-python", default=None, help="python of an environment with ptychi")
     ap.add_argument("--ptychi-epochs", type=int, default=100)
     ap.add_argument("--ptychi-position-limit-px", type=float, default=1.0)
+    ap.add_argument("--network", action="store_true", help="also the network path (module doc)")
+    ap.add_argument("--model", type=Path, default=None, help="a trained bundle to use")
+    ap.add_argument("--work", type=Path, default=Path("positions-network-run"))
+    ap.add_argument("--train-scans", type=int, default=4)
+    ap.add_argument("--max-epochs", type=int, default=8, help="training epochs")
+    ap.add_argument("--network-epochs", type=int, default=100, help="refinement after the pass")
+    ap.add_argument("--object-start-epoch", type=int, default=10)
+    ap.add_argument(
+        "--skip-iterative",
+        action="store_true",
+        help="only the network rows (and the exact-position run)",
+    )
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     s = replace(scenarios.SCENARIOS["zoneplate-textured"], positions=a.positions)
@@ -169,12 +270,42 @@ def main():
         )
 
     rows = [run_one(scan_at(xy), xy, obj, "exact positions", {"kind": "none", "error_px": 0})]
+    bundle, network_note = None, None
+    if a.network or a.model:
+        from ptychopinn.data.npz import write_npz
+        from ptychopinn.io.bundle import load_bundle
+
+        model = a.model
+        if model is None:
+            a.work.mkdir(parents=True, exist_ok=True)
+            exact = write_npz(scan_at(xy), a.work / "scan_exact.npz")
+            model = train_network(
+                exact, a.work, s.n, a.train_scans, a.max_epochs, a.threads, a.seed
+            )
+        bundle = load_bundle(model)
+        network_note = (
+            f"model {model}"
+            if a.model
+            else f"trained here: {a.train_scans} natural-image scans simulated with the scan's "
+            f"probe, positions and dose (simulate --probe-from --positions-from), "
+            f"{a.max_epochs} epochs, seed {a.seed}"
+        )
+        label = {"kind": "none", "error_px": 0}
+        rows += network_rows(
+            bundle, scan_at(xy), xy, obj, label, a.network_epochs, a.object_start_epoch, False
+        )
     for kind in a.kinds:
         for rms in a.errors:
             err = position_errors(kind, xy, rms, a.seed)
             label = {"kind": kind, "error_px": rms}
             scan = scan_at(xy + err)
             radius = a.search_px or max(4.0, 2 * rms)
+            if bundle is not None:
+                rows += network_rows(
+                    bundle, scan, xy, obj, label, a.network_epochs, a.object_start_epoch
+                )
+            if a.skip_iterative:
+                continue
             rows.append(run_one(scan, xy, obj, "uncorrected", label))
             rows.append(run_one(scan, xy, obj, "gradient", label, correct_positions=True))
             search_row = None
@@ -209,6 +340,7 @@ def main():
                 "data": f"benchmarks/scenarios.py {s.name}, {a.positions} patterns, N = {s.n}",
                 "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "machine": f"{platform.processor() or platform.machine()}, {a.threads} threads",
+                **({"network": network_note} if network_note else {}),
                 "rows": rows,
             },
             indent=1,
