@@ -412,6 +412,7 @@ class Refiner:
         if int(object_start_epoch) < 0:
             raise PtychoPINNError(f"object_start_epoch: {object_start_epoch!r} must be >= 0")
         self.object_start_epoch = int(object_start_epoch)
+        self.held_translation = np.zeros(2)  # mean correction found against a held object
         self.probe_lr = float(probe_lr)
         self.pgd_regularization = float(pgd_regularization)
         self.schedule = schedule
@@ -749,14 +750,19 @@ class Refiner:
         ``position_affine_epochs`` epochs of correction the positions are constrained to an affine
         map of the nominal ones (scale, rotation, shear: the global errors of a scan stage);
         afterwards each pattern moves freely. The mean correction (a global translation, which
-        object and positions can share without changing any intensity) is always removed."""
+        object and positions can share without changing any intensity) is removed while the
+        object moves; while it is held (``object_start_epoch``) the translation is measured
+        against it and kept, and the mean stays there afterwards."""
         new = self.positions_c + self.delta.detach().cpu().numpy().astype(np.float64)
         nominal = self.nominal_c
         if self.epoch < self.position_start_epoch + self.position_affine_epochs:
             design = np.concatenate([nominal, np.ones((self.m, 1))], axis=1)
             coef, *_ = np.linalg.lstsq(design, new, rcond=None)
             new = design @ coef
-        new = new - (new - nominal).mean(axis=0)
+        if self.epoch < self.object_start_epoch:  # the held object fixes the translation
+            self.held_translation = (new - nominal).mean(axis=0)
+        else:
+            new = new - (new - nominal).mean(axis=0) + self.held_translation
         self._set_positions(new)
         self.delta = torch.zeros(self.m, 2, device=self.device, requires_grad=True)
         self._lit = None
@@ -1223,7 +1229,8 @@ def refine(
             ``Refiner.grow_positions``).
         object_start_epoch: the object stays as it starts until this epoch (from 0): only the
             probe and the positions move before it (positions against a given object, e.g. the
-            network's, with ``position_start_epoch=0``), then all jointly.
+            network's, with ``position_start_epoch=0``), then all jointly. Against the held
+            object the positions' global translation is observable: it is kept, not removed.
         stop: callable polled after every epoch; True ends the refinement there (the engine
             protocol's stop request, ``reconstruction.engine``).
 
