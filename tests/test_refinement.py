@@ -529,17 +529,13 @@ def _defocused_probe(n):
     return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(pupil))).astype(np.complex64)
 
 
-def test_position_search_then_gradient_corrects_errors_beyond_the_gradient():
-    """Random errors of 5 px rms, N = 64, 150 patterns, flat start, a defocused probe: the
-    gradient alone (120 epochs) leaves 3.0 px; the search phase (2 rounds from 10 px, rescue
-    cycles, restart) and 40 epochs after it 0.22 px (measured); the searched reconstruction is
-    also closer to the truth."""
-    from ptychopinn.evaluation import evaluate_reconstruction
-
-    truth = simulate_scan(
+def _defocused_fermat_scan(m):
+    """N = 64, a Fermat spiral of m patterns with 64/12 px steps, a natural-image object and the
+    defocused probe, 1e6 photons."""
+    return simulate_scan(
         SimulationConfig(
             patch_size=64,
-            n_positions=150,
+            n_positions=m,
             object_kind="natural",
             scan_kind="fermat",
             step=64 / 12,
@@ -548,6 +544,16 @@ def test_position_search_then_gradient_corrects_errors_beyond_the_gradient():
         ),
         probe=_defocused_probe(64),
     )
+
+
+def test_position_search_then_gradient_corrects_errors_beyond_the_gradient():
+    """Random errors of 5 px rms, N = 64, 150 patterns, flat start, a defocused probe: the
+    gradient alone (120 epochs) leaves 3.0 px; the search phase (2 rounds from 10 px, rescue
+    cycles, restart) and 40 epochs after it 0.22 px (measured); the searched reconstruction is
+    also closer to the truth."""
+    from ptychopinn.evaluation import evaluate_reconstruction
+
+    truth = _defocused_fermat_scan(150)
     p0 = truth.positions_px
     rng = np.random.default_rng(0)
     scan = replace(truth, positions_px=p0 + rng.normal(0, 5 / np.sqrt(2), p0.shape))
@@ -647,18 +653,7 @@ def test_grow_search_corrects_scale_and_rotation_that_the_global_search_leaves()
     closer to the truth (phase SSIM 0.57 against 0.12, measured)."""
     from ptychopinn.evaluation import evaluate_reconstruction
 
-    truth = simulate_scan(
-        SimulationConfig(
-            patch_size=64,
-            n_positions=300,
-            object_kind="natural",
-            scan_kind="fermat",
-            step=64 / 12,
-            photons=1e6,
-            seed=3,
-        ),
-        probe=_defocused_probe(64),
-    )
+    truth = _defocused_fermat_scan(300)
     p0 = truth.positions_px
     rot = np.deg2rad(5.0)
     a = 1.15 * np.array([[np.cos(rot), -np.sin(rot)], [np.sin(rot), np.cos(rot)]])
