@@ -96,56 +96,6 @@ def run_one(scan, truth_xy, obj, method, label, epochs=REFINE_ONLY_EPOCHS, **kwa
     return score(res, scan, truth_xy, obj, label, method, seconds, len(res.losses))
 
 
-def train_network(
-    scan_path: Path, work: Path, n: int, n_scans: int, epochs: int, threads: int, seed: int
-) -> Path:
-    """A model for this scan's experiment, through the CLI: training scans simulated with its
-    probe, positions and dose (``simulate --probe-from --positions-from``), then ``train``."""
-    from probe_workflow import run
-    from ptychopinn.data import load_scan
-
-    photons = float(np.sum(np.abs(load_scan(scan_path).probe[0]) ** 2))
-    t = dict(threads=threads)
-    run(
-        "simulate training scans with the scan's probe",
-        "simulate",
-        "--output",
-        work / "train.npz",
-        "--n-scans",
-        n_scans,
-        "--patch-size",
-        n,
-        "--object",
-        "natural",
-        "--probe-from",
-        scan_path,
-        "--positions-from",
-        scan_path,
-        "--photons",
-        f"{photons:.6g}",
-        "--seed",
-        seed,
-        **t,
-    )
-    train = [work / f"train_{i}.npz" for i in range(n_scans)]
-    if n_scans == 1:
-        train = [work / "train.npz"]
-    run(
-        f"train ({epochs} epochs)",
-        "train",
-        "--train-data",
-        *train,
-        "--output-dir",
-        work / "model",
-        "--max-epochs",
-        epochs,
-        "--seed",
-        seed,
-        **t,
-    )
-    return work / "model"
-
-
 def network_rows(bundle, scan, truth_xy, obj, label, epochs, hold, refined=True) -> list[dict]:
     """The network's single pass over ``scan`` (positions as given), then (``refined``)
     refinement from it with position correction: joint, and positions first with the object
@@ -278,9 +228,18 @@ def main():
         model = a.model
         if model is None:
             a.work.mkdir(parents=True, exist_ok=True)
+            from probe_workflow import train_for_experiment
+
             exact = write_npz(scan_at(xy), a.work / "scan_exact.npz")
-            model = train_network(
-                exact, a.work, s.n, a.train_scans, a.max_epochs, a.threads, a.seed
+            model = train_for_experiment(
+                exact,
+                a.work,
+                s.n,
+                s.photons,
+                a.train_scans,
+                a.max_epochs,
+                a.seed,
+                threads=a.threads,
             )
         bundle = load_bundle(model)
         network_note = (

@@ -67,6 +67,67 @@ def run(step: str, *args, threads: int, times: dict | None = None, key: str = ""
     return seconds
 
 
+def train_for_experiment(
+    source: Path,
+    work: Path,
+    n: int,
+    photons: float,
+    n_scans: int,
+    epochs: int,
+    seed: int,
+    *,
+    threads: int,
+    times: dict | None = None,
+    whose: str = "the scan's",
+    steps: tuple[str, str] = ("", ""),
+) -> Path:
+    """A model for ``source``'s experiment, through the CLI: ``n_scans`` training scans of
+    natural-image objects simulated with its probe and positions at ``photons``
+    (``simulate --probe-from --positions-from``) in ``work``, then ``train`` for ``epochs``
+    into ``work/model`` (returned). ``times``: ``run``'s record (``--resume``)."""
+    from ptychopinn.cli.simulate import simulate_outputs
+
+    t = dict(threads=threads, times=times)
+    output = work / "train.npz"
+    run(
+        f"{steps[0]}simulate training scans with {whose} probe",
+        "simulate",
+        "--output",
+        output,
+        "--n-scans",
+        n_scans,
+        "--patch-size",
+        n,
+        "--object",
+        "natural",
+        "--probe-from",
+        source,
+        "--positions-from",
+        source,
+        "--photons",
+        f"{photons:.6g}",
+        "--seed",
+        seed,
+        key="simulate",
+        **t,
+    )
+    run(
+        f"{steps[1]}train ({epochs} epochs)",
+        "train",
+        "--train-data",
+        *simulate_outputs(output, n_scans),
+        "--output-dir",
+        work / "model",
+        "--max-epochs",
+        epochs,
+        "--seed",
+        seed,
+        key="train",
+        **t,
+    )
+    return work / "model"
+
+
 def split_scans(source: Path, work: Path) -> tuple[Path, Path]:
     """A (x below the median) and B (the rest) as PtychoPINN NPZ scans with the file's probe
     guess."""
@@ -238,41 +299,16 @@ def main() -> int:
     )
     probe_file = w / "A" / "reconstruction.npz"
     photons = float(load_scan(a).mean_counts)
-    run(
-        "2 simulate training scans with A's probe",
-        "simulate",
-        "--output",
-        w / "train.npz",
-        "--n-scans",
-        args.train_scans,
-        "--patch-size",
+    train_for_experiment(
+        probe_file,
+        w,
         scan_b.patch_size,
-        "--object",
-        "natural",
-        "--probe-from",
-        probe_file,
-        "--positions-from",
-        probe_file,
-        "--photons",
-        f"{photons:.6g}",
-        "--seed",
-        args.seed,
-        key="simulate",
-        **t,
-    )
-    train = [w / f"train_{i}.npz" for i in range(args.train_scans)]
-    run(
-        f"3 train ({args.max_epochs} epochs)",
-        "train",
-        "--train-data",
-        *train,
-        "--output-dir",
-        w / "model",
-        "--max-epochs",
+        photons,
+        args.train_scans,
         args.max_epochs,
-        "--seed",
         args.seed,
-        key="train",
+        whose="A's",
+        steps=("2 ", "3 "),
         **t,
     )
     net = ["infer", "--model", w / "model", "--data", b, "--probe-from", probe_file]

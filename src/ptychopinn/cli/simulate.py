@@ -142,6 +142,15 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
+def simulate_outputs(output: Path, n_scans: int) -> list[Path]:
+    """The files ``simulate --output OUTPUT --n-scans K`` writes: OUTPUT itself for one scan,
+    else OUTPUT's stem with ``_0`` .. ``_{K-1}`` (suffix kept, ``.npz`` if none)."""
+    if n_scans == 1:
+        return [output]
+    suffix = output.suffix or ".npz"
+    return [output.with_name(f"{output.stem}_{i}{suffix}") for i in range(n_scans)]
+
+
 def run(args: argparse.Namespace) -> int:
     from ptychopinn.data.npz import write_npz
     from ptychopinn.data.simulate import SimulationConfig, simulate_scan
@@ -150,14 +159,7 @@ def run(args: argparse.Namespace) -> int:
 
     configure_cli_logging(args.quiet)
     log = get_logger("cli")
-    outputs = (
-        [args.output]
-        if args.n_scans == 1
-        else [
-            args.output.with_name(f"{args.output.stem}_{i}{args.output.suffix or '.npz'}")
-            for i in range(args.n_scans)
-        ]
-    )
+    outputs = simulate_outputs(args.output, args.n_scans)
     for out in outputs:
         check_new_output(out, args.overwrite)
     probe = (
