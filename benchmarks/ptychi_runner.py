@@ -9,7 +9,9 @@ probe centres in object pixels (x, y), ``probe`` (K, N, N) complex guess, ``canv
 object buffer size, ``origin_xy`` (2,) buffer pixel of position (0, 0).
 Output NPZ: ``object`` (H, W) complex64 (buffer pixel = position + origin_xy), ``probe``
 (K, N, N), ``positions_xy`` (M, 2) (as given, or corrected with ``--correct-positions``),
-``seconds`` (wall time of task.run, set-up excluded), ``epoch_seconds``.
+``seconds`` (wall time of task.run, set-up excluded), ``epoch_seconds``; with
+``--snapshot-epochs`` also ``snapshot_epochs`` (S,) and ``snapshots`` (S, H, W), the object after
+those epochs (the copies' time is not counted in ``seconds``/``epoch_seconds``).
 
     python benchmarks/ptychi_runner.py IN.npz OUT.npz --algorithm lsqml --epochs 100
 """
@@ -36,6 +38,8 @@ def run(
     position_start: int = 10,
     position_limit_px: float | None = 0.1,
     position_correction: str = "gradient",
+    noise_model: str = "gaussian",
+    snapshot_epochs: tuple = (),
 ) -> dict:
     import ptychi.api as api
     from ptychi.api.task import PtychographyTask
@@ -76,18 +80,24 @@ def run(
     if algorithm == "lsqml":
         options.object_options.step_size = 1.0
         options.probe_options.step_size = 1.0
-        options.reconstructor_options.noise_model = api.NoiseModels.GAUSSIAN
+        options.reconstructor_options.noise_model = api.NoiseModels(noise_model)
     else:
         options.object_options.step_size = 0.1
         options.object_options.alpha = 1.0
         options.probe_options.step_size = 0.1
         options.probe_options.alpha = 1.0
     task = PtychographyTask(options)
-    epoch_seconds = []
+    epoch_seconds, snapshots, taken = [], [], []
+    copying = 0.0  # time spent on snapshots, not counted
     t0 = time.perf_counter()
-    for _ in range(epochs):
+    for epoch in range(1, epochs + 1):
         task.run(1)
-        epoch_seconds.append(time.perf_counter() - t0)
+        epoch_seconds.append(time.perf_counter() - t0 - copying)
+        if epoch in snapshot_epochs:
+            c0 = time.perf_counter()
+            snapshots.append(task.get_data_to_cpu("object", as_numpy=True)[0].astype(np.complex64))
+            taken.append(epoch)
+            copying += time.perf_counter() - c0
         if time_limit_s is not None and epoch_seconds[-1] >= time_limit_s:
             break
     obj = task.get_data_to_cpu("object", as_numpy=True)[0]
@@ -99,6 +109,11 @@ def run(
         "probe": out_probe.astype(np.complex64),
         "seconds": epoch_seconds[-1],
         "epoch_seconds": np.asarray(epoch_seconds),
+        **(
+            {"snapshot_epochs": np.asarray(taken), "snapshots": np.stack(snapshots)}
+            if snapshots
+            else {}
+        ),
     }
 
 
@@ -122,6 +137,14 @@ def main() -> int:
     p.add_argument(
         "--position-correction", choices=["gradient", "cross_correlation"], default="gradient"
     )
+    p.add_argument(
+        "--noise-model", choices=["gaussian", "poisson"], default="gaussian", help="LSQML's"
+    )
+    p.add_argument(
+        "--snapshot-epochs",
+        default="",
+        help="comma-separated epochs after which the object is kept (e.g. 5,10,20)",
+    )
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -140,6 +163,8 @@ def main() -> int:
         args.position_start,
         args.position_limit_px,
         args.position_correction,
+        args.noise_model,
+        tuple(int(e) for e in args.snapshot_epochs.split(",") if e),
     )
     np.savez(args.output, **out)
     print(f"{args.algorithm}: {len(out['epoch_seconds'])} epochs in {out['seconds']:.1f} s")

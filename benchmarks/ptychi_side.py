@@ -26,6 +26,8 @@ class PtychiResult:
         self.object, self.probe, self.offset_px = obj, probe, np.asarray(offset_px, float)
         self.illumination, self.seconds, self.epochs = illumination, seconds, epochs
         self.positions_px = positions_px  # (M, 2) pty-chi's final positions (x, y)
+        #: {epoch: (object, seconds after that epoch)} for ``snapshot_epochs``
+        self.snapshots: dict = {}
 
 
 def illumination(shape, positions, offset, probe):
@@ -52,9 +54,11 @@ def run_ptychi(
     canvas=None,
     refine_probe: bool = True,
     extra_args: tuple = (),
+    snapshot_epochs: tuple = (),
 ) -> PtychiResult:
     """pty-chi on ``scan`` in its own environment (``python``); ``extra_args`` go to
-    ptychi_runner.py (e.g. its position-correction flags)."""
+    ptychi_runner.py (e.g. its position-correction flags or ``--noise-model poisson``);
+    ``snapshot_epochs``: the object is also kept after these epochs (``PtychiResult.snapshots``)."""
     from ptychopinn.physics.shifts import canvas_geometry
 
     shape, offset = (
@@ -85,6 +89,11 @@ def run_ptychi(
             str(threads),
             *(["--refine-probe"] if refine_probe else []),
             *extra_args,
+            *(
+                ["--snapshot-epochs", ",".join(map(str, snapshot_epochs))]
+                if snapshot_epochs
+                else []
+            ),
         ]
         if time_limit_s is not None:
             cmd += ["--time-limit-s", f"{time_limit_s:.3f}"]
@@ -94,10 +103,21 @@ def run_ptychi(
             obj, probe = z["object"], z["probe"]
             seconds, n_epochs = float(z["seconds"]), int(len(z["epoch_seconds"]))
             positions = z["positions_xy"] if "positions_xy" in z else None
+            epoch_s = z["epoch_seconds"]
+            snaps = (
+                {
+                    int(e): (o, float(epoch_s[int(e) - 1]))
+                    for e, o in zip(z["snapshot_epochs"], z["snapshots"], strict=True)
+                }
+                if "snapshots" in z
+                else {}
+            )
     placed = scan.positions_px if positions is None else positions
     if positions is not None and not np.isfinite(positions).all():
         raise RuntimeError(
             f"pty-chi returned non-finite positions ({np.isnan(positions).sum()} NaN)"
         )
     ill = illumination(obj.shape, placed, offset, probe)
-    return PtychiResult(obj, probe, offset, ill, seconds, n_epochs, positions)
+    result = PtychiResult(obj, probe, offset, ill, seconds, n_epochs, positions)
+    result.snapshots = snaps
+    return result

@@ -67,6 +67,8 @@ SCENARIOS = {
             seed=6,
         ),  # probe large relative to N
         Scenario("zoneplate-textured-n128", n=128, probe_diameter_px=56.0, step_px=10.0, seed=7),
+        # sparse overlap: step 0.86 x the probe's diameter (the network's case, issue 12)
+        Scenario("zoneplate-textured-sparse", positions=256, step_px=24.0, seed=8),
     ]
 }
 
