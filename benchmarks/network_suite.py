@@ -4,7 +4,7 @@ scan's experiment against its own physics-estimate input and against iterative r
 
     python benchmarks/network_suite.py --output benchmarks/results/network_suite.json
         [--only CASE ...] [--ptychi-python /path/to/ptychi-venv/bin/python]
-        [--work DIR] [--train-scans 4] [--max-epochs 8] [--threads 2]
+        [--work DIR] [--train-scans 4] [--max-epochs 8] [--train-args '...'] [--threads 2]
 
 Each case is one scenario of ``scenarios.py`` (its probe, scan pattern, object kind and dose).
 The scan it makes is held out: the model never sees its object. The model is trained for the
@@ -157,6 +157,7 @@ def run_case(name, a) -> tuple[list[dict], dict]:
         a.seed,
         threads=a.threads,
         times=times,
+        train_args=tuple(a.train_args.split()),
     )
     bundle = load_bundle(model)
     check = bundle.execution.get("validation_check")
@@ -180,6 +181,28 @@ def run_case(name, a) -> tuple[list[dict], dict]:
     net_s = time.perf_counter() - t0
     m_net = measure(net.object, net.offset_px, net.illumination, truth)
     rows.append(row(name, "network, single pass", net_s, m_net))
+
+    summary = {
+        "case": name,
+        "photons": s.photons,
+        "step_over_probe_diameter": round(s.step_px / s.probe_diameter_px, 2),
+        "training": {"scans": a.train_scans, "epochs": a.max_epochs, "args": a.train_args},
+        "training_seconds": round(times.get("train", float("nan")), 1),
+        "validation_check": check,
+        "network_minus_estimate_phase_ssim": round(m_net["phase_ssim"] - m_est["phase_ssim"], 4),
+        "network_minus_estimate_phase_psnr": round(m_net["phase_psnr"] - m_est["phase_psnr"], 2),
+        "network_not_worse_than_estimate": bool(
+            m_net["complex_nrmse"] <= m_est["complex_nrmse"]
+            and m_net["phase_ssim"] >= m_est["phase_ssim"]
+        ),
+        "network_seconds": round(net_s, 2),
+    }
+    if a.network_only:
+        print(
+            "  summary:", json.dumps({k: v for k, v in summary.items() if k != "validation_check"})
+        )
+        picture(name, truth, [("physics estimate", est), ("network", net)], work / "picture.png")
+        return rows, summary
 
     flat, flat_res = trajectory(scan, truth, seed=a.seed)
     e, sec, m = flat[-1]
@@ -240,18 +263,7 @@ def run_case(name, a) -> tuple[list[dict], dict]:
     top = max(iterative, key=lambda r: r["phase_psnr"])
     flat_final = flat[-1]
     refined = after["network + refinement"]
-    summary = {
-        "case": name,
-        "photons": s.photons,
-        "step_over_probe_diameter": round(s.step_px / s.probe_diameter_px, 2),
-        "training_seconds": round(times.get("train", float("nan")), 1),
-        "validation_check": check,
-        "network_minus_estimate_phase_ssim": round(m_net["phase_ssim"] - m_est["phase_ssim"], 4),
-        "network_minus_estimate_phase_psnr": round(m_net["phase_psnr"] - m_est["phase_psnr"], 2),
-        "network_not_worse_than_estimate": bool(
-            m_net["complex_nrmse"] <= m_est["complex_nrmse"]
-            and m_net["phase_ssim"] >= m_est["phase_ssim"]
-        ),
+    summary |= {
         "best_iterative": top["method"],
         "network_minus_best_iterative_phase_psnr": round(
             m_net["phase_psnr"] - top["phase_psnr"], 2
@@ -259,7 +271,6 @@ def run_case(name, a) -> tuple[list[dict], dict]:
         "network_minus_best_iterative_phase_ssim": round(
             m_net["phase_ssim"] - top["phase_ssim"], 4
         ),
-        "network_seconds": round(net_s, 2),
         "flat_seconds_to_network_psnr": first_reaching(flat, m_net["phase_psnr"]),
         "flat_final_seconds": round(flat_final[1], 2),
         "flat_final_phase_psnr": flat_final[2]["phase_psnr"],
@@ -306,8 +317,18 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=Path("network-suite-run"))
     ap.add_argument("--train-scans", type=int, default=4)
     ap.add_argument("--max-epochs", type=int, default=8, help="training epochs")
+    ap.add_argument(
+        "--train-args",
+        default="",
+        help="more options for train, one string (e.g. '--gridsize 3'); use its own --work",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--network-only",
+        action="store_true",
+        help="only the flat, estimate and network rows (to compare trainings quickly)",
+    )
     ap.add_argument("--ptychi-python", default=None)
     ap.add_argument("--ptychi-epochs", type=int, default=100)
     a = ap.parse_args()

@@ -80,11 +80,13 @@ def train_for_experiment(
     times: dict | None = None,
     whose: str = "the scan's",
     steps: tuple[str, str] = ("", ""),
+    train_args: tuple = (),
 ) -> Path:
     """A model for ``source``'s experiment, through the CLI: ``n_scans`` training scans of
     natural-image objects simulated with its probe and positions at ``photons``
     (``simulate --probe-from --positions-from``) in ``work``, then ``train`` for ``epochs``
-    into ``work/model`` (returned). ``times``: ``run``'s record (``--resume``)."""
+    into ``work/model`` (returned), with ``train_args`` added to its command line.
+    ``times``: ``run``'s record (``--resume``)."""
     from ptychopinn.cli.simulate import simulate_outputs
 
     t = dict(threads=threads, times=times)
@@ -122,6 +124,7 @@ def train_for_experiment(
         epochs,
         "--seed",
         seed,
+        *train_args,
         key="train",
         **t,
     )
