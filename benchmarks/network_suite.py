@@ -5,6 +5,8 @@ scan's experiment against its own physics-estimate input and against iterative r
     python benchmarks/network_suite.py --output benchmarks/results/network_suite.json
         [--only CASE ...] [--ptychi-python /path/to/ptychi-venv/bin/python]
         [--work DIR] [--train-scans 4] [--max-epochs 8] [--train-args '...'] [--threads 2]
+        [--network-only]
+    python benchmarks/network_suite.py --tables benchmarks/results/network_suite.json
 
 Each case is one scenario of ``scenarios.py`` (its probe, scan pattern, object kind and dose).
 The scan it makes is held out: the model never sees its object. The model is trained for the
@@ -20,9 +22,10 @@ truth by ``ptychopinn.evaluation`` (phase SSIM, phase PSNR, amplitude SSIM, comp
   input, no learning);
 - the network's single pass (``reconstruction.network.reconstruct``; its time includes the
   estimate);
-- network + refinement (``refine`` from the network's object, defaults for a given start, up to
-  300 epochs with the default stop; at 1e4 photons and below also with the prior
-  ``prior_sigma=0.01`` that keeps a good start), time including the pass;
+- network + refinement (``refine`` from the network's object, defaults for a given start: Adam
+  lr 1e-2, plateau window 3; up to 300 epochs with the default stop), again with the flat
+  start's optimiser and window (PGD, 20 epochs), and at 1e4 photons and below also with the
+  prior ``prior_sigma=0.01`` that keeps a good start; times include the pass;
 - refinement from a flat start (``refine``, defaults of ``reconstruct --refine-only``: PGD, up to
   300 epochs, default stop) at its stop, and at its best epoch chosen with the truth (the
   *oracle* stop: no stopping rule can do better);
@@ -34,7 +37,7 @@ Refinement's trajectory is evaluated after a fixed set of epochs (evaluation tim
 The summary per case: network vs estimate, the network's phase-PSNR margin over the best
 iterative row (oracle rows included), the time flat refinement needs to reach the network's
 phase PSNR (against the pass's time), and the time network + refinement needs to reach flat
-refinement's final phase PSNR (against flat refinement's time).
+refinement's final phase PSNR with either optimiser (against flat refinement's time).
 """
 
 from __future__ import annotations
@@ -210,7 +213,11 @@ def run_case(name, a) -> tuple[list[dict], dict]:
     e, sec, m = best(flat)
     rows.append(row(name, "refinement from flat, best epoch (oracle)", sec, m, epochs=e))
 
-    starts = [("network + refinement", {})]
+    starts = [
+        ("network + refinement", {}),
+        # the flat start's optimiser and plateau window from the network's object
+        ("network + refinement, PGD", {"optimizer": "pgd", "patience": 20}),
+    ]
     if s.photons <= 1e4:
         starts.append(
             (
@@ -277,6 +284,9 @@ def run_case(name, a) -> tuple[list[dict], dict]:
         "network_refine_seconds_to_flat_final_psnr": first_reaching(
             refined, flat_final[2]["phase_psnr"], net_s
         ),
+        "network_refine_pgd_seconds_to_flat_final_psnr": first_reaching(
+            after["network + refinement, PGD"], flat_final[2]["phase_psnr"], net_s
+        ),
     }
     print("  summary:", json.dumps({k: v for k, v in summary.items() if k != "validation_check"}))
     items = [
@@ -310,9 +320,59 @@ def picture(name, truth, items, path: Path) -> None:
     plt.close(fig)
 
 
+def tables(results: dict) -> str:
+    """Markdown of a results file: one summary table, then each case's rows."""
+    out = [
+        "| case | photons | step / probe diameter | network - estimate (phase SSIM / PSNR dB) "
+        "| network - best iterative (PSNR dB) | best iterative | network s | flat refinement "
+        "to the network's PSNR s | network + refinement (Adam / PGD) to flat's final PSNR s "
+        "| flat's final s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in results["summary"]:
+        out.append(
+            f"| {c['case']} | {c['photons']:.0e} | {c['step_over_probe_diameter']} "
+            f"| {c['network_minus_estimate_phase_ssim']:+.3f} / "
+            f"{c['network_minus_estimate_phase_psnr']:+.2f} "
+            f"| {c.get('network_minus_best_iterative_phase_psnr', float('nan')):+.2f} "
+            f"| {c.get('best_iterative', '-')} | {c['network_seconds']} "
+            f"| {c.get('flat_seconds_to_network_psnr')} "
+            f"| {c.get('network_refine_seconds_to_flat_final_psnr')} / "
+            f"{c.get('network_refine_pgd_seconds_to_flat_final_psnr')} "
+            f"| {c.get('flat_final_seconds', '-')} |"
+        )
+    for c in results["summary"]:
+        out += [
+            "",
+            f"{c['case']} ({c['photons']:.0e} photons):",
+            "",
+            "| method | time (s) | phase SSIM | phase PSNR (dB) | amplitude SSIM | complex NRMSE |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in results["rows"]:
+            if r["case"] == c["case"]:
+                epochs = (
+                    f" ({r['epochs']} epochs)"
+                    if "epochs" in r and "pty-chi" not in r["method"]
+                    else ""
+                )
+                out.append(
+                    f"| {r['method']}{epochs} | {r['seconds']} | {r['phase_ssim']:.3f} "
+                    f"| {r['phase_psnr']:.2f} | {r['amplitude_ssim']:.3f} "
+                    f"| {r['complex_nrmse']:.4f} |"
+                )
+    return "\n".join(out)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--output", type=Path, required=True)
+    ap.add_argument(
+        "--tables",
+        type=Path,
+        default=None,
+        help="print a results file's tables as markdown and exit (no run)",
+    )
+    ap.add_argument("--output", type=Path, default=None)
     ap.add_argument("--only", nargs="*", choices=sorted(scenarios.SCENARIOS), default=None)
     ap.add_argument("--work", type=Path, default=Path("network-suite-run"))
     ap.add_argument("--train-scans", type=int, default=4)
@@ -332,6 +392,11 @@ def main() -> int:
     ap.add_argument("--ptychi-python", default=None)
     ap.add_argument("--ptychi-epochs", type=int, default=100)
     a = ap.parse_args()
+    if a.tables is not None:
+        print(tables(json.loads(a.tables.read_text())))
+        return 0
+    if a.output is None:
+        ap.error("--output is required (unless --tables)")
     torch.set_num_threads(a.threads)
     rows, summaries = [], []
     for name in a.only or DEFAULT_CASES:

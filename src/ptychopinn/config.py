@@ -19,6 +19,8 @@ def _bad(field: str, value, expected: str):
 
 
 LOSS_NAMES = ("poisson", "mae")
+#: what the overlap constraint of a group averages (ModelConfig.overlap_constraint)
+OVERLAP_CONSTRAINTS = ("correction", "patches")
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,10 @@ class ModelConfig:
     trainable_gain: bool = True
     #: physics projection iterations giving the generator a first estimate
     physics_iterations: int = 20
+    #: with an estimate input and gridsize > 1, what the group's overlap constraint averages:
+    #: correction (the network's change of the already consistent estimate) or patches (the
+    #: network's output patches; bundles made before this setting existed)
+    overlap_constraint: str = "correction"
 
     def __post_init__(self):
         if self.n < 8 or self.n % 2:
@@ -65,6 +71,10 @@ class ModelConfig:
             _bad("amp_max", self.amp_max, "> 0")
         if self.physics_iterations < 0:
             _bad("physics_iterations", self.physics_iterations, "an integer >= 0")
+        if self.overlap_constraint not in OVERLAP_CONSTRAINTS:
+            _bad(
+                "overlap_constraint", self.overlap_constraint, f"one of {list(OVERLAP_CONSTRAINTS)}"
+            )
         if self.support is not None and not 0 < self.support <= 1.5:
             _bad("support", self.support, "a fraction of N in (0, 1.5], or None")
 

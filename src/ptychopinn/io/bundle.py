@@ -186,7 +186,8 @@ def load_bundle(path: str | Path) -> ModelBundle:
         ) from None
     try:
         config = json.loads(data["config.json"])
-        model_config = from_dict(ModelConfig, config["model"])
+        # bundles written before ModelConfig.overlap_constraint existed averaged the patches
+        model_config = from_dict(ModelConfig, {"overlap_constraint": "patches", **config["model"]})
         data_config = from_dict(DataConfig, config["data"])
         training_config = from_dict(TrainingConfig, config["training"])
         state = _load_weights(path, data["weights.pt"])

@@ -174,6 +174,7 @@ def overlap_constrain(
     offsets_xy: torch.Tensor,
     weight: torch.Tensor,
     geometry: OverlapGeometry | None = None,
+    fill: float = 1.0,
 ) -> torch.Tensor:
     """Make the C patches of each group mutually consistent (PHYSICS.md section 3).
 
@@ -181,13 +182,17 @@ def overlap_constrain(
     weight: (N, N) real. The patches are placed on a small group canvas with ``place_patches``,
     averaged with ``weight`` where they overlap, and re-extracted with ``extract_patches``.
     ``geometry``: a precomputed ``OverlapGeometry(offsets_xy, weight, N, patches.dtype)``.
+    ``fill``: the value where no patch has weight (1, a flat object; 0 for a correction, which
+    makes the constraint linear). Not a projection: at sub-pixel offsets the bilinear placement
+    and re-extraction blur, so constraining consistent patches again changes them.
     """
     b, c, n, _ = patches.shape
     if c == 1:
         return patches
     g = geometry or OverlapGeometry(offsets_xy, weight, n, patches.dtype)
     num = place_patches(patches * g.w, g.pos, (g.size, g.size), kernel="bilinear", index=g.index)
-    return extract_patches(g.average(num), g.pos, n, kernel="bilinear", index=g.index)
+    average = g.average if fill == 1.0 else WeightedAverage(g.den, g.peak, fill)
+    return extract_patches(average(num), g.pos, n, kernel="bilinear", index=g.index)
 
 
 def init_gain(mean_counts_per_pattern: float, probe) -> float:

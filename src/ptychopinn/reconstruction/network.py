@@ -75,7 +75,12 @@ def predict_group_patches(
     with autocast(counts.device, precision):  # the generator only: the estimate is float32
         patches = generator(*inputs)
     if constrain:
-        patches = overlap_constrain(patches, offsets_xy, weight)
+        if estimate is not None and model_config.overlap_constraint == "correction":
+            # the estimate is already consistent: only the network's change of it is averaged
+            # (averaging the estimate again blurs it)
+            patches = estimate + overlap_constrain(patches - estimate, offsets_xy, weight, fill=0.0)
+        else:
+            patches = overlap_constrain(patches, offsets_xy, weight)
     return patches
 
 
