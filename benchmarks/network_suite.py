@@ -166,11 +166,7 @@ def run_case(name, a) -> tuple[list[dict], dict]:
     check = bundle.execution.get("validation_check")
     rows = []
 
-    engine = EstimateEngine(
-        iterations=bundle.model_config.physics_iterations,
-        gridsize=bundle.model_config.gridsize,
-        neighbors=bundle.data_config.neighbors,
-    )
+    engine = EstimateEngine.for_model(bundle)
     t0 = time.perf_counter()
     est = engine.run(scan)
     est_s = time.perf_counter() - t0

@@ -192,11 +192,7 @@ def estimate_row(model_dir: Path, scan, probe_file: Path, threads: int) -> dict:
     torch.set_num_threads(threads)
     bundle = load_bundle(model_dir)
     scan = with_probe_from(scan, probe_file)
-    engine = EstimateEngine(
-        iterations=bundle.model_config.physics_iterations,
-        gridsize=bundle.model_config.gridsize,
-        neighbors=bundle.data_config.neighbors,
-    )
+    engine = EstimateEngine.for_model(bundle)
     t0 = time.perf_counter()
     recon = engine.run(scan)
     seconds = time.perf_counter() - t0

@@ -592,3 +592,46 @@ def test_reconstruct_refuses_unusable_devices(tmp_path, scans, capsys):
         )
         == 0
     )
+
+
+def test_a_bundle_from_before_overlap_constraint_averages_the_patches(trained, tmp_path):
+    """Bundles written before ModelConfig.overlap_constraint existed keep the forward they were
+    trained with (the constraint on the output patches); new ones record their setting."""
+    import hashlib
+
+    out, result = trained
+    assert result.bundle.model_config.overlap_constraint == "correction"
+    assert load_bundle(out / BUNDLE_NAME).model_config.overlap_constraint == "correction"
+    members = {}
+
+    def edit(name, data):
+        if name == "config.json":
+            c = json.loads(data)
+            del c["model"]["overlap_constraint"]
+            data = json.dumps(c).encode()
+        members[name] = data
+        return data
+
+    old = tmp_path / "old.ptpinn"
+    _rewrite(out / BUNDLE_NAME, tmp_path / "stale.ptpinn", edit)
+    manifest = json.loads(members["manifest.json"])
+    manifest["files"]["config.json"] = hashlib.sha256(members["config.json"]).hexdigest()
+    _rewrite(
+        tmp_path / "stale.ptpinn",
+        old,
+        lambda n, d: json.dumps(manifest).encode() if n == "manifest.json" else d,
+    )
+    assert load_bundle(old).model_config.overlap_constraint == "patches"
+
+
+def test_the_estimate_engine_of_a_model_is_its_networks_input(trained):
+    from ptychopinn.reconstruction.estimate import EstimateEngine
+
+    _, result = trained
+    b = result.bundle
+    engine = EstimateEngine.for_model(b, quiet=True)
+    assert (engine.iterations, engine.gridsize, engine.neighbors) == (
+        b.model_config.physics_iterations,
+        b.model_config.gridsize,
+        b.data_config.neighbors,
+    )

@@ -21,7 +21,9 @@ from ptychopinn.config import (
     INFERENCE_BATCH_SIZE,
     INFERENCE_PRECISIONS,
     LOGGER_NAMES,
+    LOSS_NAMES,
     OPTIMIZER_NAMES,
+    OVERLAP_CONSTRAINTS,
     POSITION_SEARCH_MODES,
     PRECISION_NAMES,
     PROBE_REFINEMENT,
@@ -47,7 +49,8 @@ DEST_PREFIX = "cfg:"
 TRAIN_SECTIONS = ("model", "data", "training", "execution", "infer")
 
 CHOICES = {
-    "model.loss": ["poisson", "mae"],
+    "model.loss": list(LOSS_NAMES),
+    "model.overlap_constraint": list(OVERLAP_CONSTRAINTS),
     "data.diffraction_units": ["auto", "counts", "amplitude"],
     "execution.accelerator": list(ACCELERATOR_NAMES),
     "execution.strategy": list(STRATEGY_NAMES),

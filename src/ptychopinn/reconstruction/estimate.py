@@ -56,6 +56,17 @@ class EstimateEngine:
             quiet=quiet,
         )
 
+    @classmethod
+    def for_model(cls, bundle, **options) -> EstimateEngine:
+        """The estimate a model bundle's network takes as input: its physics iterations,
+        gridsize and neighbours (``options``: the other arguments)."""
+        return cls(
+            iterations=bundle.model_config.physics_iterations,
+            gridsize=bundle.model_config.gridsize,
+            neighbors=bundle.data_config.neighbors,
+            **options,
+        )
+
     def run(self, scan, start=None, *, progress=None, stop=None) -> Reconstruction:
         mc = ModelConfig(
             n=scan.patch_size, gridsize=self.gridsize, physics_iterations=self.iterations
