@@ -11,12 +11,7 @@ import torch
 from ptychopinn.config import DataConfig, ExecutionConfig, ModelConfig, TrainingConfig
 from ptychopinn.data.simulate import SimulationConfig, simulate_scan
 from ptychopinn.io.bundle import load_bundle
-from ptychopinn.training.check import (
-    CORRECTION_FACTORS,
-    network_check,
-    report,
-    select_correction,
-)
+from ptychopinn.training.check import report
 from ptychopinn.training.fit import fit
 
 
@@ -49,53 +44,6 @@ def test_the_check_is_measured_and_kept_in_the_bundle(tmp_path, tiny_scan):
     )
 
 
-def test_the_bundled_correction_strength_is_the_best_on_validation(tmp_path, tiny_scan):
-    result = _fit(tiny_scan, None, tmp_path, 1)
-    bundled = load_bundle(result.bundle_path).execution["bundled_weights"]
-    scores = {float(f): v for f, v in bundled["correction_patch_nrmse"].items()}
-    assert set(scores) == set(CORRECTION_FACTORS)
-    factor = bundled["correction_scale"]
-    assert scores[factor] == min(scores.values())
-    # the check (and the bundle's weights) are those of the chosen strength
-    assert result.network_check["network"] == pytest.approx(scores[factor], rel=1e-5)
-    assert result.network_check["correction_scale"] == factor
-    # strength 0 is the physics estimate itself
-    assert scores[0.0] == pytest.approx(result.network_check["estimate"], rel=1e-3)
-
-
-def test_a_harmful_correction_is_scaled_back_to_the_estimate(tmp_path, tiny_scan):
-    """A network whose correction damages its input (head weights scrambled after training) is
-    bundled with the strength that is best on validation, never worse than the estimate."""
-    result = _fit(tiny_scan, None, tmp_path, 1)
-    module, val = result.module, result.trainer.datamodule.val_set
-    gen = module.generator
-    with torch.no_grad():
-        gen.head.weight.normal_(0.0, 0.5)
-        gen.head.bias.normal_(0.0, 0.5)
-    damaged = network_check(module, val, 16)
-    assert damaged["network"] > 1.2 * damaged["estimate"]
-    chosen = select_correction(module, val, 16)
-    assert chosen["factor"] < 1
-    after = network_check(module, val, 16)
-    assert after["network"] <= damaged["estimate"] * (1 + 1e-3)
-    assert after["network"] == pytest.approx(chosen["patch_nrmse"][str(chosen["factor"])])
-
-
-def test_strength_zero_returns_the_estimate():
-    from ptychopinn.models.cnn import CNNGenerator
-
-    gen = CNNGenerator(n=16, channels=4, estimate_input=True)
-    with torch.no_grad():
-        gen.head.weight.normal_(0.0, 0.3)
-    amps = torch.rand(2, 4, 16, 16)
-    est = torch.polar(0.5 + 0.5 * torch.rand(2, 4, 16, 16), torch.rand(2, 4, 16, 16) - 0.5)
-    assert (gen(amps, est) - est).abs().max() > 0.05
-    gen.scale_correction(0.0)
-    assert (gen(amps, est) - est).abs().max() < 1e-4
-    with pytest.raises(ValueError, match="estimate_input"):
-        CNNGenerator(n=16).scale_correction(0.5)
-
-
 def test_no_ground_truth_no_check(tmp_path, tiny_scan):
     from dataclasses import replace
 
@@ -114,10 +62,6 @@ def test_a_network_worse_than_its_input_is_warned_about(log_records):
     report({"network": 0.10, "estimate": 0.20, "flat": 0.9, "groups": 5})
     assert not [r for r in log_records if r.levelno == logging.WARNING]
     assert any("network 0.1000, physics estimate 0.2000" in r.getMessage() for r in log_records)
-    log_records.clear()
-    report({"network": 0.20, "estimate": 0.20, "flat": 0.9, "groups": 5, "correction_scale": 0.0})
-    warned = [r.getMessage() for r in log_records if r.levelno == logging.WARNING]
-    assert len(warned) == 1 and "returns its physics-estimate input unchanged" in warned[0]
 
 
 @pytest.mark.slow
@@ -179,7 +123,9 @@ def test_at_a_zero_head_the_constrained_output_is_the_estimate(tmp_path, tiny_sc
 
     result = _fit(tiny_scan, None, tmp_path, 1)
     module = result.module
-    module.generator.scale_correction(0.0)
+    with torch.no_grad():  # an identity network: a zero head (as at initialisation)
+        module.generator.head.weight.zero_()
+        module.generator.head.bias.zero_()
     batch = next(iter(torch.utils.data.DataLoader(result.trainer.datamodule.val_set, 8)))
     args = (batch["counts"], batch["offsets"], batch["scan"], batch["a0"], batch["estimate"])
     with torch.no_grad():

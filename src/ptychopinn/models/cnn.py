@@ -82,16 +82,6 @@ class CNNGenerator(nn.Module):
         else:
             self.support_mask = None
 
-    @torch.no_grad()
-    def scale_correction(self, factor: float) -> None:
-        """Scale the learned correction of the estimate by ``factor`` (0: the output is the
-        estimate itself, 1: unchanged): the head is linear, so its weights and bias scale its
-        output exactly. Only for ``estimate_input`` generators."""
-        if not self.estimate_input:
-            raise ValueError("only a generator with estimate_input corrects an estimate")
-        self.head.weight.mul_(factor)
-        self.head.bias.mul_(factor)
-
     def forward(
         self, amplitudes: torch.Tensor, estimate: torch.Tensor | None = None
     ) -> torch.Tensor:

@@ -4,10 +4,7 @@ On the validation groups whose scans carry ground truth, three patch sets are co
 true patches by ``patch_nrmse`` (probe-weighted complex NRMSE after removing each patch's global
 phase and amplitude scale): the network's output, the physics estimate it was given as input
 (``model.physics_iterations`` > 0) and a flat object. A network that does not beat its input adds
-nothing but time; ``fit`` warns and records the numbers in the bundle. Before the check,
-:func:`select_correction` chooses how much of the learned correction of the estimate the bundled
-network applies (1: as trained ... 0: the estimate itself), by the same criterion: on the
-validation patterns the bundled network is never worse than its input.
+nothing but time; ``fit`` warns and records the numbers in the bundle.
 """
 
 from __future__ import annotations
@@ -73,38 +70,6 @@ def network_check(module, val_set, batch_size: int) -> dict | None:
     }
 
 
-#: the strengths of the learned correction tried by :func:`select_correction`, strongest first
-CORRECTION_FACTORS = (1.0, 0.75, 0.5, 0.25, 0.0)
-
-
-def select_correction(module, val_set, batch_size: int, factors=CORRECTION_FACTORS) -> dict | None:
-    """Choose how much of the learned correction of the estimate to keep: the network's output is
-    its input corrected by the head's output, which is linear in the head's weights, so scaling
-    them by a factor in ``factors`` (1: as trained, 0: the estimate itself) gives a family of
-    networks between the input and the trained one. Each is judged as :func:`network_check`
-    judges the network (validation patch NRMSE against the truth) and the generator is left with
-    the best factor (ties keep the stronger). ``{"factor", "patch_nrmse": {factor: value}}``;
-    None when there is nothing to choose (no ground truth, or a generator without an estimate
-    input)."""
-    gen = module.generator
-    if not getattr(gen, "estimate_input", False) or not hasattr(gen, "scale_correction"):
-        return None
-    trained = {k: v.detach().clone() for k, v in gen.state_dict().items()}
-    scores = {}
-    for f in factors:
-        gen.load_state_dict(trained)
-        gen.scale_correction(f)
-        check = network_check(module, val_set, batch_size)
-        if check is None:
-            gen.load_state_dict(trained)
-            return None
-        scores[float(f)] = check["network"]
-    best = min(scores, key=lambda f: (scores[f], -f))
-    gen.load_state_dict(trained)
-    gen.scale_correction(best)
-    return {"factor": best, "patch_nrmse": {str(f): v for f, v in scores.items()}}
-
-
 def _like(t: torch.Tensor, real: torch.dtype) -> torch.Tensor:
     """Floating tensors in the module's precision (complex ones in the matching complex type)."""
     if t.is_complex():
@@ -117,27 +82,13 @@ def report(check: dict | None) -> None:
     if check is None:
         return
     est = check["estimate"]
-    factor = check.get("correction_scale")
     log.info(
-        "validation patch NRMSE (%d groups): network %.4f%s, physics estimate %s, flat %.4f",
+        "validation patch NRMSE (%d groups): network %.4f, physics estimate %s, flat %.4f",
         check["groups"],
         check["network"],
-        "" if factor is None else f" (correction at {factor:g}x)",
         "n/a" if est is None else f"{est:.4f}",
         check["flat"],
     )
-    if factor is not None and factor < 1:
-        log.warning(
-            "the learned correction at full strength made the validation patches worse: the "
-            "bundled network applies %s of it%s",
-            f"{factor:g}x",
-            " (0: it returns its physics-estimate input unchanged; train longer or on more "
-            "varied data, or reconstruct by refinement: ptychopinn reconstruct)"
-            if factor == 0
-            else "",
-        )
-        if factor == 0:
-            return
     if est is not None and check["network"] > est:
         log.warning(
             "the network is WORSE than its own physics-estimate input on the validation "

@@ -44,7 +44,6 @@ from ptychopinn.training.check import (
     BestWeights,
     network_check,
     report,
-    select_correction,
 )
 from ptychopinn.training.data import PtychoDataModule
 from ptychopinn.training.module import PtychoPINN
@@ -433,13 +432,7 @@ def _fit(
             BEST_WEIGHTS_METRIC,
             best.best,
         )
-    correction = select_correction(module, dm.val_set, t.batch_size) if with_truth else None
-    if correction is not None:
-        bundled["correction_scale"] = correction["factor"]
-        bundled["correction_patch_nrmse"] = correction["patch_nrmse"]
     check = network_check(module, dm.val_set, t.batch_size) if with_truth else None
-    if check is not None and correction is not None:
-        check["correction_scale"] = correction["factor"]
     if launch_rank(trainer.num_devices) == 0:
         report(check)
     a0s = [s.amplitude_scale() for s in train_scans]
