@@ -66,10 +66,10 @@ def test_a_network_worse_than_its_input_is_warned_about(log_records):
 
 @pytest.mark.slow
 def test_trained_network_is_not_worse_than_its_input_on_a_held_out_scan(tmp_path, torch_threads):
-    """A held-out scan (other object, same probe family, 1e6 photons, N = 32) that neither the
-    weights' nor the correction strength's selection saw (they use validation patterns of the
-    training scan): stitched, the network's single pass is at least as close to the truth
-    (complex NRMSE) as its physics-estimate input."""
+    """A held-out scan (other object, same probe family, 1e6 photons, N = 32) that the choice of
+    the bundled weights did not see (it uses validation patterns of the training scan):
+    stitched, the network's single pass is at least as close to the truth (complex NRMSE) as its
+    physics-estimate input."""
     from ptychopinn.evaluation import evaluate_reconstruction
     from ptychopinn.reconstruction.estimate import EstimateEngine
     from ptychopinn.reconstruction.network import reconstruct
@@ -80,7 +80,7 @@ def test_trained_network_is_not_worse_than_its_input_on_a_held_out_scan(tmp_path
     with torch_threads(2):
         result = _fit(train, None, tmp_path, 8)
         net = reconstruct(result.bundle_path, test)
-        est = EstimateEngine().run(test)
+        est = EstimateEngine.for_model(result.bundle).run(test)
     nrmse = {
         name: evaluate_reconstruction(
             r.object, test.object_truth, offset_px=r.offset_px, illumination=r.illumination
