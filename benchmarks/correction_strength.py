@@ -22,13 +22,11 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import scenarios  # noqa: E402
-from network_suite import DEFAULT_CASES, measure  # noqa: E402
-from ptychopinn.data import ScanData  # noqa: E402
+from network_suite import DEFAULT_CASES, held_out_scan, measure  # noqa: E402
 from ptychopinn.io.bundle import load_bundle  # noqa: E402
 from ptychopinn.reconstruction.network import reconstruct  # noqa: E402
 
@@ -54,14 +52,7 @@ def main() -> int:
     torch.set_num_threads(a.threads)
     cases = {}
     for name in a.only or DEFAULT_CASES:
-        counts, xy, probe, truth = scenarios.simulate(scenarios.SCENARIOS[name])
-        scan = ScanData(
-            diffraction=counts.astype(np.float32),
-            positions_px=xy,
-            probe=probe.astype(np.complex64),
-            object_truth=truth,
-            source=f"scenarios.py {name}",
-        )
+        scan, truth = held_out_scan(name)
         bundle = load_bundle(a.models / name / "model" / "model.ptpinn")
         held_out = {}
         for constraint in CONSTRAINTS:

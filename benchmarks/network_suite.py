@@ -124,14 +124,9 @@ def first_reaching(points, psnr, offset_s=0.0):
     return None
 
 
-def run_case(name, a) -> tuple[list[dict], dict]:
-    from ptychopinn.data.npz import write_npz
-    from ptychopinn.io.bundle import load_bundle
-    from ptychopinn.reconstruction.estimate import EstimateEngine
-    from ptychopinn.reconstruction.network import reconstruct
-
-    s = scenarios.SCENARIOS[name]
-    counts, xy, probe, truth = scenarios.simulate(s)
+def held_out_scan(name: str) -> tuple[ScanData, np.ndarray]:
+    """The held-out scan of case ``name`` (``scenarios.simulate``) as ScanData, and its truth."""
+    counts, xy, probe, truth = scenarios.simulate(scenarios.SCENARIOS[name])
     scan = ScanData(
         diffraction=counts.astype(np.float32),
         positions_px=xy,
@@ -139,7 +134,18 @@ def run_case(name, a) -> tuple[list[dict], dict]:
         object_truth=truth,
         source=f"scenarios.py {name}",
     )
-    print(f"\n{name}: {len(xy)} patterns, N = {s.n}, {s.photons:.0e} photons", flush=True)
+    return scan, truth
+
+
+def run_case(name, a) -> tuple[list[dict], dict]:
+    from ptychopinn.data.npz import write_npz
+    from ptychopinn.io.bundle import load_bundle
+    from ptychopinn.reconstruction.estimate import EstimateEngine
+    from ptychopinn.reconstruction.network import reconstruct
+
+    s = scenarios.SCENARIOS[name]
+    scan, truth = held_out_scan(name)
+    print(f"\n{name}: {scan.n_patterns} patterns, N = {s.n}, {s.photons:.0e} photons", flush=True)
     work = a.work / name
     work.mkdir(parents=True, exist_ok=True)
     times_file = work / "times.json"
