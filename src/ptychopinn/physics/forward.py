@@ -111,7 +111,8 @@ class WeightedAverage:
     place-and-average rule of the overlap constraint and of stitching; set up once per ``den``
     (the overlap constraint applies it at every projection iteration). With ``fill=0`` and a
     larger ``floor`` it is a confidence-weighted average that fades where few patches overlap
-    (stitching's phase reference)."""
+    (stitching's phase reference). A call's ``fill`` overrides the one set up, reusing the
+    inverse."""
 
     def __init__(
         self,
@@ -120,12 +121,12 @@ class WeightedAverage:
         fill: float = 1.0,
         floor: float = AVERAGE_FLOOR,
     ):
-        d = floor * peak
-        self.offset = d * fill
-        self.inverse = 1.0 / (den + d)
+        self.d = floor * peak
+        self.offset = self.d * fill
+        self.inverse = 1.0 / (den + self.d)
 
-    def __call__(self, num: torch.Tensor) -> torch.Tensor:
-        out = num + self.offset
+    def __call__(self, num: torch.Tensor, fill: float | None = None) -> torch.Tensor:
+        out = num + (self.offset if fill is None else self.d * fill)
         if torch.is_complex(out) and not torch.is_complex(self.inverse):
             # a real factor on the real/imaginary view: no complex copy of ``inverse``
             return torch.view_as_complex(torch.view_as_real(out) * self.inverse.unsqueeze(-1))
@@ -191,8 +192,7 @@ def overlap_constrain(
         return patches
     g = geometry or OverlapGeometry(offsets_xy, weight, n, patches.dtype)
     num = place_patches(patches * g.w, g.pos, (g.size, g.size), kernel="bilinear", index=g.index)
-    average = g.average if fill == 1.0 else WeightedAverage(g.den, g.peak, fill)
-    return extract_patches(average(num), g.pos, n, kernel="bilinear", index=g.index)
+    return extract_patches(g.average(num, fill), g.pos, n, kernel="bilinear", index=g.index)
 
 
 def init_gain(mean_counts_per_pattern: float, probe) -> float:
