@@ -213,6 +213,7 @@ def projection_estimate(
     weight: torch.Tensor | None = None,
     bad_pixels: torch.Tensor | None = None,
     constrain_every: int = 1,
+    geometry: OverlapGeometry | None = None,
 ) -> torch.Tensor:
     """A physics-only first estimate of the object patches of each group (no learning).
 
@@ -228,6 +229,8 @@ def projection_estimate(
     constrain_every: apply the overlap constraint after every this many iterations (and after
     the last); 1, the package's setting, measured best (benchmarks/estimate_cost.py: every 2nd
     iteration is 1.3-1.5x faster and moves phase SSIM by -0.009 to +0.019 by scan).
+    geometry: a precomputed ``OverlapGeometry(offsets_xy, weight, N, torch.complex64)`` (the
+    caller's, when it constrains the same groups again).
     Returns (B, C, N, N) complex64. It anchors each patch's free global phase to the flat start
     and puts real-space information where the generator's output is, so the network learns a
     correction rather than a Fourier inversion.
@@ -248,7 +251,8 @@ def projection_estimate(
     # obj + sum_k step_k (psi'_k - obj P_k) == obj keep + sum_k step_k psi'_k
     keep = 1 - (step * modes).sum(dim=-3)
     constrain = offsets_xy is not None and obj.shape[1] > 1 and weight is not None
-    geometry = OverlapGeometry(offsets_xy, weight, obj.shape[-1], obj.dtype) if constrain else None
+    if constrain and geometry is None:
+        geometry = OverlapGeometry(offsets_xy, weight, obj.shape[-1], obj.dtype)
     for it in range(iterations):
         far = far_field(exit_waves(obj, modes), centred=False)  # (B, C, K, N, N)
         predicted = intensity(far).unsqueeze(-3).sqrt()

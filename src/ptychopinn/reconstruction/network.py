@@ -22,6 +22,7 @@ from ptychopinn.io.bundle import ModelBundle, load_bundle
 from ptychopinn.io.spill import SPILL_BYTES, SpillArray
 from ptychopinn.log import get_logger
 from ptychopinn.physics.forward import (
+    OverlapGeometry,
     init_gain,
     overlap_constrain,
     probe_weight,
@@ -59,8 +60,11 @@ def predict_group_patches(
     offsets_xy = offsets_xy.to(torch.float32)
     constrain = counts.shape[1] > 1
     inputs = (amplitude,)
+    geometry = None  # the groups' overlap geometry, shared by the estimate and the constraint
     if model_config.physics_iterations > 0:
         if estimate is None:
+            if constrain:
+                geometry = OverlapGeometry(offsets_xy, weight, counts.shape[-1], torch.complex64)
             with torch.no_grad():
                 estimate = projection_estimate(
                     counts,
@@ -70,6 +74,7 @@ def predict_group_patches(
                     offsets_xy if constrain else None,
                     weight,
                     bad_pixels,
+                    geometry=geometry,
                 )
         inputs = (amplitude, estimate)
     with autocast(counts.device, precision):  # the generator only: the estimate is float32
@@ -78,9 +83,10 @@ def predict_group_patches(
         if estimate is not None and model_config.overlap_constraint == "correction":
             # the estimate is already consistent: only the network's change of it is averaged
             # (averaging the estimate again blurs it)
-            patches = estimate + overlap_constrain(patches - estimate, offsets_xy, weight, fill=0.0)
+            change = overlap_constrain(patches - estimate, offsets_xy, weight, geometry, fill=0.0)
+            patches = estimate + change
         else:
-            patches = overlap_constrain(patches, offsets_xy, weight)
+            patches = overlap_constrain(patches, offsets_xy, weight, geometry)
     return patches
 
 
